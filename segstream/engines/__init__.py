@@ -1,0 +1,1 @@
+"""Models, checkpoints and the interchangeable inference engines behind one protocol."""

@@ -1,0 +1,56 @@
+"""The one protocol every inference backend (torch, onnxruntime, tensorrt) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from segstream.engines.model_config import ModelConfig
+
+
+@dataclass
+class Detections:
+    """What an engine found in one image, in network-input pixel coordinates.
+
+    boxes:   float32 [K, 4]  x1, y1, x2, y2 in the padded network input (ModelConfig.input_size).
+    scores:  float32 [K]     descending.
+    classes: int64   [K]     class ids 1..C (0 is background and never appears).
+    masks:   float32 [K, M, M] mask probabilities in [0, 1] over each box (M = 28 for Mask R-CNN).
+    All tensors live on the engine's device; K may be 0.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to(self, device: torch.device | str) -> "Detections":
+        return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.classes, self.masks)))
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A Mask R-CNN behind a fixed-size input.
+
+    config: the model's description (class names, input size, normalisation, thresholds).
+    device: where `infer` expects its input and leaves its output.
+    max_batch: the largest batch `infer` accepts.
+    """
+
+    config: ModelConfig
+    device: torch.device
+    max_batch: int
+
+    def infer(self, images: torch.Tensor) -> list[Detections]:
+        """Run the model.
+
+        images: float32 [B, 3, H, W] on `device`, B <= max_batch, (H, W) = config.input_size,
+            RGB normalised with config.mean/std, zero-padded outside each frame's resized area.
+        Returns one Detections per image, in order.
+        """
+        ...

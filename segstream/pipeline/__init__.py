@@ -1,0 +1,1 @@
+"""The streaming runtime: sources, stages, workers and queues, sinks, config, CLI."""
