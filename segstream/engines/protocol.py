@@ -46,11 +46,13 @@ class Engine(Protocol):
     device: torch.device
     max_batch: int
 
-    def infer(self, images: torch.Tensor) -> list[Detections]:
+    def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """Run the model.
 
         images: float32 [B, 3, H, W] on `device`, B <= max_batch, (H, W) = config.input_size,
             RGB normalised with config.mean/std, zero-padded outside each frame's resized area.
+        image_sizes: B pairs (height, width) of each frame's resized area inside the padded input;
+            boxes are clipped to it, as torchvision does.
         Returns one Detections per image, in order.
         """
         ...

@@ -1,0 +1,45 @@
+"""The torch backend: torchvision's Mask R-CNN modules run eagerly on CPU or CUDA.
+
+The pipeline hands over images that are already resized, normalised and padded, so the
+network's own GeneralizedRCNNTransform is skipped: backbone -> RPN -> RoI heads, and the
+masks come back as 28x28 probabilities for the postprocess stage to paste.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.models.detection.image_list import ImageList
+
+from segstream.engines.models import LoadedModel
+from segstream.engines.protocol import Detections
+
+
+class TorchEngine:
+    """Engine protocol over an eager torchvision MaskRCNN."""
+
+    name = "torch"
+
+    def __init__(self, model: LoadedModel, device: str | torch.device = "cpu", max_batch: int = 4) -> None:
+        self.config = model.config
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.network = model.network.to(self.device).eval()
+
+    @torch.inference_mode()
+    def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
+        """See Engine.infer: images float32 [B, 3, H, W] normalised and padded, on self.device."""
+        if images.shape[0] > self.max_batch:
+            raise ValueError(f"batch of {images.shape[0]} exceeds max_batch {self.max_batch}")
+        image_list = ImageList(images, [tuple(s) for s in image_sizes])
+        features = self.network.backbone(images)
+        proposals, _ = self.network.rpn(image_list, features)
+        results, _ = self.network.roi_heads(features, proposals, image_list.image_sizes)
+        out = []
+        for result in results:
+            masks = result.get("masks")
+            if masks is None:  # a network without a mask head still fits the protocol
+                masks = images.new_zeros((len(result["scores"]), 28, 28))
+            else:
+                masks = masks[:, 0]
+            out.append(Detections(result["boxes"], result["scores"], result["labels"], masks))
+        return out

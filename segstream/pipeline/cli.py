@@ -1,0 +1,164 @@
+"""`segstream` command line: run, subscribe, export, train, eval, demo.
+
+Bad input never shows a traceback: known errors print one line `segstream: error: ...` and exit 2;
+anything unexpected prints one line too and exits 1 (SEGSTREAM_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from segstream.engines.checkpoint import CheckpointError
+    from segstream.engines.factory import EngineError
+    from segstream.engines.model_config import ModelConfigError
+    from segstream.engines.models import ModelError
+    from segstream.pipeline.config import ConfigError
+    from segstream.pipeline.sinks import SinkError
+    from segstream.pipeline.sources import SourceError
+
+    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files or rtsp:// URLs")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
+    p.add_argument("--weights", help="local weights file for a torchvision preset")
+    p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--redis", help="redis://[user:password@]host:port/db, rediss://..., or 'none'")
+    p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
+    p.add_argument("--output-video", help="write an annotated mp4 here")
+    p.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    p.add_argument("--pubsub", action="store_true", help="also PUBLISH each message")
+    p.add_argument("--console", action="store_true", help="print one line per frame")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / status lines")
+
+
+def config_from_args(args: argparse.Namespace):
+    from segstream.pipeline.config import ConfigError, load_config, override
+
+    config = load_config(args.config)
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--input-size: {args.input_size!r} is not HxW") from None
+        override(config, "model.input_size", (h, w))
+    flags = {
+        "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
+        "engine.onnx": args.onnx, "engine.device": args.device, "engine.batch_size": args.batch_size,
+        "output.video": args.output_video, "source.max_frames": args.max_frames,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            override(config, key, value)
+    if args.redis is not None:
+        override(config, "redis.url", None if args.redis.lower() == "none" else args.redis)
+    if args.pubsub:
+        override(config, "redis.pubsub", True)
+    if args.console:
+        override(config, "output.console", True)
+    if args.no_progress:
+        override(config, "output.progress", False)
+    return config
+
+
+def print_summary(summary, out=sys.stderr) -> None:
+    model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
+    print(f"model: {model}; engine: {summary.engine}", file=out)
+    for t in summary.streams.values():
+        drop = f", {t.dropped} dropped" if t.live else ""
+        print(f"{t.stream_id}: {t.published} frames published, {t.instances} instances{drop}, "
+              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
+    stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
+    print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)
+    if summary.corrupt_skipped:
+        print(f"skipped {summary.corrupt_skipped} corrupt packet(s)", file=out)
+    for path in summary.videos:
+        print(f"annotated video: {path}", file=out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from segstream.pipeline.run import run
+
+    config = config_from_args(args)
+    summary = run(args.sources, config, stream_ids=args.stream_id)
+    print_summary(summary)
+    for error in summary.source_errors:
+        print(f"segstream: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT if summary.source_errors else 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from segstream.pipeline.consumer import Subscriber
+    from segstream.pipeline.wire import describe
+
+    subscriber = Subscriber(args.redis, args.stream_id, prefix=args.prefix,
+                            from_start=args.from_start, block_ms=int(args.idle * 1000) if args.idle else 0)
+    for message in subscriber:
+        print(describe(message) if not args.json else subscriber.last_raw, flush=True)
+        if message.get("eos") and not args.follow:
+            break
+    return 0
+
+
+def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segstream", description="Streaming video instance segmentation to Redis.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="segment video files / RTSP cameras and publish to Redis")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("subscribe", help="print one line per published frame of a stream")
+    p.add_argument("stream_id", metavar="STREAM-ID")
+    p.add_argument("--redis", default="redis://localhost:6379/0")
+    p.add_argument("--prefix", default="segstream:")
+    p.add_argument("--from-start", action="store_true", help="read the stream from its first kept entry")
+    p.add_argument("--follow", action="store_true", help="keep reading after an end-of-stream entry")
+    p.add_argument("--idle", type=float, default=0, help="give up after this many seconds without a message (0: wait forever)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON instead of a summary line")
+    p.set_defaults(func=cmd_subscribe)
+
+    from segstream.pipeline import commands
+
+    for register in (*commands.REGISTRARS, *extra):
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="segstream: warning: %(message)s")
+    logging.getLogger("libav").setLevel(logging.CRITICAL)
+    args = build_parser().parse_args(argv)
+    debug = os.environ.get("SEGSTREAM_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("segstream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user, never a traceback
+        if debug:
+            raise
+        if isinstance(exc, _user_errors()):
+            print(f"segstream: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"segstream: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Subcommands that live with their own modules and parse their own arguments.
+
+Each entry maps a subcommand to `module:function`, a `main(argv) -> int` taking the arguments
+after the subcommand name, so `segstream train --help` shows the trainer's own help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Callable
+
+DELEGATED = {
+    "demo": ("segstream.pipeline.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
+    "eval": ("segstream.pipeline.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
+    "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
+    "export": ("segstream.engines.export:main", "export onnx|tensorrt"),
+}
+
+
+def _delegate(target: str) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return int(getattr(importlib.import_module(module), function)(args.rest) or 0)
+
+    return call
+
+
+def _register(sub: argparse._SubParsersAction) -> None:
+    for name, (target, help_text) in DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(target))
+
+
+REGISTRARS = [_register]

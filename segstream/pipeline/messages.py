@@ -1,0 +1,104 @@
+"""The typed messages that travel on the queues between stages.
+
+    Source --Frame--> Preprocess --Batch--> Inference --FrameDetections--> Postprocess --FrameResult--> Publish
+
+EndOfStream follows the last Frame of a file source down the same queues, so every stage sees
+it after all of that stream's frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from segstream.engines.protocol import Detections
+
+
+@dataclass
+class Frame:
+    """One decoded video frame.
+
+    image: uint8 [H, W, 3] RGB, in frame pixels.
+    index: 0-based index of the decoded frame in its source (gaps mean frames dropped on the way).
+    pts: presentation time in seconds, or None when the container has none.
+    time: unix seconds when the frame was decoded (capture time for live sources).
+    live: True for camera streams, whose frames may be dropped to keep latency bounded.
+    """
+
+    stream_id: str
+    index: int
+    pts: float | None
+    time: float
+    image: np.ndarray
+    live: bool = False
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass
+class EndOfStream:
+    """A file source ended: `frames` frames were decoded. interrupted: stopped by a signal or error."""
+
+    stream_id: str
+    frames: int
+    interrupted: bool = False
+
+
+@dataclass
+class Batch:
+    """Frames resized, normalised and padded into one network input.
+
+    images: float32 [B, 3, H, W] on the engine's device, (H, W) = the engine's input size.
+    image_sizes: per frame (height, width) of its resized area inside the padded input.
+    scales: per frame (sy, sx) = resized size / frame size; network-input pixel / scale = frame pixel.
+    """
+
+    frames: list[Frame]
+    images: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    scales: list[tuple[float, float]]
+
+
+@dataclass
+class FrameDetections:
+    """One frame with what the engine found in it (network-input coordinates, see Detections)."""
+
+    frame: Frame
+    detections: Detections
+    scale: tuple[float, float]
+
+
+@dataclass
+class Instance:
+    """One segmented object in frame pixels.
+
+    box: x1, y1, x2, y2 in frame pixels (floats).
+    rle: COCO compressed RLE of the full-frame, column-major mask: {"size": [H, W], "counts": str}.
+    region: bool [y1r - y0r, x1r - x0r] the mask inside `region_box`, kept for drawing.
+    region_box: (x0, y0, x1, y1) integer frame pixels, the pasted box region (end exclusive).
+    """
+
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    rle: dict
+    region: np.ndarray | None = None
+    region_box: tuple[int, int, int, int] | None = None
+
+
+@dataclass
+class FrameResult:
+    """Everything published for one frame."""
+
+    frame: Frame
+    instances: list[Instance] = field(default_factory=list)
+    latency: float = 0.0  # seconds from decode to the end of postprocess

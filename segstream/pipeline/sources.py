@@ -1,0 +1,255 @@
+"""Sources: video files and RTSP cameras decoded with PyAV into Frame messages.
+
+A file source yields every decodable frame in order and then one EndOfStream. A corrupt packet
+in the middle of a file is skipped and counted. A camera source reconnects after the feed drops
+(up to `reconnect_window` seconds of trying) and never ends on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import av.error
+
+from segstream.pipeline.messages import EndOfStream, Frame
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "srt://")
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or read; the message is one line for the user."""
+
+
+def is_live(location: str) -> bool:
+    return location.lower().startswith(LIVE_SCHEMES)
+
+
+def default_stream_id(location: str) -> str:
+    """File stem for files; the last path part of a URL (or the host) for cameras."""
+    if is_live(location):
+        rest = location.split("://", 1)[1].split("?", 1)[0]
+        host, _, path = rest.partition("/")
+        host = host.rsplit("@", 1)[-1].split(":")[0]
+        tail = path.strip("/").replace("/", "-")
+        return tail or host
+    return Path(location).stem
+
+
+@dataclass
+class SourceCounters:
+    decoded: int = 0
+    corrupt: int = 0
+    reconnects: int = 0
+
+
+def _ffmpeg_message(exc: BaseException) -> str:
+    if isinstance(exc, av.error.FFmpegError):
+        return exc.strerror or type(exc).__name__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class VideoFileSource:
+    """Decodes a video file: every frame, in order, then EndOfStream(frames=N)."""
+
+    live = False
+
+    def __init__(self, path: str, stream_id: str, max_frames: int | None = None) -> None:
+        self.path = path
+        self.name = stream_id
+        self.stream_id = stream_id
+        self.max_frames = max_frames
+        self.counters = SourceCounters()
+        self.expected_frames = 0
+
+    def check(self) -> None:
+        """Open once to fail fast with one clear line (missing, not a video, no video track)."""
+        if not Path(self.path).exists():
+            raise SourceError(f"video file not found: {self.path}")
+        if not Path(self.path).is_file():
+            raise SourceError(f"not a file: {self.path}")
+        container = self._open()
+        container.close()
+
+    def _open(self) -> av.container.InputContainer:
+        try:
+            container = av.open(self.path, mode="r", timeout=10.0)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise SourceError(f"cannot read {self.path} as a video ({_ffmpeg_message(exc)})") from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{self.path} has no video track")
+        stream = container.streams.video[0]
+        if stream.codec_context is None or stream.codec_context.name is None:
+            container.close()
+            raise SourceError(f"{self.path}: video codec is not supported")
+        self.expected_frames = int(stream.frames or 0)
+        return container
+
+    def items(self, stopping: threading.Event) -> Iterator[Frame | EndOfStream]:
+        container = self._open()
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = 0
+        ended_early = False
+        try:
+            packets = container.demux(stream)
+            while not stopping.is_set():
+                if self.max_frames is not None and index >= self.max_frames:
+                    break
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError as exc:
+                    # Demuxing past a damaged region: keep going if the container lets us.
+                    self.counters.corrupt += 1
+                    log.warning("%s: unreadable data skipped (%s)", self.path, _ffmpeg_message(exc))
+                    if isinstance(exc, av.error.EOFError):
+                        break
+                    continue
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    self.counters.corrupt += 1
+                    continue
+                for vframe in decoded:
+                    if self.max_frames is not None and index >= self.max_frames:
+                        break
+                    yield self._frame(vframe, index)
+                    index += 1
+        finally:
+            container.close()
+        self.counters.decoded = index
+        interrupted = stopping.is_set()
+        if index == 0 and not interrupted:
+            raise SourceError(f"{self.path}: no decodable video frames")
+        limit_hit = self.max_frames is not None and index >= self.max_frames
+        if (
+            not interrupted
+            and not limit_hit
+            and self.expected_frames
+            and index + self.counters.corrupt < self.expected_frames
+        ):
+            ended_early = True
+        yield EndOfStream(self.stream_id, index, interrupted=interrupted or ended_early)
+        if ended_early:
+            raise SourceError(
+                f"{self.path} is truncated or damaged: decoded {index} of {self.expected_frames} frames"
+            )
+
+    def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
+        return Frame(
+            stream_id=self.stream_id,
+            index=index,
+            pts=float(vframe.time) if vframe.time is not None else None,
+            time=time.time(),
+            image=vframe.to_ndarray(format="rgb24"),
+            live=False,
+        )
+
+
+class CameraSource:
+    """Decodes an RTSP (or other network) stream; reconnects when the feed drops."""
+
+    live = True
+
+    def __init__(
+        self,
+        url: str,
+        stream_id: str,
+        open_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        reconnect_window: float = 60.0,
+        max_frames: int | None = None,
+    ) -> None:
+        self.url = url
+        self.name = stream_id
+        self.stream_id = stream_id
+        self.open_timeout = open_timeout
+        self.read_timeout = read_timeout
+        self.reconnect_window = reconnect_window
+        self.max_frames = max_frames
+        self.counters = SourceCounters()
+        self._first: av.container.InputContainer | None = None
+
+    def _open(self) -> av.container.InputContainer:
+        options = {"rtsp_transport": "tcp", "timeout": str(int(self.read_timeout * 1e6))}
+        if not self.url.lower().startswith(("rtsp://", "rtsps://")):
+            options = {"rw_timeout": str(int(self.read_timeout * 1e6))}
+        try:
+            container = av.open(self.url, mode="r", options=options, timeout=(self.open_timeout, self.read_timeout))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open camera {self.url} ({_ffmpeg_message(exc)})") from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"camera {self.url} sends no video track")
+        return container
+
+    def check(self) -> None:
+        """Connect once (kept for the run) so an unreachable camera fails before anything starts."""
+        self._first = self._open()
+
+    def items(self, stopping: threading.Event) -> Iterator[Frame]:
+        container = self._first or self._open()
+        self._first = None
+        index = 0
+        while not stopping.is_set():
+            try:
+                stream = container.streams.video[0]
+                stream.thread_type = "SLICE"  # frame threading would add frames of latency
+                for packet in container.demux(stream):
+                    if stopping.is_set():
+                        break
+                    try:
+                        decoded = packet.decode()
+                    except av.error.FFmpegError:
+                        self.counters.corrupt += 1
+                        continue
+                    for vframe in decoded:
+                        yield Frame(
+                            stream_id=self.stream_id,
+                            index=index,
+                            pts=float(vframe.time) if vframe.time is not None else None,
+                            time=time.time(),
+                            image=vframe.to_ndarray(format="rgb24"),
+                            live=True,
+                        )
+                        index += 1
+                        self.counters.decoded = index
+                        if self.max_frames is not None and index >= self.max_frames:
+                            return
+            except (av.error.FFmpegError, OSError) as exc:
+                log.warning("camera %s: feed lost (%s)", self.url, _ffmpeg_message(exc))
+            finally:
+                container.close()
+            if stopping.is_set():
+                return
+            container = self._reconnect(stopping)
+            if container is None:
+                return
+
+    def _reconnect(self, stopping: threading.Event) -> av.container.InputContainer | None:
+        deadline = time.monotonic() + self.reconnect_window
+        delay = 0.5
+        last = "no answer"
+        while not stopping.is_set():
+            try:
+                container = self._open()
+                self.counters.reconnects += 1
+                log.warning("camera %s: reconnected", self.url)
+                return container
+            except SourceError as exc:
+                last = str(exc)
+            if time.monotonic() + delay > deadline:
+                raise SourceError(f"camera {self.url} lost and not back after {self.reconnect_window:g} s ({last})")
+            stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
+        return None

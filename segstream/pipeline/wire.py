@@ -1,0 +1,77 @@
+"""Redis wire schema v1 (design.md §3): the JSON published per frame and at the end of a file.
+
+    {"schema": 1, "stream": id, "frame": n, "pts": s|null, "time": unix s, "width": W, "height": H,
+     "dropped": k, "instances": [{"class_id", "label", "score", "box": [x1,y1,x2,y2],
+                                  "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}]}
+    {"schema": 1, "stream": id, "eos": true, "frames": N}
+Fields may be added within schema 1; renaming or removing one needs schema 2.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from segstream.pipeline.messages import EndOfStream, FrameResult
+
+SCHEMA = 1
+
+
+def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
+    """The schema-v1 object for one frame; `dropped` = frames dropped since the previous one published."""
+    frame = result.frame
+    return {
+        "schema": SCHEMA,
+        "stream": frame.stream_id,
+        "frame": frame.index,
+        "pts": frame.pts,
+        "time": round(frame.time, 6),
+        "width": frame.width,
+        "height": frame.height,
+        "dropped": dropped,
+        "latency": round(result.latency, 4),
+        "instances": [
+            {
+                "class_id": inst.class_id,
+                "label": inst.label,
+                "score": round(inst.score, 4),
+                "box": [round(v, 2) for v in inst.box],
+                "mask": inst.rle,
+            }
+            for inst in result.instances
+        ],
+    }
+
+
+def eos_message(eos: EndOfStream) -> dict[str, Any]:
+    message: dict[str, Any] = {"schema": SCHEMA, "stream": eos.stream_id, "eos": True, "frames": eos.frames}
+    if eos.interrupted:
+        message["interrupted"] = True
+    return message
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def decode_mask(mask: dict[str, Any]) -> np.ndarray:
+    """uint8 [height, width] binary mask of an instance's "mask" field."""
+    from pycocotools import mask as coco_mask
+
+    rle = {"size": list(mask["size"]), "counts": mask["counts"].encode("ascii")}
+    return coco_mask.decode(rle)
+
+
+def describe(message: dict[str, Any]) -> str:
+    """One human line for a message (what `segstream subscribe` prints)."""
+    if message.get("eos"):
+        return f"{message['stream']} end of stream: {message['frames']} frames"
+    counts: dict[str, int] = {}
+    for inst in message["instances"]:
+        counts[inst["label"]] = counts.get(inst["label"], 0) + 1
+    found = ", ".join(f"{n} {label}" for label, n in sorted(counts.items())) or "nothing"
+    pts = f" t={message['pts']:.2f}s" if message.get("pts") is not None else ""
+    dropped = f" dropped={message['dropped']}" if message.get("dropped") else ""
+    return f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: {found}{dropped}"
