@@ -1,0 +1,193 @@
+// CPU build: the same per-element functions as the CUDA kernels, called in
+// loops. Compiled with the system C++ compiler (-ffp-contract=off, no fast
+// math) into a shared library that Python loads with ctypes.
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "nms.cuh"
+#include "roi_align.cuh"
+
+namespace {
+
+// Runs fn(begin, end) over [0, n) on up to `threads` threads.
+template <typename Fn>
+void parallel_ranges(long long n, int threads, Fn fn) {
+  if (n <= 0) return;
+  const long long workers = std::max(1LL, std::min<long long>(threads, n));
+  if (workers == 1) {
+    fn(0LL, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const long long step = (n + workers - 1) / workers;
+  for (long long begin = 0; begin < n; begin += step)
+    pool.emplace_back(fn, begin, std::min(n, begin + step));
+  for (auto& t : pool) t.join();
+}
+
+template <typename T>
+void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
+                          const T* f4, const float* boxes, const int* counts,
+                          int images, int rois_per_image, int channels,
+                          int num_levels, const int* heights, const int* widths,
+                          const float* scales, int k_min, int k_max,
+                          float canonical_scale, float canonical_level,
+                          int pooled, int sampling_ratio, int aligned, T* out,
+                          int threads) {
+  const T* maps[SEG_ROI_MAX_LEVELS] = {f0, f1, f2, f3, f4};
+  const int bins = pooled * pooled;
+  const long long per_roi = (long long)channels * bins;
+  parallel_ranges((long long)images * rois_per_image, threads, [&](long long begin, long long end) {
+    std::vector<BilinearTap> taps;
+    for (long long roi = begin; roi < end; ++roi) {
+      const int image = (int)(roi / rois_per_image);
+      const int row = (int)(roi - (long long)image * rois_per_image);
+      const float* box = boxes + roi * 4;
+      T* dst = out + roi * per_roi;
+      const int valid_rows = counts ? counts[image] : rois_per_image;
+      const int level = roi_assigned_level(box, row, valid_rows, num_levels, k_min,
+                                           k_max, canonical_scale, canonical_level);
+      if (level < 0) {
+        std::fill(dst, dst + per_roi, seg_from_float<T>(0.0f));
+        continue;
+      }
+      const int height = heights[level], width = widths[level];
+      const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
+      // Taps are shared by all channels (torchvision's CPU pre_calc).
+      const long long n_taps = (long long)bins * w.samples;
+      taps.resize((size_t)n_taps);
+      for (long long s = 0; s < n_taps; ++s)
+        taps[(size_t)s] = roi_window_tap(w, (int)s, pooled, height, width);
+      const long long plane = (long long)height * width;
+      const T* base = maps[level] + (long long)image * channels * plane;
+      for (int c = 0; c < channels; ++c) {
+        const T* src = base + c * plane;
+        for (int bin = 0; bin < bins; ++bin)
+          dst[(long long)c * bins + bin] = seg_from_float<T>(
+              roi_bin_from_taps(src, taps.data() + (long long)bin * w.samples, w.samples, w.count));
+      }
+    }
+  });
+}
+
+// One image: candidates sorted by the shared order, then the same block walk
+// as the CUDA select kernel. Mask words are computed when needed (diagonal
+// words for every block reached, later words only for kept rows) instead of
+// all up front: the arithmetic per word is the same.
+void nms_image(const SegBox* boxes, const float* scores, const int* classes,
+               int n, int valid_rows, float score_threshold, float iou_threshold,
+               int max_outputs, int* out_count, long long* out_indices,
+               float* out_boxes, float* out_scores, long long* out_classes) {
+  std::vector<int> order;
+  for (int i = 0; i < n; ++i)
+    if (nms_is_candidate(scores[i], score_threshold, i, valid_rows)) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    return nms_precedes(scores[a], a, scores[b], b);
+  });
+  const int m = (int)order.size();
+  std::vector<SegBox> sorted(m);
+  std::vector<float> areas(m);
+  std::vector<int> sorted_classes(m);
+  for (int r = 0; r < m; ++r) {
+    sorted[r] = boxes[order[r]];
+    areas[r] = nms_box_area(sorted[r]);
+    sorted_classes[r] = classes[order[r]];
+  }
+  const int words = (m + SEG_NMS_BLOCK - 1) / SEG_NMS_BLOCK;
+  std::vector<unsigned long long> removed(words, 0ULL);
+  unsigned long long diagonal[SEG_NMS_BLOCK];
+  std::vector<int> kept_ranks;
+  int kept = 0;
+  auto word_of = [&](int rank, int block, int first) {
+    const int col0 = block * SEG_NMS_BLOCK;
+    const int ncols = std::min(SEG_NMS_BLOCK, m - col0);
+    return nms_row_word(sorted[rank], areas[rank], sorted_classes[rank], sorted.data() + col0,
+                        areas.data() + col0, sorted_classes.data() + col0, first, ncols,
+                        iou_threshold);
+  };
+  for (int nb = 0; nb < words && kept < max_outputs; ++nb) {
+    const int first_rank = nb * SEG_NMS_BLOCK;
+    const int nrows = std::min(SEG_NMS_BLOCK, m - first_rank);
+    for (int t = 0; t < nrows; ++t) diagonal[t] = word_of(first_rank + t, nb, t + 1);
+    const unsigned long long keep = nms_resolve_block(removed[nb], diagonal, nrows, max_outputs, &kept);
+    for (int t = 0; t < nrows; ++t) {
+      if (!((keep >> t) & 1ULL)) continue;
+      kept_ranks.push_back(first_rank + t);
+      for (int w = nb + 1; w < words; ++w) removed[w] |= word_of(first_rank + t, w, 0);
+    }
+  }
+  *out_count = kept;
+  for (int k = 0; k < max_outputs; ++k) {
+    if (k < kept) {
+      const int src = order[kept_ranks[k]];
+      out_indices[k] = src;
+      reinterpret_cast<SegBox*>(out_boxes)[k] = boxes[src];
+      out_scores[k] = scores[src];
+      out_classes[k] = classes[src];
+    } else {
+      out_indices[k] = -1;
+      reinterpret_cast<SegBox*>(out_boxes)[k] = SegBox{0.0f, 0.0f, 0.0f, 0.0f};
+      out_scores[k] = 0.0f;
+      out_classes[k] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+// Parameters mirror the CUDA kernels' (same names, same order); the CPU
+// functions take the per-level sizes as arrays and a thread count.
+extern "C" {
+
+int segstream_kernels_abi_version() { return 1; }
+
+#define SEG_HOST_ROI_ALIGN(NAME, T)                                                     \
+  void NAME(const T* f0, const T* f1, const T* f2, const T* f3, const T* f4,            \
+            const float* boxes, const int* counts, int images, int rois_per_image,      \
+            int channels, int num_levels, const int* heights, const int* widths,        \
+            const float* scales, int k_min, int k_max, float canonical_scale,           \
+            float canonical_level, int pooled, int sampling_ratio, int aligned, T* out, \
+            int threads) {                                                              \
+    multilevel_roi_align<T>(f0, f1, f2, f3, f4, boxes, counts, images, rois_per_image,  \
+                            channels, num_levels, heights, widths, scales, k_min, k_max, \
+                            canonical_scale, canonical_level, pooled, sampling_ratio,   \
+                            aligned, out, threads);                                     \
+  }
+
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f32, float)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f16, seg_half)
+
+void segstream_batched_nms(const float* boxes, const float* scores, const int* classes,
+                           const int* counts, int images, int n, float score_threshold,
+                           float iou_threshold, int max_outputs, int* out_count,
+                           long long* out_indices, float* out_boxes, float* out_scores,
+                           long long* out_classes, int threads) {
+  parallel_ranges(images, threads, [&](long long begin, long long end) {
+    for (long long b = begin; b < end; ++b) {
+      const long long off = b * n, out_off = b * max_outputs;
+      nms_image(reinterpret_cast<const SegBox*>(boxes) + off, scores + off, classes + off, n,
+                counts ? counts[b] : n, score_threshold, iou_threshold, max_outputs,
+                out_count + b, out_indices + out_off, out_boxes + out_off * 4,
+                out_scores + out_off, out_classes + out_off);
+    }
+  });
+}
+
+// Level index per box (-1: none), for checking the level rule on its own.
+void segstream_roi_levels(const float* boxes, int n, int num_levels, int k_min, int k_max,
+                          float canonical_scale, float canonical_level, int* out) {
+  for (int i = 0; i < n; ++i)
+    out[i] = roi_assigned_level(boxes + 4LL * i, 0, 1, num_levels, k_min, k_max,
+                                canonical_scale, canonical_level);
+}
+
+void segstream_half_from_float(const float* src, unsigned short* dst, long long n) {
+  for (long long i = 0; i < n; ++i) dst[i] = seg_from_float<seg_half>(src[i]).bits;
+}
+
+void segstream_half_to_float(const unsigned short* src, float* dst, long long n) {
+  for (long long i = 0; i < n; ++i) dst[i] = seg_to_float(seg_half{src[i]});
+}
+
+}  // extern "C"
