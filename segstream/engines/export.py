@@ -1,0 +1,161 @@
+"""`segstream export onnx|tensorrt`: the static Mask R-CNN as an ONNX file or a TensorRT engine.
+
+    segstream export onnx --model shapes --input-size 384x640 --batch 1 -o shapes.onnx
+    segstream export tensorrt --model shapes --input-size 384x640 --batch 1 --precision fp16 -o shapes.plan
+
+The ONNX contract (design.md §6) is the static graph's (segstream/engines/static_graph.py) with the
+two `segstream`-domain nodes of segstream/engines/custom_ops.py. Exported files are also cached under
+`$SEGSTREAM_CACHE/onnx/` (default ~/.cache/segstream) keyed by model digest, input size and batch, so
+the onnxruntime and tensorrt engines reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from segstream.engines import custom_ops
+from segstream.engines.checkpoint import tensors_digest
+from segstream.engines.models import LoadedModel, ModelError, apply_test_thresholds, load_model
+from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES, StaticMaskRCNN
+
+#: Bump when the exported graph changes for the same weights, so stale cached files are not reused.
+GRAPH_VERSION = "1"
+
+
+class ExportError(RuntimeError):
+    """An export cannot be done; the message is one line for the user."""
+
+
+def cache_root() -> Path:
+    """$SEGSTREAM_CACHE or ~/.cache/segstream (shared with segstream.kernels' build cache)."""
+    return Path(os.environ.get("SEGSTREAM_CACHE") or Path.home() / ".cache" / "segstream")
+
+
+def model_digest(model: LoadedModel) -> str:
+    """SHA-256 (hex, 16 chars) over the weights and the model config: what makes two graphs the same."""
+    digest = hashlib.sha256()
+    digest.update(tensors_digest(model.network.state_dict()).encode())
+    digest.update(model.config.to_json().encode())
+    digest.update(GRAPH_VERSION.encode())
+    return digest.hexdigest()[:16]
+
+
+def onnx_cache_path(model: LoadedModel, batch: int) -> Path:
+    height, width = model.config.input_size
+    return cache_root() / "onnx" / f"{model_digest(model)}-{height}x{width}-b{batch}.onnx"
+
+
+def export_onnx(model: LoadedModel, path: str | Path, batch: int) -> Path:
+    """Trace the static graph of `model` at batch `batch` and write it to `path` (ONNX opset 17).
+
+    Inputs images f32 [batch,3,H,W] and image_sizes i32 [batch,2]; outputs as static_graph.OUTPUT_NAMES.
+    The file is written next to its destination and renamed into place, so readers never see half a file.
+    """
+    if batch < 1:
+        raise ExportError(f"--batch: {batch} must be >= 1")
+    custom_ops.register_onnx_symbolics()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = model.network.to("cpu").eval()
+    graph = StaticMaskRCNN(network, model.config).eval()
+    height, width = model.config.input_size
+    images = torch.zeros((batch, 3, height, width))
+    image_sizes = torch.tensor([[height, width]] * batch, dtype=torch.int32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter warns about its own deprecation and about traced constants
+            # (the static sizes are meant to be constants); neither is actionable here.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (images, image_sizes),
+                str(tmp),
+                dynamo=False,
+                opset_version=custom_ops.ONNX_OPSET,
+                custom_opsets={custom_ops.DOMAIN: 1},
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                do_constant_folding=True,
+            )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def cached_onnx(model: LoadedModel, batch: int) -> Path:
+    """The cached ONNX file of `model` at `batch`, exported on first use."""
+    path = onnx_cache_path(model, batch)
+    if not path.is_file():
+        export_onnx(model, path, batch)
+    return path
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 384x640)") from None
+    return height, width
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segstream export", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="target", required=True)
+    for target, help_text in (("onnx", "write the static graph as ONNX"), ("tensorrt", "build a TensorRT engine")):
+        p = sub.add_parser(target, help=help_text)
+        p.add_argument("--model", default="shapes", help="model name or .safetensors checkpoint (default: shapes)")
+        p.add_argument("--weights", help="weights file for a torchvision preset")
+        p.add_argument("--input-size", type=_input_size, help="network input HxW, multiples of 32 (default: the model's)")
+        p.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default: 1)")
+        p.add_argument("--score-threshold", type=float, help="override the model's detection score threshold")
+        p.add_argument("-o", "--output", help="output file (default: only the cache)")
+        if target == "tensorrt":
+            p.add_argument("--onnx", help="ONNX file to build from (default: exported and cached)")
+            p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+            p.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit (MiB)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        model = load_model(args.model, weights=args.weights, input_size=args.input_size)
+        if args.score_threshold is not None:
+            model.config = model.config.replace(score_threshold=args.score_threshold)
+            apply_test_thresholds(model.network, model.config)
+        if args.target == "onnx":
+            path = cached_onnx(model, args.batch)
+            if args.output:
+                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.output).write_bytes(path.read_bytes())
+                path = Path(args.output)
+            print(f"wrote {path} (batch {args.batch}, input {model.config.input_size[0]}x{model.config.input_size[1]})")
+            return 0
+        from segstream.engines.tensorrt_build import TensorRTUnavailable, build_engine_cached
+
+        try:
+            onnx_path = Path(args.onnx) if args.onnx else cached_onnx(model, args.batch)
+            plan = build_engine_cached(
+                model, onnx_path, args.batch, args.precision, workspace_mib=args.workspace_mib
+            )
+        except TensorRTUnavailable as exc:
+            print(f"segstream export tensorrt: {exc}", file=sys.stderr)
+            return 2
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_bytes(plan.read_bytes())
+            plan = Path(args.output)
+        print(f"wrote {plan} ({args.precision}, batch {args.batch})")
+        return 0
+    except (ModelError, ExportError, ValueError) as exc:
+        print(f"segstream export: {exc}", file=sys.stderr)
+        return 2
