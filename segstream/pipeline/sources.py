@@ -56,6 +56,14 @@ def _ffmpeg_message(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _declared_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1e6
+    return 0.0
+
+
 class VideoFileSource:
     """Decodes a video file: every frame, in order, then EndOfStream(frames=N)."""
 
@@ -68,6 +76,9 @@ class VideoFileSource:
         self.max_frames = max_frames
         self.counters = SourceCounters()
         self.expected_frames = 0
+        self.expected_seconds = 0.0
+        self.frame_seconds = 0.0
+        self._last_pts: float | None = None
 
     def check(self) -> None:
         """Open once to fail fast with one clear line (missing, not a video, no video track)."""
@@ -91,6 +102,8 @@ class VideoFileSource:
             container.close()
             raise SourceError(f"{self.path}: video codec is not supported")
         self.expected_frames = int(stream.frames or 0)
+        self.expected_seconds = _declared_seconds(container, stream)
+        self.frame_seconds = float(1 / stream.average_rate) if stream.average_rate else 0.0
         return container
 
     def items(self, stopping: threading.Event) -> Iterator[Frame | EndOfStream]:
@@ -132,28 +145,57 @@ class VideoFileSource:
         if index == 0 and not interrupted:
             raise SourceError(f"{self.path}: no decodable video frames")
         limit_hit = self.max_frames is not None and index >= self.max_frames
-        if (
-            not interrupted
-            and not limit_hit
-            and self.expected_frames
-            and index + self.counters.corrupt < self.expected_frames
-        ):
-            ended_early = True
-        yield EndOfStream(self.stream_id, index, interrupted=interrupted or ended_early)
-        if ended_early:
-            raise SourceError(
-                f"{self.path} is truncated or damaged: decoded {index} of {self.expected_frames} frames"
-            )
+        shortfall = None if interrupted or limit_hit else self._shortfall(index)
+        yield EndOfStream(self.stream_id, index, interrupted=interrupted or shortfall is not None)
+        if shortfall is not None:
+            raise SourceError(f"{self.path} is truncated or damaged: {shortfall}")
+
+    def _shortfall(self, decoded: int) -> str | None:
+        """Why the file ended before its container said it would, or None if it did not."""
+        if self.expected_frames:
+            if decoded + self.counters.corrupt < self.expected_frames:
+                return f"decoded {decoded} of {self.expected_frames} frames"
+            return None
+        # Containers without a frame count (Matroska, WebM) still declare their duration.
+        if self.expected_seconds and self._last_pts is not None:
+            margin = max(2 * self.frame_seconds, 0.1)
+            if self._last_pts + margin < self.expected_seconds:
+                return f"decoding stopped at {self._last_pts:.2f} s of {self.expected_seconds:.2f} s"
+        return None
 
     def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
+        pts = float(vframe.time) if vframe.time is not None else None
+        if pts is not None:
+            self._last_pts = pts if self._last_pts is None else max(self._last_pts, pts)
         return Frame(
             stream_id=self.stream_id,
             index=index,
-            pts=float(vframe.time) if vframe.time is not None else None,
+            pts=pts,
             time=time.time(),
             image=vframe.to_ndarray(format="rgb24"),
             live=False,
         )
+
+
+class CaptureClock:
+    """Capture time of live frames from their timestamps, anchored at the first frame.
+
+    Decode time would hide latency: a decoder that falls behind stamps late frames as fresh.
+    The camera's own clock (pts) says when each frame was taken; it is anchored to the wall
+    clock at the first frame of a connection and never allowed into the future.
+    """
+
+    def __init__(self) -> None:
+        self._anchor: tuple[float, float] | None = None
+
+    def capture_time(self, pts: float | None) -> float:
+        now = time.time()
+        if pts is None:
+            return now
+        if self._anchor is None:
+            self._anchor = (now, pts)
+        wall, first = self._anchor
+        return min(now, wall + (pts - first))
 
 
 class CameraSource:
@@ -202,6 +244,7 @@ class CameraSource:
         self._first = None
         index = 0
         while not stopping.is_set():
+            clock = CaptureClock()
             try:
                 stream = container.streams.video[0]
                 stream.thread_type = "SLICE"  # frame threading would add frames of latency
@@ -214,11 +257,12 @@ class CameraSource:
                         self.counters.corrupt += 1
                         continue
                     for vframe in decoded:
+                        pts = float(vframe.time) if vframe.time is not None else None
                         yield Frame(
                             stream_id=self.stream_id,
                             index=index,
-                            pts=float(vframe.time) if vframe.time is not None else None,
-                            time=time.time(),
+                            pts=pts,
+                            time=clock.capture_time(pts),
                             image=vframe.to_ndarray(format="rgb24"),
                             live=True,
                         )
