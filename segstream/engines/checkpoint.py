@@ -33,7 +33,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(str(t.dtype).encode())
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-dim tensors (BatchNorm counters) cannot be viewed as bytes
     return digest.hexdigest()
 
 
