@@ -1,0 +1,161 @@
+"""Mask and box AP of per-frame results against a clip's COCO ground truth.
+
+The results are what the pipeline publishes (Redis wire schema v1, design.md section 3): one dict
+per frame with `frame` and `instances` [{class_id, score, box [x1,y1,x2,y2] px, mask {size,
+counts}}]; end-of-stream entries are ignored. `coco_metrics` is the metric core,
+`evaluate_clip` times any runner that turns a video into such results, and `predict_clip`
+is the runner without the pipeline (the model called directly on decoded frames), used to
+follow training and by the tests:
+
+    python -m segstream.shapes.evaluate VIDEO GT.json [--model CHECKPOINT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+FrameResult = dict
+
+
+def coco_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult], only_seen: bool = False) -> dict[str, float]:
+    """COCO AP of frame results.
+
+    Ground truth images are matched by their `frame` field (frame index; falls back to id - 1).
+    Returns mask_ap (AP@[.5:.95], segm), mask_ap50, mask_ap75, box_ap, box_ap50, and `frames`,
+    the number of ground-truth frames that received a result. Frames without a result count
+    as frames where nothing was found, unless only_seen (then they are left out of the score).
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_json_path))
+    by_frame = {int(img.get("frame", img["id"] - 1)): img["id"] for img in gt.dataset["images"]}
+    segm, boxes, seen = [], [], set()
+    for result in frame_results:
+        if result.get("eos") or "instances" not in result:
+            continue
+        image_id = by_frame.get(int(result["frame"]))
+        if image_id is None:
+            continue
+        seen.add(image_id)
+        for inst in result["instances"]:
+            x1, y1, x2, y2 = (float(v) for v in inst["box"])
+            common = {"image_id": image_id, "category_id": int(inst["class_id"]), "score": float(inst["score"])}
+            mask = inst["mask"]
+            counts = mask["counts"]
+            segm.append({**common, "segmentation": {"size": list(mask["size"]),
+                                                    "counts": counts if isinstance(counts, str) else counts.decode("ascii")}})
+            boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    metrics = {"frames": float(len(seen))}
+    for kind, dets, prefix in (("segm", segm, "mask"), ("bbox", boxes, "box")):
+        if not dets:
+            metrics.update({f"{prefix}_ap": 0.0, f"{prefix}_ap50": 0.0, f"{prefix}_ap75": 0.0})
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = COCOeval(gt, gt.loadRes(dets), kind)
+            evaluator.params.imgIds = sorted(seen if only_seen else by_frame.values())
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats = evaluator.stats
+        metrics.update({f"{prefix}_ap": float(stats[0]), f"{prefix}_ap50": float(stats[1]), f"{prefix}_ap75": float(stats[2])})
+    return metrics
+
+
+def evaluate_clip(
+    video: str | Path, gt_json: str | Path, run_pipeline: Callable[[str], Iterable[FrameResult]], only_seen: bool = False
+) -> dict[str, float]:
+    """Run `run_pipeline(video)` (which yields or returns frame results) and score it.
+
+    Adds `fps`: frames with a result per second of wall time spent in the runner.
+    """
+    start = time.perf_counter()
+    results = list(run_pipeline(str(video)))
+    elapsed = time.perf_counter() - start
+    metrics = coco_metrics(gt_json, results, only_seen)
+    frames = sum(1 for r in results if not r.get("eos"))
+    metrics["fps"] = frames / elapsed if elapsed > 0 else 0.0
+    metrics["seconds"] = elapsed
+    return metrics
+
+
+def decode_frames(video: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB frames uint8 [H, W, 3] of a video file, in decode order."""
+    with av.open(str(video)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if max_frames is not None and i >= max_frames:
+                return
+            yield frame.to_ndarray(format="rgb24")
+
+
+@torch.inference_mode()
+def predict_clip(model: torch.nn.Module, video: str | Path, class_names: Sequence[str],
+                 mask_threshold: float = 0.5, batch_size: int = 4, max_frames: int | None = None) -> Iterator[FrameResult]:
+    """Frame results of a torchvision Mask R-CNN run directly on a video (no pipeline).
+
+    The model's own transform resizes each frame to fit its input size and pads it; its
+    postprocess maps boxes back to frame pixels and pastes the masks at frame resolution.
+    """
+    model.eval()
+    batch: list[np.ndarray] = []
+    index = 0
+
+    def flush() -> Iterator[FrameResult]:
+        nonlocal index
+        tensors = [torch.from_numpy(f).permute(2, 0, 1).float().div_(255.0) for f in batch]
+        for frame, out in zip(batch, model(tensors)):
+            h, w = frame.shape[:2]
+            masks = (out["masks"][:, 0] >= mask_threshold).numpy().astype(np.uint8)
+            instances = []
+            for box, score, label, mask in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), masks):
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                instances.append({"class_id": int(label), "label": class_names[int(label)], "score": float(score),
+                                  "box": [float(v) for v in box],
+                                  "mask": {"size": [h, w], "counts": rle["counts"].decode("ascii")}})
+            yield {"schema": 1, "frame": index, "width": w, "height": h, "instances": instances}
+            index += 1
+        batch.clear()
+
+    for frame in decode_frames(video, max_frames):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segstream.shapes.evaluate",
+                                     description="COCO mask/box AP of a shapes checkpoint on a clip (model only, no pipeline).")
+    parser.add_argument("video", type=Path)
+    parser.add_argument("gt", type=Path)
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled shapes model)")
+    parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--score-threshold", type=float, default=None, help="override the checkpoint's")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    from segstream.shapes.model import load_shapes_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config = load_shapes_model(args.model, score_threshold=args.score_threshold)
+    metrics = evaluate_clip(args.video, args.gt, lambda v: predict_clip(model, v, config.class_names,
+                                                                           config.mask_threshold, max_frames=args.max_frames),
+                            only_seen=args.max_frames is not None)
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

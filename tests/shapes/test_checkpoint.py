@@ -1,0 +1,49 @@
+"""The bundled shapes checkpoint: what it carries, that it detects shapes, that tampering is refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from segstream.engines.checkpoint import CheckpointError, read_model_config
+from segstream.shapes.clip import render_clip
+from segstream.shapes.evaluate import coco_metrics, predict_clip
+from segstream.shapes.model import SHAPES_CHECKPOINT, load_shapes_model
+
+pytestmark = pytest.mark.skipif(not SHAPES_CHECKPOINT.is_file(), reason="bundled shapes checkpoint not present")
+
+
+def test_checkpoint_describes_its_model():
+    config = read_model_config(SHAPES_CHECKPOINT)
+    assert config.architecture == "compact"
+    assert config.class_names == ("__background__", "circle", "square", "triangle", "star")
+    assert config.input_size[0] % 32 == 0 and config.input_size[1] % 32 == 0
+    assert SHAPES_CHECKPOINT.stat().st_size <= 20 * 1024 * 1024
+
+
+def test_checkpoint_segments_a_fresh_clip(tmp_path):
+    video, gt = tmp_path / "fresh.mp4", tmp_path / "fresh.json"
+    render_clip(video, gt, seed=2024, frames=16)
+    model, config = load_shapes_model()
+    metrics = coco_metrics(gt, predict_clip(model, video, config.class_names, config.mask_threshold))
+    assert metrics["frames"] == 16
+    assert metrics["mask_ap50"] >= 0.7, metrics
+    assert metrics["mask_ap"] >= 0.4, metrics
+
+
+def test_tampered_checkpoint_is_rejected(tmp_path):
+    copy = tmp_path / "tampered.safetensors"
+    shutil.copy(SHAPES_CHECKPOINT, copy)
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF  # a weight byte: the tensors follow the header
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="integrity"):
+        load_shapes_model(copy)
+
+
+def test_truncated_checkpoint_is_rejected(tmp_path):
+    copy = tmp_path / "truncated.safetensors"
+    copy.write_bytes(SHAPES_CHECKPOINT.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_shapes_model(copy)
