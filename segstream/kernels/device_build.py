@@ -134,6 +134,7 @@ def kernel_ptx(kernel: str, arch: str | int = "sm_80") -> str:
 
 @dataclass
 class _LoadedModule:
+    context: Any  # the device's primary context, which torch's runtime calls use too
     module: Any
     functions: dict[str, Any]
 
@@ -171,7 +172,7 @@ def _loaded(device: torch.device) -> _LoadedModule:
                 name: _check(driver.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")[0]
                 for name in KERNEL_NAMES
             }
-        loaded = _LoadedModule(module, functions)
+        loaded = _LoadedModule(ctx, module, functions)
         _modules[index] = loaded
         return loaded
 
@@ -192,6 +193,11 @@ def launch(
         return
     pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
     with torch.cuda.device(device):
+        # A thread that has not touched the runtime yet has no current context; a launch of
+        # a module function needs its own (primary) context current.
+        (current,) = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        if int(current) != int(loaded.context):
+            _check(driver.cuCtxSetCurrent(loaded.context), "cuCtxSetCurrent")
         stream = torch.cuda.current_stream(device).cuda_stream
         _check(
             driver.cuLaunchKernel(
