@@ -1,0 +1,91 @@
+"""The ONNX contract of design.md §6: what TensorRT and other runtimes may rely on."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from conftest import INPUT_SIZE, ONNX_BATCH, small_model
+from segstream.engines.checkpoint import save_checkpoint
+from segstream.engines.export import main as export_main
+
+K = 20  # conftest: max_detections
+
+
+def _io(graph_values):
+    return {
+        v.name: (v.type.tensor_type.elem_type, [d.dim_value for d in v.type.tensor_type.shape.dim])
+        for v in graph_values
+    }
+
+
+def _attrs(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_inputs_and_outputs_have_the_contract_names_dtypes_and_static_shapes(onnx_file):
+    graph = onnx.load(onnx_file).graph
+    h, w = INPUT_SIZE
+    b = ONNX_BATCH
+    f32, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    assert _io(graph.input) == {"images": (f32, [b, 3, h, w]), "image_sizes": (i32, [b, 2])}
+    outputs = _io(graph.output)
+    assert list(outputs) == ["num_detections", "boxes", "scores", "classes", "masks"]
+    assert outputs == {
+        "num_detections": (i32, [b]),
+        "boxes": (f32, [b, K, 4]),
+        "scores": (f32, [b, K]),
+        "classes": (i32, [b, K]),
+        "masks": (f32, [b, K, 28, 28]),
+    }
+
+
+def test_custom_nodes_carry_domain_and_attributes_the_plugins_register(onnx_file):
+    model = onnx.load(onnx_file)
+    assert {(o.domain, o.version) for o in model.opset_import} >= {("segstream", 1), ("", 17)}
+    custom = [n for n in model.graph.node if n.domain == "segstream"]
+    assert sorted(n.op_type for n in custom) == ["BatchedNMS", "BatchedNMS", "MultilevelRoIAlign", "MultilevelRoIAlign"]
+    nms = [_attrs(n) for n in custom if n.op_type == "BatchedNMS"]
+    # RPN: NMS over levels at IoU 0.7 down to post_nms_top_n; box head: per class, the model's thresholds.
+    assert nms[0]["iou_threshold"] == 0.699999988079071 and nms[0]["max_outputs"] == 150
+    assert abs(nms[1]["iou_threshold"] - 0.5) < 1e-7 and abs(nms[1]["score_threshold"] - 0.05) < 1e-7
+    assert nms[1]["max_outputs"] == K
+    for node in custom:
+        if node.op_type == "BatchedNMS":
+            assert len(node.input) == 3 and len(node.output) == 5
+    pools = [_attrs(n) for n in custom if n.op_type == "MultilevelRoIAlign"]
+    assert [p["output_size"] for p in pools] == [7, 14]
+    for p in pools:
+        assert p["spatial_scales"] == [0.25, 0.125, 0.0625, 0.03125]
+        assert (p["sampling_ratio"], p["aligned"], p["canonical_scale"], p["canonical_level"]) == (2, 0, 224.0, 4)
+    for node in custom:
+        if node.op_type == "MultilevelRoIAlign":
+            assert len(node.input) == 2 + 4 and len(node.output) == 1
+
+
+def test_graph_has_no_control_flow_or_data_dependent_shapes(onnx_file):
+    graph = onnx.load(onnx_file).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"Loop", "If", "Scan", "NonZero", "NonMaxSuppression", "Unique", "Compress"}
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    topk = [n for n in graph.node if n.op_type == "TopK"]
+    assert len(topk) == 4  # one per FPN level in the RPN
+    assert all(n.input[1] in constants for n in topk), "TopK's k must be a constant"
+
+
+def test_export_command_writes_the_graph_for_a_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path / "cache")
+    model = small_model(seed=7)
+    checkpoint = save_checkpoint(tmp_path / "random.safetensors", model.network.state_dict(), model.config)
+    out = tmp_path / "exported.onnx"
+    code = export_main(["onnx", "--model", str(checkpoint), "--input-size", "192x256", "--batch", "1", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert str(out) in capsys.readouterr().out
+    io = _io(onnx.load(out).graph.input)
+    assert io["images"][1] == [1, 3, 192, 256]
+
+
+def test_export_command_rejects_bad_input_in_one_line(tmp_path, capsys):
+    assert export_main(["onnx", "--model", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segstream export:") and "\n" not in err
