@@ -127,6 +127,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.target == "tensorrt":
+        from segstream.engines.tensorrt_build import TensorRTUnavailable, gpu_name, require_tensorrt
+
+        try:  # before the export: without TensorRT or a GPU there is nothing to build
+            require_tensorrt()
+            gpu_name()
+        except TensorRTUnavailable as exc:
+            print(f"segstream export tensorrt: {exc}", file=sys.stderr)
+            return 2
     try:
         model = load_model(args.model, weights=args.weights, input_size=args.input_size)
         if args.score_threshold is not None:
@@ -140,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(args.output)
             print(f"wrote {path} (batch {args.batch}, input {model.config.input_size[0]}x{model.config.input_size[1]})")
             return 0
-        from segstream.engines.tensorrt_build import TensorRTUnavailable, build_engine_cached
+        from segstream.engines.tensorrt_build import TensorRTBuildError, TensorRTUnavailable, build_engine_cached
 
         try:
             onnx_path = Path(args.onnx) if args.onnx else cached_onnx(model, args.batch)
             plan = build_engine_cached(
                 model, onnx_path, args.batch, args.precision, workspace_mib=args.workspace_mib
             )
-        except TensorRTUnavailable as exc:
+        except (TensorRTUnavailable, TensorRTBuildError) as exc:
             print(f"segstream export tensorrt: {exc}", file=sys.stderr)
             return 2
         if args.output:

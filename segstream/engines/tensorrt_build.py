@@ -1,0 +1,183 @@
+"""Building a TensorRT engine from the static graph's ONNX file, and the on-disk engine cache.
+
+An engine is specific to its weights, input size, batch, precision, GPU and TensorRT version, so
+all of them are in the cache key:
+
+    $SEGSTREAM_CACHE/tensorrt/<model digest>-<H>x<W>-b<B>-<precision>-<gpu>-trt<version>.plan
+
+Build steps: the segstream plugins are registered (segstream/kernels/tensorrt_plugins.py); the
+ONNX nodes of domain `segstream` get the `plugin_namespace` attribute the parser's plugin fallback
+reads (and `aot` = 1 on MultilevelRoIAlign when TensorRT has AOT plugins) - the file on disk keeps
+the plain contract; the parser builds the network; FP16 engines keep box arithmetic, top-k, NMS
+and the score path in FP32 (layers outside the convolutional trunk and heads are constrained), so
+FP16 changes the features, not the decoding.
+
+TensorRT is imported only inside the functions that need it. Not executed on the machines this
+project is developed on (TensorRT's builder does not install there); the steps before it are tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from segstream.engines import custom_ops
+from segstream.engines.models import LoadedModel
+
+MIN_VERSION = (10, 9)
+INSTALL_HINT = (
+    "install TensorRT >= 10.9 for this CUDA (the `tensorrt` pip package from NVIDIA's package index, "
+    "or build the image in docker/)"
+)
+#: ONNX node-name prefixes of the convolutional trunk and heads: the layers FP16 may run in half precision.
+HALF_PRECISION_SCOPES = (
+    "/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/",
+    f"/{custom_ops.ROI_ALIGN_NODE}",
+)
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT (or a GPU) is missing; the message says what to install, in one line."""
+
+
+class TensorRTBuildError(RuntimeError):
+    """The builder or parser refused the graph; the message holds the first errors."""
+
+
+def require_tensorrt():
+    """The `tensorrt` module, at least MIN_VERSION; TensorRTUnavailable otherwise."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable(f"TensorRT is not installed: {INSTALL_HINT}") from None
+    if version_tuple(trt.__version__) < MIN_VERSION:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old: {INSTALL_HINT}")
+    return trt
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def engine_cache_name(
+    model_digest: str, input_size: tuple[int, int], batch: int, precision: str, gpu_name: str, trt_version: str
+) -> str:
+    """File name of a cached engine; every field that makes two engines differ is in it."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
+    height, width = input_size
+    return f"{model_digest}-{height}x{width}-b{batch}-{precision}-{gpu}-trt{trt_version}.plan"
+
+
+def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
+    """The ONNX model as TensorRT's parser should see it: segstream nodes marked as plugins.
+
+    Adds `plugin_namespace` = "segstream" to each segstream-domain node, and `aot` = 1 to
+    MultilevelRoIAlign when `aot` (0 elsewhere: BatchedNMS has no AOT implementation).
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    for node in model.graph.node:
+        if node.domain != custom_ops.DOMAIN:
+            continue
+        kept = [a for a in node.attribute if a.name not in ("plugin_namespace", "aot")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(helper.make_attribute("plugin_namespace", custom_ops.DOMAIN))
+        node.attribute.append(helper.make_attribute("aot", int(aot and node.op_type == custom_ops.ROI_ALIGN_NODE)))
+    return model.SerializeToString()
+
+
+def onnx_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _logger(trt):
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_serialized_engine(onnx_path: Path, precision: str = "fp32", workspace_mib: int = 2048) -> bytes:
+    """Parse `onnx_path` with the segstream plugins and build a serialized engine (`precision` fp32|fp16)."""
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+    trt = require_tensorrt()
+    from segstream.kernels import tensorrt_plugins
+
+    aot = tensorrt_plugins.register()
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(prepare_onnx(Path(onnx_path).read_bytes(), aot), str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        _keep_decoding_in_fp32(trt, network)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTBuildError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    return bytes(plan)
+
+
+def _keep_decoding_in_fp32(trt, network) -> None:
+    """Constrain every layer outside HALF_PRECISION_SCOPES to FP32 (its float outputs too)."""
+    floats = (trt.float32, trt.float16)
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name.startswith(HALF_PRECISION_SCOPES):
+            continue
+        if layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE):
+            continue
+        layer.precision = trt.float32
+        for out in range(layer.num_outputs):
+            if layer.get_output(out).dtype in floats:
+                layer.set_output_type(out, trt.float32)
+
+
+def gpu_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT engines need a CUDA GPU and there is none on this machine")
+    return torch.cuda.get_device_name()
+
+
+def engine_cache_path(model: LoadedModel | None, onnx_path: Path, batch: int, precision: str) -> Path:
+    """Where the engine for these inputs is cached (the ONNX file's digest stands in without a model)."""
+    from segstream.engines.export import cache_root, model_digest, onnx_cache_path
+
+    trt = require_tensorrt()
+    if model is not None and Path(onnx_path) == onnx_cache_path(model, batch):
+        digest = model_digest(model)
+    else:
+        digest = onnx_digest(Path(onnx_path))
+    input_size = tuple(model.config.input_size) if model is not None else _onnx_input_size(Path(onnx_path))
+    name = engine_cache_name(digest, input_size, batch, precision, gpu_name(), trt.__version__)
+    return cache_root() / "tensorrt" / name
+
+
+def _onnx_input_size(path: Path) -> tuple[int, int]:
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[2].dim_value), int(dims[3].dim_value)
+
+
+def build_engine_cached(
+    model: LoadedModel | None, onnx_path: Path, batch: int, precision: str = "fp32", workspace_mib: int = 2048
+) -> Path:
+    """The cached engine file for `onnx_path`, built on first use (written atomically)."""
+    path = engine_cache_path(model, Path(onnx_path), batch, precision)
+    if path.is_file():
+        return path
+    plan = build_serialized_engine(Path(onnx_path), precision, workspace_mib)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_bytes(plan)
+    tmp.replace(path)
+    return path

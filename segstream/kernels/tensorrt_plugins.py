@@ -1,0 +1,300 @@
+"""TensorRT plugins for the two `segstream` ONNX nodes, on TensorRT's Python plugin API (`tensorrt.plugin`).
+
+    segstream::MultilevelRoIAlign   inputs boxes f32 [B,R,4], counts i32 [B], feature_0..3 f32|f16 [B,C,H_l,W_l]
+                                    -> f32|f16 [B,R,C,S,S]
+                                    attributes output_size, spatial_scales, sampling_ratio, aligned,
+                                    canonical_scale, canonical_level
+    segstream::BatchedNMS           inputs boxes f32 [B,N,4], scores f32 [B,N], classes i32 [B,N]
+                                    -> count i32 [B], indices i32 [B,K], boxes f32 [B,K,4], scores f32 [B,K],
+                                       classes i32 [B,K]; attributes iou_threshold, score_threshold, max_outputs
+
+These are the names and attributes of segstream/engines/custom_ops.py; TensorRT's ONNX parser finds
+the plugin by op type and namespace (segstream.engines.tensorrt_build marks the nodes with
+`plugin_namespace`). The code is the kernels' own CUDA (csrc/kernels.cu):
+
+- MultilevelRoIAlign is one kernel launch, so it has an `aot_impl`: a small `extern "C"` wrapper
+  with TensorRT's AOT parameter order (inputs, int32 extra arguments, outputs) around
+  `segstream::multilevel_roi_align_block`, with the float attributes compiled in as constants
+  (AOT extra arguments are integers only), compiled to PTX with NVRTC and stored in the engine: no
+  Python at run time. Its `impl` (used where TensorRT has no AOT support) calls
+  `segstream.kernels.multilevel_roi_align` on TensorRT's stream.
+- BatchedNMS is three launches with a scratch bit matrix, which an AOT plugin (one kernel, no
+  workspace) cannot express; its `impl` calls `segstream.kernels.batched_nms` on TensorRT's stream
+  (the engine then needs Python and torch at run time, as segstream's runner has anyway).
+
+Importing this module needs neither TensorRT nor a GPU; `register()` defines the plugins and
+needs TensorRT >= 10.9 (AOT: a release that has `tensorrt.plugin.aot_impl`).
+Not executed on the machines this project is developed on (no TensorRT, no GPU); the wrapper
+source and its NVRTC compilation are tested there.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from segstream.kernels import sources
+from segstream.kernels.roi_align import _OUTPUTS_PER_BLOCK, _TABLE_TAPS, _TAP_BYTES, _THREADS
+
+NAMESPACE = "segstream"
+ROI_ALIGN = "MultilevelRoIAlign"
+NMS = "BatchedNMS"
+#: Feature maps the RoIAlign plugin takes: the four FPN levels Mask R-CNN pools from.
+PLUGIN_LEVELS = 4
+AOT_KERNEL = "segstream_trt_multilevel_roi_align"
+
+
+class PluginError(RuntimeError):
+    """A plugin cannot be defined or compiled; the message says why in one line."""
+
+
+# ---------------------------------------------------------------- AOT RoIAlign: source, launch, PTX
+
+
+def _float_literal(value: float) -> str:
+    """Exact C++17 hex literal of `value` rounded to float32 (e.g. 0x1p-2f)."""
+    return float(np.float32(value)).hex() + "f"
+
+
+def aot_roi_align_source(num_levels: int, half: bool) -> str:
+    """CUDA source of the AOT RoIAlign kernel for `num_levels` maps (f16 storage when `half`).
+
+    Parameters, in TensorRT's AOT order: boxes, counts, feature_0..L-1 (the plugin inputs), then
+    int32 rois, channels, h_0, w_0, .., h_{L-1}, w_{L-1}, channels_per_block, table_taps (extra
+    arguments), then out. The level rule's constants come from macros SEG_* (see aot_defines).
+    """
+    if not 1 <= num_levels <= 5:
+        raise PluginError(f"RoIAlign takes 1..5 feature maps, not {num_levels}")
+    t = "seg_half" if half else "float"
+    maps = [f"f{i}" for i in range(num_levels)]
+    padded = maps + ["f0"] * (5 - num_levels)  # unused slots: any valid pointer, as the kernels do
+    sizes = [f"h{i}, w{i}" if i < num_levels else "1, 1" for i in range(5)]
+    scales = [f"SEG_S{i}" if i < num_levels else "1.0f" for i in range(5)]
+    params = ", ".join(
+        ["const float* boxes", "const int* counts", *(f"const {t}* {m}" for m in maps), "int rois", "int channels"]
+        + [f"int h{i}, int w{i}" for i in range(num_levels)]
+        + ["int channels_per_block", "int table_taps", f"{t}* out"]
+    )
+    return (
+        '#include "kernels.cu"\n\n'
+        f'extern "C" __global__ void __launch_bounds__({_THREADS}) {AOT_KERNEL}({params}) {{\n'
+        f"  segstream::multilevel_roi_align_block<{t}>(\n"
+        f"      {', '.join(padded)}, boxes, counts, rois, channels, {num_levels},\n"
+        f"      {', '.join(sizes)},\n"
+        f"      {', '.join(scales)},\n"
+        "      SEG_K_MIN, SEG_K_MAX, SEG_CANONICAL_SCALE, SEG_CANONICAL_LEVEL,\n"
+        "      SEG_POOLED, SEG_SAMPLING_RATIO, SEG_ALIGNED, channels_per_block, table_taps, out);\n"
+        "}\n"
+    )
+
+
+def level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
+    """(k_min, k_max) as the kernels (and torchvision) derive them from the scales."""
+    k_min = int(-np.log2(np.float32(spatial_scales[0])))
+    k_max = int(-np.log2(np.float32(spatial_scales[-1])))
+    return k_min, k_max
+
+
+def aot_defines(
+    spatial_scales: Sequence[float], output_size: int, sampling_ratio: int, aligned: bool,
+    canonical_scale: float, canonical_level: int,
+) -> dict[str, str]:
+    """The SEG_* macros of aot_roi_align_source: the plugin attributes, compiled in."""
+    k_min, k_max = level_range(spatial_scales)
+    defines = {f"SEG_S{i}": _float_literal(s) for i, s in enumerate(spatial_scales)}
+    defines.update(
+        SEG_K_MIN=str(k_min), SEG_K_MAX=str(k_max), SEG_CANONICAL_SCALE=_float_literal(canonical_scale),
+        SEG_CANONICAL_LEVEL=_float_literal(float(canonical_level)), SEG_POOLED=str(int(output_size)),
+        SEG_SAMPLING_RATIO=str(int(sampling_ratio)), SEG_ALIGNED=str(int(bool(aligned))),
+    )
+    return defines
+
+
+def roi_align_launch(channels: int, output_size: int, sampling_ratio: int) -> tuple[int, int, int, int]:
+    """(channels_per_block, table_taps, blocks along y, shared bytes): the kernels' own launch geometry.
+
+    Grid x is B*R (one box per block row), grid y covers the channels in chunks of
+    channels_per_block; table_taps -1 means the shared tap table is not used.
+    """
+    bins = output_size * output_size
+    per_block = max(1, min(channels, -(-_OUTPUTS_PER_BLOCK // bins)))
+    table = bins * sampling_ratio * sampling_ratio if sampling_ratio > 0 else 0
+    taps = table if 0 < table <= _TABLE_TAPS else -1
+    return per_block, taps, -(-channels // per_block), max(taps, 0) * _TAP_BYTES
+
+
+@functools.lru_cache(maxsize=32)
+def compile_aot_ptx(num_levels: int, half: bool, arch: int, defines: tuple[tuple[str, str], ...]) -> bytes:
+    """PTX (compute_<arch>) of the AOT RoIAlign kernel; NVRTC from cuda-bindings, no GPU needed."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError:
+        raise PluginError("the AOT RoIAlign plugin needs cuda-bindings (cuda.bindings.nvrtc)") from None
+    source = aot_roi_align_source(num_levels, half).encode()
+    options = [
+        "--std=c++17", f"--gpu-architecture=compute_{arch}", f"--include-path={sources.CSRC}",
+        *(f"-D{k}={v}" for k, v in defines),
+    ]
+    err, prog = nvrtc.nvrtcCreateProgram(source, b"segstream_trt_roi_align.cu", 0, [], [])
+    if int(err):
+        raise PluginError(f"nvrtcCreateProgram failed: {err!r}")
+    try:
+        (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])
+        if int(result):
+            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            raise PluginError(f"NVRTC failed for the AOT RoIAlign kernel: {log.decode(errors='replace').strip()[:2000]}")
+        _, size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        return ptx.rstrip(b"\0")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _device_arch() -> int:
+    """Compute capability of the current GPU, capped at the newest this NVRTC targets (PTX is forward-JIT)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    arch = major * 10 + minor
+    try:
+        from segstream.kernels.device_build import supported_archs
+
+        supported = [a for a in supported_archs() if a <= arch]
+        return max(supported) if supported else arch
+    except Exception:  # an NVRTC without the query: the device's own arch
+        return arch
+
+
+# ---------------------------------------------------------------- plugin definitions (need TensorRT)
+
+_lock = threading.Lock()
+_registered = False
+aot_available = False
+
+
+def register() -> bool:
+    """Define both plugins in TensorRT's plugin registry (idempotent). Returns whether the
+    RoIAlign plugin has its AOT implementation. Raises ImportError without TensorRT."""
+    global _registered, aot_available
+    with _lock:
+        if _registered:
+            return aot_available
+        import tensorrt.plugin as trtp
+
+        _define(trtp)
+        _registered = True
+        return aot_available
+
+
+def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
+    global aot_available
+    from typing import Tuple, Union
+
+    import numpy.typing as npt
+    import tensorrt as trt
+
+    @trtp.register(f"{NAMESPACE}::{ROI_ALIGN}")
+    def roi_align_desc(
+        boxes: trtp.TensorDesc, counts: trtp.TensorDesc, feature_0: trtp.TensorDesc, feature_1: trtp.TensorDesc,
+        feature_2: trtp.TensorDesc, feature_3: trtp.TensorDesc, output_size: int,
+        spatial_scales: npt.NDArray[np.float32], sampling_ratio: int, aligned: int, canonical_scale: float,
+        canonical_level: int,
+    ) -> trtp.TensorDesc:
+        shape = (boxes.shape_expr[0], boxes.shape_expr[1], feature_0.shape_expr[1], output_size, output_size)
+        return trtp.from_shape_expr(shape, dtype=feature_0.dtype)
+
+    @trtp.autotune(f"{NAMESPACE}::{ROI_ALIGN}")
+    def roi_align_formats(boxes, counts, feature_0, feature_1, feature_2, feature_3, outputs):
+        # Maps and output share one dtype; boxes stay float32 (pixel coordinates need the mantissa).
+        return [trtp.AutoTuneCombination("FP32, INT32, FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
+
+    @trtp.impl(f"{NAMESPACE}::{ROI_ALIGN}")
+    def roi_align_run(
+        boxes, counts, feature_0, feature_1, feature_2, feature_3, output_size, spatial_scales, sampling_ratio,
+        aligned, canonical_scale, canonical_level, outputs, stream,
+    ) -> None:
+        import torch
+
+        from segstream.kernels import multilevel_roi_align
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            view = lambda t: torch.as_tensor(t, device="cuda")  # noqa: E731
+            pooled = multilevel_roi_align(
+                [view(f) for f in (feature_0, feature_1, feature_2, feature_3)], view(boxes), int(output_size),
+                [float(s) for s in spatial_scales], sampling_ratio=int(sampling_ratio), aligned=bool(aligned),
+                canonical_scale=float(canonical_scale), canonical_level=int(canonical_level), counts=view(counts),
+            )
+            view(outputs[0]).copy_(pooled)
+
+    if hasattr(trtp, "aot_impl"):
+
+        @trtp.aot_impl(f"{NAMESPACE}::{ROI_ALIGN}")
+        def roi_align_aot(
+            boxes: trtp.TensorDesc, counts: trtp.TensorDesc, feature_0: trtp.TensorDesc, feature_1: trtp.TensorDesc,
+            feature_2: trtp.TensorDesc, feature_3: trtp.TensorDesc, output_size: int,
+            spatial_scales: npt.NDArray[np.float32], sampling_ratio: int, aligned: int, canonical_scale: float,
+            canonical_level: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
+        ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+            features = (feature_0, feature_1, feature_2, feature_3)
+            channels_expr = feature_0.shape_expr[1]
+            if not channels_expr.is_constant:
+                raise PluginError("the AOT RoIAlign plugin needs a static channel count")
+            channels = int(channels_expr.constant_value)
+            per_block, taps, blocks_y, shared = roi_align_launch(channels, int(output_size), int(sampling_ratio))
+            defines = aot_defines(
+                [float(s) for s in spatial_scales], int(output_size), int(sampling_ratio), bool(aligned),
+                float(canonical_scale), int(canonical_level),
+            )
+            half = feature_0.dtype == trt.float16
+            ptx = compile_aot_ptx(PLUGIN_LEVELS, half, _device_arch(), tuple(sorted(defines.items())))
+            launch = trtp.KernelLaunchParams()
+            launch.grid_x = boxes.shape_expr[0] * boxes.shape_expr[1]
+            launch.grid_y = blocks_y
+            launch.block_x = _THREADS
+            launch.shared_mem = shared
+            sizes = [e for f in features for e in (f.shape_expr[2], f.shape_expr[3])]
+            extra = trtp.SymIntExprs.from_tuple(
+                [trtp.SymInt32(e) for e in (boxes.shape_expr[1], channels_expr, *sizes, per_block, taps)]
+            )
+            return AOT_KERNEL, ptx, launch, extra
+
+        aot_available = True
+
+    @trtp.register(f"{NAMESPACE}::{NMS}")
+    def nms_desc(
+        boxes: trtp.TensorDesc, scores: trtp.TensorDesc, classes: trtp.TensorDesc, iou_threshold: float,
+        score_threshold: float, max_outputs: int,
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
+        b, k = boxes.shape_expr[0], int(max_outputs)
+        return (
+            trtp.from_shape_expr((b,), dtype=trt.int32),
+            trtp.from_shape_expr((b, k), dtype=trt.int32),
+            trtp.from_shape_expr((b, k, 4), dtype=trt.float32),
+            trtp.from_shape_expr((b, k), dtype=trt.float32),
+            trtp.from_shape_expr((b, k), dtype=trt.int32),
+        )
+
+    @trtp.autotune(f"{NAMESPACE}::{NMS}")
+    def nms_formats(boxes, scores, classes, outputs):
+        return [trtp.AutoTuneCombination("FP32, FP32, INT32, INT32, INT32, FP32, FP32, INT32", "LINEAR")]
+
+    @trtp.impl(f"{NAMESPACE}::{NMS}")
+    def nms_run(boxes, scores, classes, iou_threshold, score_threshold, max_outputs, outputs, stream) -> None:
+        import torch
+
+        from segstream.kernels import batched_nms
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            view = lambda t: torch.as_tensor(t, device="cuda")  # noqa: E731
+            result = batched_nms(
+                view(boxes), view(scores), view(classes), float(iou_threshold), float(score_threshold), int(max_outputs)
+            )
+            for out, value in zip(outputs, result):
+                target = view(out)
+                target.copy_(value.to(target.dtype))

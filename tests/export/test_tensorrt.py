@@ -1,0 +1,128 @@
+"""The TensorRT path: what runs without TensorRT is tested here; the build and run need TensorRT and a GPU.
+
+TensorRT's builder cannot be installed on the machines this project is developed and tested on, so
+the tests marked `needs_tensorrt` run only where `import tensorrt` works and a CUDA GPU exists
+(e.g. in the docker/ image) and are skipped elsewhere with that reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from conftest import INPUT_SIZE, frames
+from segstream.engines.export import main as export_main
+from segstream.engines.factory import EngineError, open_engine
+from segstream.engines.tensorrt_build import engine_cache_name, prepare_onnx
+from segstream.kernels import tensorrt_plugins
+
+HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAVE_GPU = torch.cuda.is_available()
+needs_tensorrt = pytest.mark.skipif(
+    not (HAVE_TENSORRT and HAVE_GPU),
+    reason="needs TensorRT >= 10.9 and a CUDA GPU (TensorRT does not install on this machine; see docs/tensorrt.md)",
+)
+without_tensorrt = pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed here")
+
+
+@without_tensorrt
+def test_engine_tensorrt_without_tensorrt_says_what_to_install_in_one_line(model):
+    with pytest.raises(EngineError) as info:
+        open_engine("tensorrt", model, "cpu", 1)
+    message = str(info.value)
+    assert "\n" not in message and "TensorRT" in message and "install" in message
+
+
+@without_tensorrt
+def test_export_tensorrt_without_tensorrt_fails_before_exporting(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    assert export_main(["tensorrt", "--model", "shapes", "--input-size", "256x320", "-o", str(tmp_path / "m.plan")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segstream export tensorrt:") and "install TensorRT" in err and "\n" not in err
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_engine_cache_name_changes_with_every_key_field():
+    base = ("0123456789abcdef", (384, 640), 1, "fp32", "NVIDIA H100 80GB HBM3", "10.13.0.35")
+    names = {engine_cache_name(*base)}
+    for index, other in enumerate(["fedcba9876543210", (384, 672), 2, "fp16", "NVIDIA L4", "10.9.0.34"]):
+        changed = list(base)
+        changed[index] = other
+        names.add(engine_cache_name(*changed))
+    assert len(names) == 7
+    assert engine_cache_name(*base) == "0123456789abcdef-384x640-b1-fp32-nvidia-h100-80gb-hbm3-trt10.13.0.35.plan"
+
+
+def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_file):
+    original = onnx_file.read_bytes()
+    prepared = onnx.load_from_string(prepare_onnx(original, aot=True))
+    plain = onnx.load_from_string(original)
+    assert len(prepared.graph.node) == len(plain.graph.node)
+    for mine, theirs in zip(prepared.graph.node, plain.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in mine.attribute}
+        if mine.domain == "segstream":
+            assert attrs["plugin_namespace"] == b"segstream"
+            assert attrs["aot"] == (1 if mine.op_type == "MultilevelRoIAlign" else 0)
+            assert len(mine.attribute) == len(theirs.attribute) + 2
+        else:
+            assert mine == theirs
+    # Twice gives the same as once (no duplicate attributes).
+    again = onnx.load_from_string(prepare_onnx(prepared.SerializeToString(), aot=False))
+    nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign"]
+    assert all(sum(a.name == "aot" for a in n.attribute) == 1 for n in nodes)
+
+
+def test_aot_roi_align_kernel_compiles_with_tensorrt_parameter_order():
+    pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings (NVRTC) to compile PTX")
+    defines = tensorrt_plugins.aot_defines([0.25, 0.125, 0.0625, 0.03125], 7, 2, False, 224.0, 4)
+    ptx = tensorrt_plugins.compile_aot_ptx(4, False, 80, tuple(sorted(defines.items()))).decode()
+    entry = re.search(rf"\.entry {tensorrt_plugins.AOT_KERNEL}\((.*?)\)", ptx, re.S)
+    assert entry, "the AOT entry point is missing from the PTX"
+    kinds = re.findall(r"\.param \.(u64|u32)", entry.group(1))
+    # inputs: boxes, counts, 4 maps (pointers); extras: rois, channels, 4 x (h, w), channels_per_block,
+    # table_taps (int32); output pointer last.
+    assert kinds == ["u64"] * 6 + ["u32"] * 12 + ["u64"]
+    assert defines["SEG_K_MIN"] == "2" and defines["SEG_K_MAX"] == "5"
+    assert float.fromhex(defines["SEG_CANONICAL_SCALE"][:-1]) == 224.0
+
+
+def test_launch_geometry_covers_every_channel_and_fits_shared_memory():
+    for channels, size in ((64, 7), (256, 7), (256, 14), (3, 28)):
+        per_block, taps, blocks_y, shared = tensorrt_plugins.roi_align_launch(channels, size, 2)
+        assert per_block * blocks_y >= channels > per_block * (blocks_y - 1)
+        assert shared <= 48 * 1024
+
+
+def test_plugin_module_imports_without_tensorrt():
+    if HAVE_TENSORRT:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(ImportError):
+        tensorrt_plugins.register()
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_matches_torch_on_gpu(model, precision, tmp_path, monkeypatch):
+    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    from segstream.engines.torch_engine import TorchEngine
+
+    engine = open_engine("tensorrt", model, "cuda", 2, precision=precision)
+    images = frames(2, seed=21).cuda()
+    sizes = [INPUT_SIZE, INPUT_SIZE]
+    got = engine.infer(images, sizes)
+    want = TorchEngine(model, "cuda", 2).infer(images, sizes)
+    for g, w in zip(got, want):
+        assert len(g) == len(w)
+        if precision == "fp32":
+            assert torch.equal(g.classes, w.classes)
+            torch.testing.assert_close(g.boxes, w.boxes, atol=1e-2, rtol=0)
+            torch.testing.assert_close(g.masks, w.masks, atol=1e-3, rtol=0)
+    # The second open reuses the cached plan.
+    stamp = engine.plan_path.stat().st_mtime_ns
+    again = open_engine("tensorrt", model, "cuda", 2, precision=precision)
+    assert again.plan_path == engine.plan_path and again.plan_path.stat().st_mtime_ns == stamp
