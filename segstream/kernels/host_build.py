@@ -38,7 +38,9 @@ _SIGNATURES: dict[str, list] = {
     "segstream_roi_levels": [_p, _i, _i, _i, _i, _f, _f, _p],
     "segstream_half_from_float": [_p, _p, _ll],
     "segstream_half_to_float": [_p, _p, _ll],
+    "segstream_rle_encode_region": [_p, _ll, _ll, _ll, _ll, _ll, _ll, _ll, _p, _ll, _p, _ll],
 }
+_RESTYPES = {"segstream_kernels_abi_version": ctypes.c_int, "segstream_rle_encode_region": ctypes.c_longlong}
 
 
 class BuildError(RuntimeError):
@@ -87,7 +89,7 @@ def library() -> ctypes.CDLL:
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes = argtypes
-                fn.restype = ctypes.c_int if name == "segstream_kernels_abi_version" else None
+                fn.restype = _RESTYPES.get(name)
             if lib.segstream_kernels_abi_version() != ABI_VERSION:
                 raise BuildError("CPU kernel library ABI does not match this Python package")
             _library = lib

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "nms.cuh"
+#include "rle.h"
 #include "roi_align.cuh"
 
 namespace {
@@ -188,6 +189,14 @@ void segstream_half_from_float(const float* src, unsigned short* dst, long long 
 
 void segstream_half_to_float(const unsigned short* src, float* dst, long long n) {
   for (long long i = 0; i < n; ++i) dst[i] = seg_to_float(seg_half{src[i]});
+}
+
+// COCO RLE of a box-region mask (see rle.h): string length, or -(counts needed).
+long long segstream_rle_encode_region(const unsigned char* region, long long h, long long w,
+                                      long long row_stride, long long x0, long long y0,
+                                      long long height, long long width, long long* counts,
+                                      long long cap, char* out, long long out_cap) {
+  return seg_rle_encode_region(region, h, w, row_stride, x0, y0, height, width, counts, cap, out, out_cap);
 }
 
 }  // extern "C"
