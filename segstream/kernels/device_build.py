@@ -110,7 +110,8 @@ def compile_module(arch: str | int, target: str = "ptx", ptxas_verbose: bool = F
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def _cached_code(arch: int, target: str) -> bytes:
+def cached_code(arch: int, target: str) -> bytes:
+    """``compile_module(arch, target)`` through the on-disk cache."""
     major, minor = nvrtc_version()
     digest = sources.source_digest(f"nvrtc {major}.{minor}|{' '.join(NVRTC_OPTIONS)}")
     path = sources.cache_dir(digest) / f"kernels.{target}_{arch}.{target}"
@@ -129,7 +130,7 @@ def kernel_ptx(kernel: str, arch: str | int = "sm_80") -> str:
     """
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNEL_NAMES)}")
-    return _cached_code(_arch_number(arch), "ptx").decode()
+    return cached_code(_arch_number(arch), "ptx").decode()
 
 
 @dataclass
@@ -153,12 +154,12 @@ def _loaded(device: torch.device) -> _LoadedModule:
         arch = major * 10 + minor
         supported = supported_archs()
         if arch in supported:
-            image = _cached_code(arch, "cubin")
+            image = cached_code(arch, "cubin")
         else:  # a GPU newer than this NVRTC: PTX for the newest arch it knows, JIT-compiled by the driver
             older = [a for a in supported if a <= arch]
             if not older:
                 raise DeviceBuildError(f"NVRTC {nvrtc_version()} cannot compile for sm_{arch}")
-            image = _cached_code(max(older), "ptx") + b"\0"
+            image = cached_code(max(older), "ptx") + b"\0"
         with torch.cuda.device(index):
             torch.cuda.init()
             # The runtime made the device's primary context current; modules load into it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -57,6 +58,8 @@ def batched_nms(
     score_threshold: float,
     max_outputs: int,
     counts: torch.Tensor | None = None,
+    *,
+    _launch: Callable[..., None] | None = None,
 ) -> NMSResult:
     """Per-image, per-class NMS with fixed-size outputs; no host synchronisation on CUDA.
 
@@ -78,6 +81,8 @@ def batched_nms(
 
     Returns:
         :class:`NMSResult`. On CUDA, N is limited to 32768 per image.
+
+    ``_launch`` (tests only) replaces the CUDA launcher and forces the CUDA path.
     """
     if boxes.dim() != 3 or boxes.shape[2] != 4:
         raise ValueError(f"boxes must be [B, N, 4], got {tuple(boxes.shape)}")
@@ -114,14 +119,14 @@ def batched_nms(
     # The comparison torch makes for `scores > score_threshold`: the Python float is
     # rounded to the scores' dtype first.
     score_thr = float(torch.tensor(score_threshold, dtype=scores.dtype).float())
-    iou_thr = _iou_threshold_as_float(float(iou_threshold), device)
+    iou_thr = _iou_threshold_as_float(float(iou_threshold), torch.device("cuda") if _launch else device)
     boxes32 = boxes.to(torch.float32).contiguous()
     scores32 = scores.to(torch.float32).contiguous()
     classes32 = classes.to(torch.int32).contiguous()
     counts32 = None if counts is None else counts.to(device=device, dtype=torch.int32).contiguous()
     p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
 
-    if device.type == "cpu":
+    if device.type == "cpu" and _launch is None:
         host_build.library().segstream_batched_nms(
             boxes32.data_ptr(), scores32.data_ptr(), classes32.data_ptr(), p(counts32),
             images, n, score_thr, iou_thr, k,
@@ -129,7 +134,7 @@ def batched_nms(
             out_classes.data_ptr(), torch.get_num_threads(),
         )
         return result()
-    if device.type != "cuda":
+    if device.type != "cuda" and _launch is None:
         raise ValueError(f"unsupported device {device}")
     if n > MAX_CUDA_CANDIDATES:
         raise ValueError(f"CUDA batched_nms takes at most {MAX_CUDA_CANDIDATES} boxes per image, got {n}")
@@ -141,16 +146,17 @@ def batched_nms(
     num_valid = torch.empty((images,), dtype=torch.int32, device=device)
     mask = torch.empty((images, n, words), dtype=torch.int64, device=device)
     i32, f32 = ctypes.c_int, ctypes.c_float
-    device_build.launch(
+    launch = _launch or device_build.launch
+    launch(
         device, "segstream_nms_rank", (-(-n // _RANK_THREADS), images, 1), _RANK_THREADS, 0,
         [p(boxes32), p(scores32), p(classes32), p(counts32), i32(n), f32(score_thr),
          p(order), p(sorted_boxes), p(sorted_classes), p(num_valid)],
     )
-    device_build.launch(
+    launch(
         device, "segstream_nms_mask", (words, words, images), _MASK_THREADS, 0,
         [p(sorted_boxes), p(sorted_classes), p(num_valid), i32(n), f32(iou_thr), p(mask)],
     )
-    device_build.launch(
+    launch(
         device, "segstream_nms_select", (images, 1, 1), _SELECT_THREADS, words * 8,
         [p(boxes32), p(scores32), p(classes32), p(order), p(num_valid), p(mask), i32(n), i32(k),
          p(count), p(indices), p(out_boxes), p(out_scores), p(out_classes)],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -37,6 +37,8 @@ def multilevel_roi_align(
     canonical_scale: float = 224.0,
     canonical_level: int = 4,
     counts: torch.Tensor | None = None,
+    *,
+    _launch: Callable[..., None] | None = None,
 ) -> torch.Tensor:
     """RoIAlign of every box from the FPN level chosen for it, all levels in one launch.
 
@@ -62,6 +64,8 @@ def multilevel_roi_align(
         ``[B, R, C, output_size, output_size]`` in the features' dtype. Padding rows, and boxes
         whose level is undefined (NaN area: exactly one side inverted, which torchvision
         leaves at zero too), are zero.
+
+    ``_launch`` (tests only) replaces the CUDA launcher and forces the CUDA path.
     """
     features = list(features)
     num_levels = len(features)
@@ -105,7 +109,7 @@ def multilevel_roi_align(
     suffix = "f32" if dtype == torch.float32 else "f16"
     p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
 
-    if device.type == "cpu":
+    if device.type == "cpu" and _launch is None:
         lib = host_build.library()
         fn = getattr(lib, f"segstream_multilevel_roi_align_{suffix}")
         fn(
@@ -117,7 +121,7 @@ def multilevel_roi_align(
             output_size, sampling_ratio, int(aligned), out.data_ptr(), torch.get_num_threads(),
         )
         return out
-    if device.type != "cuda":
+    if device.type != "cuda" and _launch is None:
         raise ValueError(f"unsupported device {device}")
 
     bins = output_size * output_size
@@ -136,5 +140,5 @@ def multilevel_roi_align(
     ]
     grid = (images * rois, -(-channels // channels_per_block), 1)
     shared = max(table_taps, 0) * _TAP_BYTES
-    device_build.launch(device, f"segstream_multilevel_roi_align_{suffix}", grid, _THREADS, shared, args)
+    (_launch or device_build.launch)(device, f"segstream_multilevel_roi_align_{suffix}", grid, _THREADS, shared, args)
     return out

@@ -16,119 +16,47 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.ops.boxes import _batched_nms_vanilla
 
 from segstream import kernels
 
-CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine: CUDA build not run")),
-]
-
-
-def make_case(
-    images: int, n: int, classes: int, seed: int, *, quantized: bool = False, tied_scores: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clustered boxes (so that suppression happens), with degenerate, tiny, huge and inverted ones."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.rand(images, max(1, n // 8), 2, generator=g) * 900
-    pick = torch.randint(0, centres.shape[1], (images, n), generator=g)
-    c = torch.gather(centres, 1, pick[..., None].expand(images, n, 2)) + torch.randn(images, n, 2, generator=g) * 6
-    wh = torch.exp(torch.empty(images, n, 2).uniform_(1.0, 5.0, generator=g))
-    boxes = torch.cat([c - wh / 2, c + wh / 2], dim=-1)
-    kind = torch.randint(0, 20, (images, n), generator=g)
-    boxes[kind == 0] = boxes[kind == 0][:, [0, 1, 0, 1]]  # zero area: IoU 0/0 never suppresses
-    boxes[kind == 1] = boxes[kind == 1][:, [0, 1, 0, 1]] + torch.tensor([0.0, 0.0, 0.2, 0.1])  # tiny
-    boxes[kind == 2] = torch.tensor([-100.0, -50.0, 1000.0, 900.0])  # huge, identical
-    boxes[kind == 3] = boxes[kind == 3][:, [2, 1, 0, 3]]  # inverted x: negative area
-    if quantized:
-        boxes = (boxes.clamp(-200, 1000) * 8).round() / 8
-    if tied_scores:
-        scores = torch.randint(1, 12, (images, n), generator=g).float() / 12
-    else:
-        scores = torch.rand(images, n, generator=g)
-    labels = torch.randint(0, classes, (images, n), generator=g)
-    return boxes, scores, labels
-
-
-def reference(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    iou: float,
-    score_threshold: float,
-    k: int,
-    counts: list[int] | None = None,
-    per_class: bool = True,
-) -> list[torch.Tensor]:
-    """Kept input rows per image: torchvision on the candidates, canonical order, first k."""
-    result = []
-    for b in range(boxes.shape[0]):
-        valid = boxes.shape[1] if counts is None else counts[b]
-        rows = torch.where(scores[b, :valid] > score_threshold)[0]
-        run = _batched_nms_vanilla if per_class else torchvision.ops.batched_nms
-        keep = rows[run(boxes[b, rows], scores[b, rows], labels[b, rows], iou)]
-        s = scores[b, keep]
-        by_row = torch.sort(keep, stable=True)
-        keep = by_row.values[torch.sort(s[by_row.indices], descending=True, stable=True).indices]
-        result.append(keep[:k])
-    return result
-
-
-def assert_matches(got: kernels.NMSResult, boxes, scores, labels, expected: list[torch.Tensor], k: int) -> None:
-    images = boxes.shape[0]
-    assert got.count.shape == (images,) and got.count.dtype == torch.int32
-    assert got.indices.shape == (images, k) and got.indices.dtype == torch.int64
-    assert got.boxes.shape == (images, k, 4) and got.boxes.dtype == boxes.dtype
-    assert got.scores.shape == (images, k) and got.scores.dtype == scores.dtype
-    assert got.classes.shape == (images, k) and got.classes.dtype == torch.int64
-    for b, keep in enumerate(expected):
-        n = len(keep)
-        assert int(got.count[b]) == n, f"image {b}: kept {int(got.count[b])}, torchvision {n}"
-        assert torch.equal(got.indices[b, :n], keep.to(got.indices.device)), f"image {b}: keep set or order differs"
-        assert torch.equal(got.boxes[b, :n], boxes[b, keep])
-        assert torch.equal(got.scores[b, :n], scores[b, keep])
-        assert torch.equal(got.classes[b, :n], labels[b, keep].long())
-        assert (got.indices[b, n:] == -1).all()
-        assert (got.boxes[b, n:] == 0).all() and (got.scores[b, n:] == 0).all() and (got.classes[b, n:] == 0).all()
+from cases import CUDA, DEVICES, assert_nms_matches, nms_case, nms_reference
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_class_path_many_classes(device: str, iou: float, seed: int) -> None:
-    boxes, scores, labels = make_case(2, 1500, 80, seed)
+    boxes, scores, labels = nms_case(2, 1500, 80, seed)
     boxes, scores, labels = boxes.to(device), scores.to(device), labels.to(device)
-    expected = reference(boxes, scores, labels, iou, 0.05, 1500)
+    expected = nms_reference(boxes, scores, labels, iou, 0.05, 1500)
 
     got = kernels.batched_nms(boxes, scores, labels, iou, 0.05, 1500)
 
-    assert_matches(got, boxes, scores, labels, expected, 1500)
+    assert_nms_matches(got, boxes, scores, labels, expected, 1500)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [3, 4])
 def test_offset_path_on_exact_coordinates(device: str, seed: int) -> None:
-    boxes, scores, labels = make_case(3, 300, 6, seed, quantized=True)
+    boxes, scores, labels = nms_case(3, 300, 6, seed, quantized=True)
     boxes, scores, labels = boxes.to(device), scores.to(device), labels.to(device)
-    expected = reference(boxes, scores, labels, 0.5, 0.0, 300, per_class=False)
+    expected = nms_reference(boxes, scores, labels, 0.5, 0.0, 300, per_class=False)
 
     got = kernels.batched_nms(boxes, scores, labels, 0.5, 0.0, 300)
 
-    assert_matches(got, boxes, scores, labels, expected, 300)
+    assert_nms_matches(got, boxes, scores, labels, expected, 300)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [1, 10, 100])
 def test_tied_scores_and_first_k(device: str, k: int) -> None:
-    boxes, scores, labels = make_case(2, 800, 3, 5, tied_scores=True)
+    boxes, scores, labels = nms_case(2, 800, 3, 5, tied_scores=True)
     boxes, scores, labels = boxes.to(device), scores.to(device), labels.to(device)
-    expected = reference(boxes, scores, labels, 0.5, 0.2, k)
+    expected = nms_reference(boxes, scores, labels, 0.5, 0.2, k)
 
     got = kernels.batched_nms(boxes, scores, labels, 0.5, 0.2, k)
 
-    assert_matches(got, boxes, scores, labels, expected, k)
+    assert_nms_matches(got, boxes, scores, labels, expected, k)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -144,16 +72,16 @@ def test_identical_boxes_keep_lowest_row(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_counts_score_threshold_and_padding(device: str) -> None:
-    boxes, scores, labels = make_case(3, 400, 10, 6)
+    boxes, scores, labels = nms_case(3, 400, 10, 6)
     boxes, scores, labels = boxes.to(device), scores.to(device), labels.to(device)
     counts = [400, 123, 0]
-    expected = reference(boxes, scores, labels, 0.6, 0.5, 50, counts=counts)
+    expected = nms_reference(boxes, scores, labels, 0.6, 0.5, 50, counts=counts)
 
     got = kernels.batched_nms(
         boxes, scores, labels, 0.6, 0.5, 50, counts=torch.tensor(counts, dtype=torch.int32, device=device)
     )
 
-    assert_matches(got, boxes, scores, labels, expected, 50)
+    assert_nms_matches(got, boxes, scores, labels, expected, 50)
     # The threshold is strict: a score equal to it is not a candidate.
     at = kernels.batched_nms(boxes[:1, :1], torch.full((1, 1), 0.25, device=device), labels[:1, :1], 0.5, 0.25, 3)
     assert at.count.tolist() == [0]
@@ -161,17 +89,17 @@ def test_counts_score_threshold_and_padding(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_float16_and_int32_inputs(device: str) -> None:
-    boxes, scores, labels = make_case(1, 600, 20, 8, quantized=True)
+    boxes, scores, labels = nms_case(1, 600, 20, 8, quantized=True)
     boxes16 = boxes.clamp(-200, 1000).half().to(device)
     scores16 = scores.half().to(device)
     labels32 = labels.to(torch.int32).to(device)
     # torchvision's CPU nms has no float16 kernel; its keep set on the float32 copies of the
     # same values is the reference (the IoU is computed in float32 either way).
-    expected = reference(boxes16.float(), scores16.float(), labels32, 0.5, 0.05, 200)
+    expected = nms_reference(boxes16.float(), scores16.float(), labels32, 0.5, 0.05, 200)
 
     got = kernels.batched_nms(boxes16, scores16, labels32, 0.5, 0.05, 200)
 
-    assert_matches(got, boxes16, scores16, labels32, expected, 200)
+    assert_nms_matches(got, boxes16, scores16, labels32, expected, 200)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,7 +136,7 @@ def test_iou_threshold_compares_like_torchvision_cpu() -> None:
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine: CUDA build not run")
 def test_cuda_path_has_no_host_sync_and_replays_in_a_graph() -> None:
-    boxes, scores, labels = make_case(2, 1000, 80, 9)
+    boxes, scores, labels = nms_case(2, 1000, 80, 9)
     boxes, scores, labels = boxes.cuda(), scores.cuda(), labels.cuda()
     feats = [torch.rand(2, 8, 64 // 2**i, 80 // 2**i, device="cuda") for i in range(4)]
     eager = kernels.batched_nms(boxes, scores, labels, 0.5, 0.05, 100)  # compiles and loads outside the capture

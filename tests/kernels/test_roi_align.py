@@ -16,73 +16,7 @@ from torchvision.ops.poolers import initLevelMapper
 from segstream import kernels
 from segstream.kernels import host_build
 
-CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine: CUDA build not run")),
-]
-SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-IMAGE_HW = (256, 320)
-
-
-def fpn_maps(images: int, channels: int, dtype: torch.dtype, device: str, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    h, w = IMAGE_HW
-    return [
-        torch.rand(images, channels, int(h * s), int(w * s), generator=g).to(dtype=dtype, device=device)
-        for s in SCALES
-    ]
-
-
-def random_boxes(images: int, rois: int, seed: int) -> torch.Tensor:
-    """Boxes of every kind: all FPN levels, degenerate, tiny, huge, outside the image, inverted."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = IMAGE_HW
-    n = images * rois
-    side = torch.exp(torch.empty(n).uniform_(2.0, 7.5, generator=g))  # 7 .. 1800 px: levels 2..5
-    aspect = torch.exp(torch.empty(n).uniform_(-1.0, 1.0, generator=g))
-    bw, bh = side * aspect.sqrt(), side / aspect.sqrt()
-    cx = torch.empty(n).uniform_(-0.2 * w, 1.2 * w, generator=g)
-    cy = torch.empty(n).uniform_(-0.2 * h, 1.2 * h, generator=g)
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
-    kind = torch.randint(0, 10, (n,), generator=g)
-    boxes[kind == 0, 2] = boxes[kind == 0, 0]  # zero width
-    boxes[kind == 1, 2:] = boxes[kind == 1, :2] + 0.3  # tiny
-    boxes[kind == 2] = torch.tensor([-500.0, -400.0, 4000.0, 3000.0])  # huge
-    boxes[kind == 3] = boxes[kind == 3] + torch.tensor([2 * w, 2 * h, 2 * w, 2 * h])  # far outside
-    boxes[kind == 4] = boxes[kind == 4][:, [2, 1, 0, 3]]  # x inverted: NaN area, no level
-    boxes[kind == 5] = boxes[kind == 5][:, [2, 3, 0, 1]]  # both inverted: positive area
-    return boxes.reshape(images, rois, 4)
-
-
-def reference(
-    features: list[torch.Tensor],
-    boxes: torch.Tensor,
-    output_size: int,
-    sampling_ratio: int = 2,
-    aligned: bool = False,
-    counts: list[int] | None = None,
-) -> torch.Tensor:
-    """torchvision's level mapper and roi_align per level, in float32, as [B, R, C, P, P]."""
-    images, rois = boxes.shape[:2]
-    channels = features[0].shape[1]
-    feats = [f.float() for f in features]
-    out = torch.zeros(images, rois, channels, output_size, output_size, device=boxes.device)
-    k_min, k_max = 2, 5
-    mapper = initLevelMapper(k_min, k_max)
-    for b in range(images):
-        valid = rois if counts is None else counts[b]
-        if valid == 0:
-            continue
-        bx = boxes[b, :valid].float()
-        levels = mapper([bx]) if len(feats) > 1 else torch.zeros(valid, dtype=torch.int64, device=bx.device)
-        for level, (f, scale) in enumerate(zip(feats, SCALES)):
-            idx = torch.where(levels == level)[0]
-            if idx.numel() == 0:
-                continue
-            rois_l = torch.cat([torch.full((idx.numel(), 1), float(b), device=bx.device), bx[idx]], dim=1)
-            out[b, idx] = torchvision.ops.roi_align(f, rois_l, output_size, scale, sampling_ratio, aligned)
-    return out
+from cases import DEVICES, IMAGE_HW, SCALES, boundary_boxes, fpn_maps, random_boxes, roi_align_reference
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -112,7 +46,7 @@ def test_sampling_ratio_and_aligned(device: str, sampling_ratio: int, aligned: b
 
     got = kernels.multilevel_roi_align(feats, boxes, 7, SCALES, sampling_ratio=sampling_ratio, aligned=aligned)
 
-    torch.testing.assert_close(got, reference(feats, boxes, 7, sampling_ratio, aligned), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, roi_align_reference(feats, boxes, 7, sampling_ratio, aligned), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -125,28 +59,7 @@ def test_float16(device: str, output_size: int) -> None:
 
     assert got.dtype == torch.float16
     # Reference: torchvision in float32 on the same float16 values.
-    torch.testing.assert_close(got.float(), reference(feats, boxes, output_size), atol=1e-2, rtol=0)
-
-
-def boundary_boxes() -> torch.Tensor:
-    """Square and oblong boxes whose sqrt(area) walks float by float across 112, 224 and 448 px
-    (level boundaries 3|4, 4|5 and the clamp to 5), at integer and fractional positions."""
-    rows = []
-    for edge in (56.0, 112.0, 224.0, 448.0, 896.0):
-        centre = torch.tensor(edge, dtype=torch.float32)
-        side = centre
-        for _ in range(40):
-            side = torch.nextafter(side, torch.tensor(0.0))
-        for _ in range(80):
-            s = float(side)
-            rows.append([0.0, 0.0, s, s])
-            rows.append([10.25, 3.5, 10.25 + s, 3.5 + s])
-            rows.append([0.0, 0.0, 2 * s, s / 2])
-            side = torch.nextafter(side, torch.tensor(1e9))
-        for rel in torch.linspace(-3e-6, 3e-6, 61):
-            s = edge * (1 + float(rel))
-            rows.append([1.0, 2.0, 1.0 + s, 2.0 + s])
-    return torch.tensor(rows, dtype=torch.float32)
+    torch.testing.assert_close(got.float(), roi_align_reference(feats, boxes, output_size), atol=1e-2, rtol=0)
 
 
 def test_level_rule_at_boundaries_cpu() -> None:
@@ -168,7 +81,7 @@ def test_outputs_at_level_boundaries(device: str) -> None:
 
     got = kernels.multilevel_roi_align(feats, boxes, 7, SCALES)
 
-    torch.testing.assert_close(got, reference(feats, boxes, 7), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, roi_align_reference(feats, boxes, 7), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -181,7 +94,7 @@ def test_padding_rows_are_zero(device: str) -> None:
         feats, boxes, 7, SCALES, counts=torch.tensor(counts, dtype=torch.int32, device=device)
     )
 
-    torch.testing.assert_close(got, reference(feats, boxes, 7, counts=counts), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, roi_align_reference(feats, boxes, 7, counts=counts), atol=1e-5, rtol=0)
     assert got[1, 17:].abs().sum() == 0 and got[2].abs().sum() == 0
 
 

@@ -1,0 +1,26 @@
+"""Build the kernels ahead of first use (e.g. in a Dockerfile or after ``pip install``).
+
+    python -m segstream.kernels                   # CPU library
+    python -m segstream.kernels --cuda-arch 80 90 # plus NVRTC cubins and PTX for those archs
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from segstream.kernels import device_build, host_build
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m segstream.kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--cuda-arch", nargs="*", type=int, default=[], help="compute capabilities, e.g. 80 90")
+    args = parser.parse_args()
+    print(f"CPU library: {host_build.library_path()}")
+    for arch in args.cuda_arch:
+        for target in ("cubin", "ptx"):
+            device_build.cached_code(arch, target)
+        print(f"CUDA sm_{arch}: cubin and PTX cached")
+
+
+if __name__ == "__main__":
+    main()
