@@ -77,3 +77,28 @@ def test_roi_align_op_matches_torchvision_multiscale_roi_align():
     want = custom_ops.reference_multilevel_roi_align(features, boxes, counts, 7, scales)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert not got[1, 17:].any()
+
+
+def test_static_graph_equals_eager_for_torchvision_resnet50_fpn():
+    # torchvision's COCO architecture (random weights): five RPN levels (with 'pool'), RoIAlign on four.
+    from segstream.engines.model_config import ModelConfig
+    from segstream.engines.models import LoadedModel, apply_test_thresholds, build_network
+
+    config = ModelConfig(
+        architecture="resnet50_fpn", class_names=("__background__", *(f"c{i}" for i in range(1, 11))),
+        input_size=(128, 160), score_threshold=0.05, max_detections=30, rpn_pre_nms_top_n=400,
+        rpn_post_nms_top_n=200,
+    )
+    torch.manual_seed(0)
+    network = build_network(config)
+    apply_test_thresholds(network, config)
+    network.eval()
+    model = LoadedModel(config, network, True, "random")
+    images = frames(1, (128, 160), seed=9)
+    with torch.inference_mode():
+        reference = TorchEngine(model, "cpu", 1).infer(images, [(128, 160)])
+        graph = StaticMaskRCNN(network, config).eval()
+        out = graph(images, torch.tensor([[128, 160]], dtype=torch.int32))
+    assert len(graph.anchors_per_level) == 5
+    assert len(reference[0]) > 0
+    assert_same_detections(reference, *out)
