@@ -178,6 +178,11 @@ def _loaded(device: torch.device) -> _LoadedModule:
         return loaded
 
 
+def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p:
+    """A kernel pointer argument: the tensor's data address, or NULL for an absent optional input."""
+    return ctypes.c_void_p(0 if tensor is None else tensor.data_ptr())
+
+
 def launch(
     device: torch.device,
     kernel: str,
@@ -193,17 +198,24 @@ def launch(
     if min(grid) <= 0:
         return
     pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    (current,) = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if int(current) == int(loaded.context):  # the usual case: no device switch needed
+        _enqueue(driver, loaded, kernel, grid, block, shared_bytes, torch.cuda.current_stream(device), pointers)
+        return
+    # Another device's context, or none yet on this thread: switch the way torch does (and back
+    # on exit), then make sure the module's context is the current one.
     with torch.cuda.device(device):
-        # A thread that has not touched the runtime yet has no current context; a launch of
-        # a module function needs its own (primary) context current.
         (current,) = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
         if int(current) != int(loaded.context):
             _check(driver.cuCtxSetCurrent(loaded.context), "cuCtxSetCurrent")
-        stream = torch.cuda.current_stream(device).cuda_stream
-        _check(
-            driver.cuLaunchKernel(
-                loaded.functions[kernel], grid[0], grid[1], grid[2], block, 1, 1, shared_bytes,
-                driver.CUstream(stream), ctypes.addressof(pointers), 0,
-            ),
-            f"cuLaunchKernel({kernel})",
-        )
+        _enqueue(driver, loaded, kernel, grid, block, shared_bytes, torch.cuda.current_stream(device), pointers)
+
+
+def _enqueue(driver, loaded: _LoadedModule, kernel: str, grid, block: int, shared_bytes: int, stream, pointers) -> None:
+    _check(
+        driver.cuLaunchKernel(
+            loaded.functions[kernel], grid[0], grid[1], grid[2], block, 1, 1, shared_bytes,
+            driver.CUstream(stream.cuda_stream), ctypes.addressof(pointers), 0,
+        ),
+        f"cuLaunchKernel({kernel})",
+    )

@@ -104,16 +104,20 @@ def batched_nms(
         raise ValueError("iou_threshold is NaN")
 
     k = max_outputs
-    count = torch.zeros((images,), dtype=torch.int32, device=device)
-    indices = torch.full((images, k), -1, dtype=torch.int64, device=device)
-    out_boxes = torch.zeros((images, k, 4), dtype=torch.float32, device=device)
-    out_scores = torch.zeros((images, k), dtype=torch.float32, device=device)
-    out_classes = torch.zeros((images, k), dtype=torch.int64, device=device)
+    # Both builds write every slot, so the outputs start uninitialised.
+    count = torch.empty((images,), dtype=torch.int32, device=device)
+    indices = torch.empty((images, k), dtype=torch.int64, device=device)
+    out_boxes = torch.empty((images, k, 4), dtype=torch.float32, device=device)
+    out_scores = torch.empty((images, k), dtype=torch.float32, device=device)
+    out_classes = torch.empty((images, k), dtype=torch.int64, device=device)
 
     def result() -> NMSResult:
         return NMSResult(count, indices, out_boxes.to(boxes.dtype), out_scores.to(scores.dtype), out_classes)
 
     if images == 0 or n == 0 or k == 0:
+        for t in (count, out_boxes, out_scores, out_classes):
+            t.zero_()
+        indices.fill_(-1)
         return result()
 
     # The comparison torch makes for `scores > score_threshold`: the Python float is
@@ -124,7 +128,7 @@ def batched_nms(
     scores32 = scores.to(torch.float32).contiguous()
     classes32 = classes.to(torch.int32).contiguous()
     counts32 = None if counts is None else counts.to(device=device, dtype=torch.int32).contiguous()
-    p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
+    p = device_build.pointer
 
     if device.type == "cpu" and _launch is None:
         host_build.library().segstream_batched_nms(

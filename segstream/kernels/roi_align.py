@@ -107,7 +107,7 @@ def multilevel_roi_align(
     widths = [int(m.shape[3]) for m in padded]
     scales = [float(s) for s in spatial_scales] + [1.0] * (MAX_LEVELS - num_levels)
     suffix = "f32" if dtype == torch.float32 else "f16"
-    p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731
+    p = device_build.pointer
 
     if device.type == "cpu" and _launch is None:
         lib = host_build.library()

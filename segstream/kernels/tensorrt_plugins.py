@@ -28,8 +28,8 @@ Not executed on the machines this project is developed on (no TensorRT, no GPU);
 source and its NVRTC compilation are tested there.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: tensorrt.plugin validates the plugin functions'
+# annotations as live classes (issubclass), which postponed (string) annotations would break.
 import functools
 import threading
 from typing import Sequence
@@ -245,7 +245,8 @@ def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
             channels_expr = feature_0.shape_expr[1]
             if not channels_expr.is_constant:
                 raise PluginError("the AOT RoIAlign plugin needs a static channel count")
-            channels = int(channels_expr.constant_value)
+            value = channels_expr.constant_value  # a method in TensorRT 10.9-10.12, a property later
+            channels = int(value() if callable(value) else value)
             per_block, taps, blocks_y, shared = roi_align_launch(channels, int(output_size), int(sampling_ratio))
             defines = aot_defines(
                 [float(s) for s in spatial_scales], int(output_size), int(sampling_ratio), bool(aligned),
