@@ -37,7 +37,7 @@ INSTALL_HINT = (
 #: ONNX node-name prefixes of the convolutional trunk and heads: the layers FP16 may run in half precision.
 HALF_PRECISION_SCOPES = (
     "/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/",
-    f"/{custom_ops.ROI_ALIGN_NODE}",
+    "/box_pool/", "/mask_pool/",
 )
 
 
@@ -77,7 +77,7 @@ def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
     """The ONNX model as TensorRT's parser should see it: segstream nodes marked as plugins.
 
     Adds `plugin_namespace` = "segstream" to each segstream-domain node, and `aot` = 1 to
-    MultilevelRoIAlign when `aot` (0 elsewhere: BatchedNMS has no AOT implementation).
+    MultilevelRoIAlign when `aot` (BatchedNMS has no AOT implementation and gets none).
     """
     model = onnx.load_from_string(onnx_bytes)
     for node in model.graph.node:
@@ -87,7 +87,9 @@ def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.append(helper.make_attribute("plugin_namespace", custom_ops.DOMAIN))
-        node.attribute.append(helper.make_attribute("aot", int(aot and node.op_type == custom_ops.ROI_ALIGN_NODE)))
+        # Only where it applies: a TensorRT without AOT plugins would hand `aot` to the plugin as a field.
+        if aot and node.op_type == custom_ops.ROI_ALIGN_NODE:
+            node.attribute.append(helper.make_attribute("aot", 1))
     return model.SerializeToString()
 
 
@@ -104,6 +106,12 @@ def build_serialized_engine(onnx_path: Path, precision: str = "fp32", workspace_
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
     trt = require_tensorrt()
+    if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
+        # TensorRT 11 networks are strongly typed: precision comes from the graph's own types.
+        raise TensorRTBuildError(
+            f"--precision fp16 needs TensorRT 10.x (TensorRT {trt.__version__} takes precision from the graph's "
+            "types and segstream exports FP32 graphs); use fp32 or a 10.x TensorRT image"
+        )
     from segstream.kernels import tensorrt_plugins
 
     aot = tensorrt_plugins.register()

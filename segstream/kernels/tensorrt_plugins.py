@@ -126,6 +126,26 @@ def roi_align_launch(channels: int, output_size: int, sampling_ratio: int) -> tu
     return per_block, taps, -(-channels // per_block), max(taps, 0) * _TAP_BYTES
 
 
+def aot_launch(
+    batch: int, rois: int, channels: int, sizes: Sequence[tuple[int, int]], output_size: int, sampling_ratio: int
+) -> tuple[tuple[int, int], int, int, list[int]]:
+    """Launch of the AOT RoIAlign kernel: ((grid x, grid y), block, shared bytes, int32 extra arguments).
+
+    sizes: (height, width) of each feature map. The extra arguments follow aot_roi_align_source:
+    rois, channels, h_0, w_0, ..., channels_per_block, table_taps.
+    """
+    per_block, taps, blocks_y, shared = roi_align_launch(channels, output_size, sampling_ratio)
+    extra = [rois, channels, *(v for hw in sizes for v in hw), per_block, taps]
+    return (batch * rois, blocks_y), _THREADS, shared, extra
+
+
+def _constant(expr) -> int:
+    if not expr.is_constant:
+        raise PluginError("the AOT RoIAlign plugin needs static shapes")
+    value = expr.constant_value  # a method in the TensorRT 10/11 sources, a property in some builds
+    return int(value() if callable(value) else value)
+
+
 @functools.lru_cache(maxsize=32)
 def compile_aot_ptx(num_levels: int, half: bool, arch: int, defines: tuple[tuple[str, str], ...]) -> bytes:
     """PTX (compute_<arch>) of the AOT RoIAlign kernel; NVRTC from cuda-bindings, no GPU needed."""
@@ -242,12 +262,11 @@ def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
             canonical_level: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
         ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
             features = (feature_0, feature_1, feature_2, feature_3)
-            channels_expr = feature_0.shape_expr[1]
-            if not channels_expr.is_constant:
-                raise PluginError("the AOT RoIAlign plugin needs a static channel count")
-            value = channels_expr.constant_value  # a method in TensorRT 10.9-10.12, a property later
-            channels = int(value() if callable(value) else value)
-            per_block, taps, blocks_y, shared = roi_align_launch(channels, int(output_size), int(sampling_ratio))
+            # The graph is static: every extent is a build-time constant.
+            batch, rois = _constant(boxes.shape_expr[0]), _constant(boxes.shape_expr[1])
+            channels = _constant(feature_0.shape_expr[1])
+            sizes = [(_constant(f.shape_expr[2]), _constant(f.shape_expr[3])) for f in features]
+            grid, block, shared, extra_ints = aot_launch(batch, rois, channels, sizes, int(output_size), int(sampling_ratio))
             defines = aot_defines(
                 [float(s) for s in spatial_scales], int(output_size), int(sampling_ratio), bool(aligned),
                 float(canonical_scale), int(canonical_level),
@@ -255,14 +274,10 @@ def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
             half = feature_0.dtype == trt.float16
             ptx = compile_aot_ptx(PLUGIN_LEVELS, half, _device_arch(), tuple(sorted(defines.items())))
             launch = trtp.KernelLaunchParams()
-            launch.grid_x = boxes.shape_expr[0] * boxes.shape_expr[1]
-            launch.grid_y = blocks_y
-            launch.block_x = _THREADS
+            launch.grid_x, launch.grid_y = grid
+            launch.block_x = block
             launch.shared_mem = shared
-            sizes = [e for f in features for e in (f.shape_expr[2], f.shape_expr[3])]
-            extra = trtp.SymIntExprs.from_tuple(
-                [trtp.SymInt32(e) for e in (boxes.shape_expr[1], channels_expr, *sizes, per_block, taps)]
-            )
+            extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in extra_ints])
             return AOT_KERNEL, ptx, launch, extra
 
         aot_available = True

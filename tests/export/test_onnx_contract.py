@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from conftest import INPUT_SIZE, ONNX_BATCH, small_model
+from export_models import INPUT_SIZE, ONNX_BATCH, small_model
 from segstream.engines.checkpoint import save_checkpoint
 from segstream.engines.export import main as export_main
 

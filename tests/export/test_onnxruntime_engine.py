@@ -7,7 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from conftest import INPUT_SIZE, frames
+from export_models import INPUT_SIZE, frames
 from segstream.engines.factory import EngineError, open_engine
 from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from segstream.engines.torch_engine import TorchEngine

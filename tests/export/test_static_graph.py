@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import frames, small_model
+from export_models import frames, small_model
 from segstream.engines import custom_ops
 from segstream.engines.static_graph import StaticMaskRCNN
 from segstream.engines.torch_engine import TorchEngine

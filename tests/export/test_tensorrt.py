@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import helper
 
-from conftest import INPUT_SIZE, frames
+from export_models import INPUT_SIZE, frames
 from segstream.engines.export import main as export_main
 from segstream.engines.factory import EngineError, open_engine
 from segstream.engines.tensorrt_build import engine_cache_name, prepare_onnx
@@ -67,14 +67,16 @@ def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_fi
         attrs = {a.name: helper.get_attribute_value(a) for a in mine.attribute}
         if mine.domain == "segstream":
             assert attrs["plugin_namespace"] == b"segstream"
-            assert attrs["aot"] == (1 if mine.op_type == "MultilevelRoIAlign" else 0)
-            assert len(mine.attribute) == len(theirs.attribute) + 2
+            aot = mine.op_type == "MultilevelRoIAlign"
+            assert attrs.get("aot") == (1 if aot else None)
+            assert len(mine.attribute) == len(theirs.attribute) + 1 + aot
         else:
             assert mine == theirs
     # Twice gives the same as once (no duplicate attributes).
     again = onnx.load_from_string(prepare_onnx(prepared.SerializeToString(), aot=False))
     nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign"]
-    assert all(sum(a.name == "aot" for a in n.attribute) == 1 for n in nodes)
+    assert nodes and not any(a.name == "aot" for n in nodes for a in n.attribute)
+    assert all(sum(a.name == "plugin_namespace" for a in n.attribute) == 1 for n in nodes)
 
 
 def test_aot_roi_align_kernel_compiles_with_tensorrt_parameter_order():
@@ -126,3 +128,81 @@ def test_tensorrt_engine_matches_torch_on_gpu(model, precision, tmp_path, monkey
     stamp = engine.plan_path.stat().st_mtime_ns
     again = open_engine("tensorrt", model, "cuda", 2, precision=precision)
     assert again.plan_path == engine.plan_path and again.plan_path.stat().st_mtime_ns == stamp
+
+
+def test_fp16_scopes_cover_the_trunk_and_leave_decoding_in_fp32(onnx_file):
+    from segstream.engines.tensorrt_build import HALF_PRECISION_SCOPES
+
+    nodes = onnx.load(onnx_file).graph.node
+    heavy = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm") or n.op_type == "MultilevelRoIAlign"]
+    assert heavy and all(n.name.startswith(HALF_PRECISION_SCOPES) for n in heavy)
+    decoding = [n for n in nodes if n.op_type in ("TopK", "BatchedNMS", "Softmax", "Exp", "Sigmoid")]
+    assert decoding and not any(n.name.startswith(HALF_PRECISION_SCOPES) for n in decoding)
+
+
+def _emulated_aot_kernel(tmp_path, defines: dict[str, str]):
+    """The AOT RoIAlign wrapper compiled by g++ with the kernels' CUDA emulation shim (tests/kernels)."""
+    import ctypes
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "kernels"))
+    import cuda_emulation
+    from segstream.kernels import sources
+
+    kernels = (sources.CSRC / sources.DEVICE_SOURCE).read_text()
+    kernels = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?(\w[\w ]*?) (\w+)\[\];", r"extern \1 \2[];", kernels)
+    wrapper = tensorrt_plugins.aot_roi_align_source(4, half=False).replace('#include "kernels.cu"', "")
+    entry = r"""
+extern "C" int seg_emulate_aot(unsigned gx, unsigned gy, unsigned bx, unsigned n, const unsigned* sizes, void** p) {
+  if (!seg_signature_matches(segstream_trt_multilevel_roi_align, n, sizes)) return 3;
+  seg_launch(segstream_trt_multilevel_roi_align, gx, gy, 1, bx, p);
+  return 0;
+}
+"""
+    macros = "".join(f"#define {k} {v}\n" for k, v in defines.items())
+    unit = tmp_path / "aot.cpp"
+    unit.write_text(cuda_emulation.SHIM + macros + kernels + wrapper + cuda_emulation.LAUNCHER + entry)
+    library = tmp_path / "libaot.so"
+    build = subprocess.run(
+        ["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", f"-I{sources.CSRC}",
+         str(unit), "-o", str(library)], capture_output=True, text=True, check=False,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    lib = ctypes.CDLL(str(library))
+    lib.seg_emulate_aot.argtypes = [ctypes.c_uint] * 4 + [ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def test_aot_roi_align_kernel_with_tensorrt_arguments_equals_the_op(tmp_path):
+    """The AOT wrapper, launched as TensorRT would (inputs, int32 extras, output; the plugin's grid),
+    run on the CPU by the kernels' CUDA emulation, gives the MultilevelRoIAlign op's result."""
+    import ctypes
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++ for the CUDA emulation")
+    scales = [0.25, 0.125, 0.0625, 0.03125]
+    defines = tensorrt_plugins.aot_defines(scales, 7, 2, False, 224.0, 4)
+    lib = _emulated_aot_kernel(tmp_path, defines)
+
+    g = torch.Generator().manual_seed(3)
+    batch, rois, channels = 2, 12, 5
+    maps = [torch.randn((batch, channels, 64 // s, 96 // s), generator=g) for s in (1, 2, 4, 8)]
+    xy = torch.rand((batch, rois, 2), generator=g) * 200
+    boxes = torch.cat([xy, xy + 2 + torch.rand((batch, rois, 2), generator=g) * 150], -1).contiguous()
+    counts = torch.tensor([rois, 7], dtype=torch.int32)
+    want = torch.ops.segstream.multilevel_roi_align(maps, boxes, counts, 7, scales, 2, False, 224.0, 4)
+
+    out = torch.full_like(want, float("nan"))
+    grid, block, _, extra = tensorrt_plugins.aot_launch(
+        batch, rois, channels, [tuple(m.shape[2:]) for m in maps], 7, 2
+    )
+    args = [ctypes.c_void_p(t.data_ptr()) for t in (boxes, counts, *maps)]
+    args += [ctypes.c_int(v) for v in extra] + [ctypes.c_void_p(out.data_ptr())]
+    pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    sizes = (ctypes.c_uint * len(args))(*[ctypes.sizeof(a) for a in args])
+    status = lib.seg_emulate_aot(grid[0], grid[1], block, len(args), ctypes.addressof(sizes), ctypes.addressof(pointers))
+    assert status == 0, "the TensorRT argument list does not match the AOT kernel's parameters"
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
