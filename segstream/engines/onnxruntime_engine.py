@@ -84,10 +84,24 @@ class PartitionedGraph:
         types = {v.name: v.type for v in (*graph.input, *graph.output, *graph.value_info)}
         initializers = {t.name: t for t in graph.initializer}
         constants = {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
+        # The exporter routes shared weights through Identity nodes; reading the weight directly keeps
+        # those nodes (and copies of their outputs between sessions) out of the segments.
+        alias = {
+            n.output[0]: n.input[0] for n in graph.node
+            if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in self.output_names
+        }
+        nodes = []
+        for node in graph.node:
+            if node.op_type == "Identity" and node.output[0] in alias:
+                continue
+            if any(i in alias for i in node.input):
+                node = onnx.NodeProto.FromString(node.SerializeToString())
+                node.input[:] = [alias.get(i, i) for i in node.input]
+            nodes.append(node)
 
         level: dict[str, int] = {name: 0 for name in (*self.input_names, *initializers)}
         stages: dict[int, list[onnx.NodeProto]] = {}
-        for node in graph.node:
+        for node in nodes:
             if node.op_type == "Constant":
                 continue
             deps = max((level.get(i, 0) for i in node.input if i and i not in constants), default=0)
