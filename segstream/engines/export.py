@@ -12,6 +12,7 @@ the onnxruntime and tensorrt engines reuse them.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import os
 import sys
@@ -63,7 +64,11 @@ def export_onnx(model: LoadedModel, path: str | Path, batch: int) -> Path:
     custom_ops.register_onnx_symbolics()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    network = model.network.to("cpu").eval()
+    network = model.network
+    if any(p.device.type != "cpu" for p in network.parameters()):
+        # Traced on the CPU; a copy, so an engine already running this network on a GPU keeps it there.
+        network = copy.deepcopy(network).to("cpu")
+    network.eval()
     graph = StaticMaskRCNN(network, model.config).eval()
     height, width = model.config.input_size
     images = torch.zeros((batch, 3, height, width))
