@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from pycocotools import mask as mask_utils
 
+from segstream.engines.custom_ops import kernel_backend
 from segstream.engines.models import apply_test_thresholds, load_model
 from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from segstream.engines.torch_engine import TorchEngine
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ort = OnnxRuntimeEngine(model, "cpu", args.batch)
     print(f"onnxruntime engine ready in {time.perf_counter() - started:.1f} s ({ort.onnx_path.name}); "
-          f"custom ops on {__import__('segstream.engines.custom_ops', fromlist=['x']).kernel_backend()}")
+          f"custom ops on {kernel_backend()}")
     eager = TorchEngine(model, "cpu", args.batch)
 
     from segstream.shapes.clip import render_clip
