@@ -188,11 +188,11 @@ class OnnxRuntimeEngine:
         self, model: LoadedModel, device: str | torch.device = "cpu", max_batch: int = 1, onnx_path: str | None = None,
         threads: int = 0,
     ) -> None:
+        from segstream.engines.factory import EngineError
+
         self.config = model.config
         self.device = torch.device(device)
         if self.device.type != "cpu":
-            from segstream.engines.factory import EngineError
-
             raise EngineError("--engine onnxruntime runs on the CPU: use --device cpu (or --engine tensorrt on a GPU)")
         if onnx_path is None:
             from segstream.engines.export import cached_onnx
@@ -201,19 +201,24 @@ class OnnxRuntimeEngine:
         else:
             path = Path(onnx_path)
             if not path.is_file():
-                raise FileNotFoundError(f"ONNX file not found: {path}")
+                raise EngineError(f"--onnx: file not found: {path}")
         self.onnx_path = path
         graph = onnx.load(str(path))
         shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
         if [*shapes] != list(INPUT_NAMES) or [o.name for o in graph.graph.output] != list(OUTPUT_NAMES):
-            raise ValueError(f"{path} is not a segstream static graph (inputs {[*shapes]})")
+            raise EngineError(f"--onnx: {path} is not a segstream static graph (inputs {[*shapes]})")
         batch, _, height, width = shapes["images"]
         if (height, width) != tuple(self.config.input_size):
-            raise ValueError(f"{path} takes {height}x{width} input, the model {self.config.input_size[0]}x{self.config.input_size[1]}")
+            raise EngineError(
+                f"--onnx: {path} takes {height}x{width} input, the model {self.config.input_size[0]}x{self.config.input_size[1]}"
+            )
         if batch < max_batch:
-            raise ValueError(f"{path} has batch {batch}, fewer than the requested {max_batch}")
+            raise EngineError(f"--onnx: {path} has batch {batch}, fewer than the requested {max_batch}")
         self.max_batch = batch
-        self.graph = PartitionedGraph(graph, threads=threads)
+        try:
+            self.graph = PartitionedGraph(graph, threads=threads)
+        except ValueError as exc:
+            raise EngineError(f"--onnx: {path}: {exc}") from None
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:

@@ -64,7 +64,9 @@ def test_custom_nodes_carry_domain_and_attributes_the_plugins_register(onnx_file
 
 
 def test_graph_has_no_control_flow_or_data_dependent_shapes(onnx_file):
-    graph = onnx.load(onnx_file).graph
+    model = onnx.load(onnx_file)
+    onnx.checker.check_model(model)
+    graph = model.graph
     ops = {n.op_type for n in graph.node}
     assert not ops & {"Loop", "If", "Scan", "NonZero", "NonMaxSuppression", "Unique", "Compress"}
     constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}

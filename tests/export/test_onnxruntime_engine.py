@@ -86,10 +86,10 @@ def test_onnxruntime_publishes_the_torch_instances_on_a_held_out_clip(tmp_path, 
 def test_onnxruntime_engine_refuses_cuda_and_mismatched_files(model, onnx_file):
     with pytest.raises(EngineError, match="--device cpu"):
         OnnxRuntimeEngine(model, "cuda", 2, onnx_path=str(onnx_file))
-    with pytest.raises(ValueError, match="batch 2"):
+    with pytest.raises(EngineError, match="batch 2"):
         OnnxRuntimeEngine(model, "cpu", 4, onnx_path=str(onnx_file))
     other = model.config.replace(input_size=(128, 128))
-    with pytest.raises(ValueError, match="128x128"):
+    with pytest.raises(EngineError, match="128x128"):
         OnnxRuntimeEngine(type(model)(other, model.network, True, "x"), "cpu", 2, onnx_path=str(onnx_file))
 
 
