@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from pycocotools import mask as mask_utils
 
-from segstream.engines.custom_ops import kernel_backend
 from segstream.engines.models import apply_test_thresholds, load_model
 from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from segstream.engines.torch_engine import TorchEngine
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     ort = OnnxRuntimeEngine(model, "cpu", args.batch)
-    print(f"onnxruntime engine ready in {time.perf_counter() - started:.1f} s ({ort.onnx_path.name}); "
-          f"custom ops on {kernel_backend()}")
+    print(f"onnxruntime engine ready in {time.perf_counter() - started:.1f} s ({ort.onnx_path.name})")
     eager = TorchEngine(model, "cpu", args.batch)
 
     from segstream.shapes.clip import render_clip

@@ -18,8 +18,9 @@ in domain `segstream`, the names and attributes the TensorRT plugins register
 Boxes are (x1, y1, x2, y2) in network-input pixels. Rows past `count` are padding: index -1,
 zero box, zero score, class 0; RoIAlign gives zeros for rows at or past `counts[b]`.
 
-The CPU implementation calls `segstream.kernels` (the same C++ the CUDA kernels share) when that
-package provides the functions, and torchvision otherwise (`reference_*` below, also the test oracle).
+Both run on `segstream.kernels`: its C++ build for CPU tensors (the same `__host__ __device__` code
+the CUDA kernels use), its NVRTC build for CUDA tensors. `reference_*` below compute the same with
+torchvision in loops; they are the test oracle.
 """
 
 from __future__ import annotations
@@ -115,22 +116,6 @@ def reference_batched_nms(
 # ---------------------------------------------------------------- CPU kernels of segstream.kernels
 
 
-def _kernels():
-    """segstream.kernels when it offers both functions, else None (then torchvision serves)."""
-    try:
-        from segstream import kernels
-    except ImportError:
-        return None
-    if hasattr(kernels, "multilevel_roi_align") and hasattr(kernels, "batched_nms"):
-        return kernels
-    return None
-
-
-def kernel_backend() -> str:
-    """'segstream.kernels' or 'torchvision': which code computes the custom ops on the CPU."""
-    return "segstream.kernels" if _kernels() is not None else "torchvision"
-
-
 def run_multilevel_roi_align(
     features: Sequence[Tensor],
     boxes: Tensor,
@@ -142,28 +127,23 @@ def run_multilevel_roi_align(
     canonical_scale: float,
     canonical_level: int,
 ) -> Tensor:
-    """MultilevelRoIAlign on the kernels (CPU or CUDA tensors); shapes as in the module docstring."""
-    kernels = _kernels()
-    counts = counts.to(torch.int32)
-    if kernels is None:
-        return reference_multilevel_roi_align(
-            features, boxes, counts, output_size, spatial_scales, sampling_ratio, aligned,
-            canonical_scale, canonical_level,
-        )
-    return kernels.multilevel_roi_align(
+    """MultilevelRoIAlign on segstream.kernels (CPU or CUDA tensors); shapes as in the module docstring."""
+    from segstream.kernels import multilevel_roi_align as kernel
+
+    return kernel(
         list(features), boxes, output_size, list(spatial_scales), sampling_ratio=sampling_ratio,
-        aligned=aligned, canonical_scale=canonical_scale, canonical_level=canonical_level, counts=counts,
+        aligned=aligned, canonical_scale=canonical_scale, canonical_level=canonical_level,
+        counts=counts.to(torch.int32),
     )
 
 
 def run_batched_nms(
     boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, score_threshold: float, max_outputs: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """BatchedNMS on the kernels; returns (count, indices, boxes, scores, classes) as in the module docstring."""
-    kernels = _kernels()
-    if kernels is None:
-        return reference_batched_nms(boxes, scores, classes, iou_threshold, score_threshold, max_outputs)
-    result = kernels.batched_nms(boxes, scores, classes, iou_threshold, score_threshold, max_outputs)
+    """BatchedNMS on segstream.kernels; returns (count, indices, boxes, scores, classes) as in the module docstring."""
+    from segstream.kernels import batched_nms as kernel
+
+    result = kernel(boxes, scores, classes, iou_threshold, score_threshold, max_outputs)
     return (
         result.count.to(torch.int32),
         result.indices.to(torch.int32),
