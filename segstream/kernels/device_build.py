@@ -71,6 +71,17 @@ def _arch_number(arch: str | int) -> int:
     return int(digits)
 
 
+def _out_buffer(size: int) -> bytes:
+    """A fresh bytes object for NVRTC to write into.
+
+    NVRTC writes through the buffer's pointer. CPython shares one object for every empty and
+    every one-byte bytes value, so a buffer of size <= 1 would overwrite that shared object
+    (an empty log is one NUL byte) and corrupt unrelated code, pickling included. Two or more
+    bytes are always a new, private object.
+    """
+    return bytes(max(size, 2))
+
+
 def compile_module(arch: str | int, target: str = "ptx", ptxas_verbose: bool = False) -> tuple[bytes, str]:
     """Compile ``kernels.cu`` with NVRTC for ``arch`` (``"sm_80"`` or ``80``).
 
@@ -92,20 +103,20 @@ def compile_module(arch: str | int, target: str = "ptx", ptxas_verbose: bool = F
         encoded = [o.encode() for o in options]
         (compile_err,) = nvrtc.nvrtcCompileProgram(prog, len(encoded), encoded)
         (log_size,) = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log_buf = b" " * log_size
+        log_buf = _out_buffer(log_size)
         _check(nvrtc.nvrtcGetProgramLog(prog, log_buf), "nvrtcGetProgramLog")
         log = log_buf.rstrip(b"\0").decode(errors="replace")
         if int(compile_err) != 0:
             raise DeviceBuildError(f"NVRTC failed for {prefix}_{number} ({compile_err!r}):\n{log}")
         if target == "ptx":
             (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-            buf = b" " * size
+            buf = _out_buffer(size)
             _check(nvrtc.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
-            return buf.rstrip(b"\0"), log
+            return buf[:size].rstrip(b"\0"), log
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        buf = b" " * size
+        buf = _out_buffer(size)
         _check(nvrtc.nvrtcGetCUBIN(prog, buf), "nvrtcGetCUBIN")
-        return buf, log
+        return buf[:size], log
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
