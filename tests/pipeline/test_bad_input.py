@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import segstream_cli
+from servers import segstream_cli
 from media import count_decodable_frames, write_clip
 from segstream.engines.checkpoint import save_checkpoint
 from segstream.engines.models import build_network, placeholder_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from conftest import segstream_cli
+from servers import segstream_cli
 from media import CODECS, count_decodable_frames, write_clip
 from segstream.pipeline.run import run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import RtspServer, segstream_cli
+from servers import RtspServer, segstream_cli
 from segstream.engines.models import placeholder_config
 from segstream.engines.protocol import Detections
 from segstream.pipeline.run import run

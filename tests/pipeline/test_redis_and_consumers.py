@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import segstream_cli
+from servers import segstream_cli
 from media import write_clip
 from segstream.pipeline.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis

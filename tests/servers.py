@@ -1,0 +1,53 @@
+"""Real servers and the real console script, for the tests (helpers shared by test modules)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from segstream.pipeline.redis_server import free_port
+
+TESTS = Path(__file__).parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+class RtspServer:
+    """tests/rtsp_server.py run by the system python (python3-gi lives there, not in the venv)."""
+
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 30, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.args = ["--width", str(width), "--height", str(height), "--fps", str(fps)]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> "RtspServer":
+        self.process = subprocess.Popen(
+            [SYSTEM_PYTHON, str(TESTS / "rtsp_server.py"), "--port", str(self.port), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = self.process.stdout.readline().strip()
+        if line != "ready":
+            self.stop()
+            raise RuntimeError(f"RTSP server did not start: {line!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def segstream_cli(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `segstream` console script as a user would."""
+    exe = Path(sys.executable).with_name("segstream")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
