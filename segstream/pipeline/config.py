@@ -49,6 +49,7 @@ class SourceSection(_Section):
     read_timeout: float = Field(default=10.0, gt=0)
     reconnect_window: float = Field(default=60.0, ge=0)
     max_frames: int | None = Field(default=None, ge=1)
+    decoder_threads: int | None = Field(default=None, ge=0)  # None: 1 with a CPU engine, else FFmpeg's choice
 
 
 class QueueSection(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,12 @@ def fit_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int,
 
 
 class Preprocess:
-    """Takes up to `batch_size` waiting frames and makes one network input of them."""
+    """Takes up to `batch_size` waiting frames and makes one network input of them.
+
+    On the CPU the arithmetic runs in numpy, single-threaded: the engine's thread pool owns the
+    cores, and a second torch thread pool contending with it costs more than it gains. On a GPU
+    each frame is uploaded once (pinned, non-blocking) and everything after stays on the device.
+    """
 
     name = "preprocess"
 
@@ -30,7 +36,9 @@ class Preprocess:
         self.device = device
         self.mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(config.std, device=device).view(3, 1, 1)
-        self._pin = device.type == "cuda"
+        # uint8 pixel p -> (p / 255 - mean) / std == p * scale + shift
+        self._scale = (1.0 / (255.0 * np.asarray(config.std, dtype=np.float32))).astype(np.float32)
+        self._shift = (-np.asarray(config.mean, dtype=np.float32) / np.asarray(config.std, dtype=np.float32)).astype(np.float32)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         frames = [item for item in items if isinstance(item, Frame)]
@@ -44,18 +52,37 @@ class Preprocess:
 
     def batch(self, frames: list[Frame]) -> Batch:
         height, width = self.input_size
-        images = torch.zeros((len(frames), 3, height, width), dtype=torch.float32, device=self.device)
+        shape = (len(frames), 3, height, width)
+        if self.device.type == "cpu":  # numpy's zeros come from calloc: no pass over the memory
+            images = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+        else:
+            images = torch.zeros(shape, dtype=torch.float32, device=self.device)
         sizes, scales = [], []
         for i, frame in enumerate(frames):
-            pixels = torch.from_numpy(frame.image)
-            if self._pin:
-                pixels = pixels.pin_memory()
-            # One upload per frame; everything after stays on the device.
-            image = pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
             h, w = fit_size(frame.height, frame.width, self.input_size)
-            if (h, w) != (frame.height, frame.width):
-                image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            images[i, :, :h, :w] = (image - self.mean) / self.std
+            if self.device.type == "cpu" and (h, w) == (frame.height, frame.width):
+                self._normalise_into(images[i].numpy(), frame.image)
+            else:
+                images[i, :, :h, :w] = self._on_device(frame.image, h, w)
             sizes.append((h, w))
             scales.append((h / frame.height, w / frame.width))
         return Batch(frames=frames, images=images, image_sizes=sizes, scales=scales)
+
+    def _normalise_into(self, out: np.ndarray, image: np.ndarray) -> None:
+        """out: float32 [3, H, W] view of the batch slot; image: uint8 [h, w, 3] (fits as is)."""
+        h, w, _ = image.shape
+        # Transposing the uint8 pixels first keeps the float pass contiguous (about 8x faster).
+        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+        target = out[:, :h, :w]
+        np.multiply(planes, self._scale[:, None, None], out=target, dtype=np.float32, casting="unsafe")
+        target += self._shift[:, None, None]
+
+    def _on_device(self, image: np.ndarray, h: int, w: int) -> torch.Tensor:
+        pixels = torch.from_numpy(image)
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        # One upload per frame; the resize and normalisation run where the engine is.
+        tensor = pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
+        if (h, w) != tuple(tensor.shape[1:]):
+            tensor = F.interpolate(tensor[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return (tensor - self.mean) / self.std

@@ -72,13 +72,16 @@ def make_sources(locations: list[str], stream_ids: list[str] | None, config: Run
     if len(set(ids)) != len(ids):
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
     src = config.source
+    threads = src.decoder_threads
+    if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
+        threads = 1 if config.engine.device == "cpu" else 0
     sources: list[Source] = []
     for location, stream_id in zip(locations, ids):
         if is_live(location):
             sources.append(CameraSource(location, stream_id, src.open_timeout, src.read_timeout,
-                                        src.reconnect_window, src.max_frames))
+                                        src.reconnect_window, src.max_frames, threads))
         else:
-            sources.append(VideoFileSource(location, stream_id, src.max_frames))
+            sources.append(VideoFileSource(location, stream_id, src.max_frames, threads))
     return sources
 
 

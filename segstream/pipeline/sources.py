@@ -56,6 +56,16 @@ def _ffmpeg_message(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _set_threads(stream: av.VideoStream, threads: int, kind: str) -> None:
+    """threads 0: FFmpeg picks; 1: decode on the calling thread only (the engine owns the cores)."""
+    if threads == 1:
+        stream.codec_context.thread_count = 1
+        return
+    stream.thread_type = kind
+    if threads > 1:
+        stream.codec_context.thread_count = threads
+
+
 def _declared_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -69,8 +79,9 @@ class VideoFileSource:
 
     live = False
 
-    def __init__(self, path: str, stream_id: str, max_frames: int | None = None) -> None:
+    def __init__(self, path: str, stream_id: str, max_frames: int | None = None, decoder_threads: int = 0) -> None:
         self.path = path
+        self.decoder_threads = decoder_threads
         self.name = stream_id
         self.stream_id = stream_id
         self.max_frames = max_frames
@@ -109,7 +120,7 @@ class VideoFileSource:
     def items(self, stopping: threading.Event) -> Iterator[Frame | EndOfStream]:
         container = self._open()
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _set_threads(stream, self.decoder_threads, "AUTO")
         index = 0
         ended_early = False
         try:
@@ -211,8 +222,10 @@ class CameraSource:
         read_timeout: float = 10.0,
         reconnect_window: float = 60.0,
         max_frames: int | None = None,
+        decoder_threads: int = 0,
     ) -> None:
         self.url = url
+        self.decoder_threads = decoder_threads
         self.name = stream_id
         self.stream_id = stream_id
         self.open_timeout = open_timeout
@@ -247,7 +260,7 @@ class CameraSource:
             clock = CaptureClock()
             try:
                 stream = container.streams.video[0]
-                stream.thread_type = "SLICE"  # frame threading would add frames of latency
+                _set_threads(stream, self.decoder_threads, "SLICE")  # frame threads would add frames of latency
                 for packet in container.demux(stream):
                     if stopping.is_set():
                         break
