@@ -3,10 +3,13 @@
     segstream export onnx --model shapes --input-size 384x640 --batch 1 -o shapes.onnx
     segstream export tensorrt --model shapes --input-size 384x640 --batch 1 --precision fp16 -o shapes.plan
 
+fp16 exports a graph whose trunk is float16 (Cast nodes at its borders); TensorRT builds it as a
+strongly typed network, so the types in the file are the precision of the engine.
+
 The ONNX contract (design.md §6) is the static graph's (segstream/engines/static_graph.py) with the
 two `segstream`-domain nodes of segstream/engines/custom_ops.py. Exported files are also cached under
-`$SEGSTREAM_CACHE/onnx/` (default ~/.cache/segstream) keyed by model digest, input size and batch, so
-the onnxruntime and tensorrt engines reuse them.
+`$SEGSTREAM_CACHE/onnx/` (default ~/.cache/segstream) keyed by model digest, input size, batch and
+precision, so the onnxruntime and tensorrt engines reuse them.
 """
 
 from __future__ import annotations
@@ -48,19 +51,27 @@ def model_digest(model: LoadedModel) -> str:
     return digest.hexdigest()[:16]
 
 
-def onnx_cache_path(model: LoadedModel, batch: int) -> Path:
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def onnx_cache_path(model: LoadedModel, batch: int, precision: str = "fp32") -> Path:
     height, width = model.config.input_size
-    return cache_root() / "onnx" / f"{model_digest(model)}-{height}x{width}-b{batch}.onnx"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return cache_root() / "onnx" / f"{model_digest(model)}-{height}x{width}-b{batch}{suffix}.onnx"
 
 
-def export_onnx(model: LoadedModel, path: str | Path, batch: int) -> Path:
+def export_onnx(model: LoadedModel, path: str | Path, batch: int, precision: str = "fp32") -> Path:
     """Trace the static graph of `model` at batch `batch` and write it to `path` (ONNX opset 17).
 
     Inputs images f32 [batch,3,H,W] and image_sizes i32 [batch,2]; outputs as static_graph.OUTPUT_NAMES.
+    precision fp16: the convolutional trunk and heads in float16 (for TensorRT; see StaticMaskRCNN),
+    inputs, outputs and all box arithmetic still float32.
     The file is written next to its destination and renamed into place, so readers never see half a file.
     """
     if batch < 1:
         raise ExportError(f"--batch: {batch} must be >= 1")
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     custom_ops.register_onnx_symbolics()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +80,7 @@ def export_onnx(model: LoadedModel, path: str | Path, batch: int) -> Path:
         # Traced on the CPU; a copy, so an engine already running this network on a GPU keeps it there.
         network = copy.deepcopy(network).to("cpu")
     network.eval()
-    graph = StaticMaskRCNN(network, model.config).eval()
+    graph = StaticMaskRCNN(network, model.config, PRECISIONS[precision]).eval()
     height, width = model.config.input_size
     images = torch.zeros((batch, 3, height, width))
     image_sizes = torch.tensor([[height, width]] * batch, dtype=torch.int32)
@@ -96,11 +107,11 @@ def export_onnx(model: LoadedModel, path: str | Path, batch: int) -> Path:
     return path
 
 
-def cached_onnx(model: LoadedModel, batch: int) -> Path:
-    """The cached ONNX file of `model` at `batch`, exported on first use."""
-    path = onnx_cache_path(model, batch)
+def cached_onnx(model: LoadedModel, batch: int, precision: str = "fp32") -> Path:
+    """The cached ONNX file of `model` at `batch` and trunk `precision`, exported on first use."""
+    path = onnx_cache_path(model, batch, precision)
     if not path.is_file():
-        export_onnx(model, path, batch)
+        export_onnx(model, path, batch, precision)
     return path
 
 
@@ -123,9 +134,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default: 1)")
         p.add_argument("--score-threshold", type=float, help="override the model's detection score threshold")
         p.add_argument("-o", "--output", help="output file (default: only the cache)")
+        p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                       help="trunk precision: fp16 runs convolutions and heads in half precision (default: fp32)")
         if target == "tensorrt":
             p.add_argument("--onnx", help="ONNX file to build from (default: exported and cached)")
-            p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
             p.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit (MiB)")
     return parser
 
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             model.config = model.config.replace(score_threshold=args.score_threshold)
             apply_test_thresholds(model.network, model.config)
         if args.target == "onnx":
-            path = cached_onnx(model, args.batch)
+            path = cached_onnx(model, args.batch, args.precision)
             if args.output:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.output).write_bytes(path.read_bytes())
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         from segstream.engines.tensorrt_build import TensorRTBuildError, TensorRTUnavailable, build_engine_cached
 
         try:
-            onnx_path = Path(args.onnx) if args.onnx else cached_onnx(model, args.batch)
+            onnx_path = Path(args.onnx) if args.onnx else cached_onnx(model, args.batch, args.precision)
             plan = build_engine_cached(
                 model, onnx_path, args.batch, args.precision, workspace_mib=args.workspace_mib
             )

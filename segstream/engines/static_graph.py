@@ -27,6 +27,7 @@ for every frame that fills the input in height or nearly so.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -71,24 +72,51 @@ class _Pooler(nn.Module):
         )
 
 
+class _InDtype(nn.Module):
+    """A module run in another float dtype: float tensors in (also inside lists and dicts) are cast to it."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module.to(dtype)
+        self.dtype = dtype
+
+    def _cast(self, value):
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.to(self.dtype)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._cast(v) for v in value)
+        if isinstance(value, dict):
+            return type(value)((k, self._cast(v)) for k, v in value.items())
+        return value
+
+    def forward(self, *args):
+        return self.module(*(self._cast(a) for a in args))
+
+
 class StaticMaskRCNN(nn.Module):
     """A torchvision MaskRCNN's inference as a fixed-shape graph (see the module docstring).
 
-    network: eval-mode MaskRCNN whose modules are shared, not copied.
+    network: eval-mode MaskRCNN whose modules are shared, not copied (float32 trunk).
     config: gives input_size (H, W), thresholds, rpn top-n counts and K = max_detections.
+    trunk_dtype: float16 runs the convolutional trunk and heads (backbone, RPN head, box and mask
+        heads and predictors, and the RoIAlign of their features) in half precision on copies of
+        the modules; anchors, box decoding, top-k, softmax, NMS and the outputs stay float32.
     """
 
-    def __init__(self, network: MaskRCNN, config: ModelConfig) -> None:
+    def __init__(self, network: MaskRCNN, config: ModelConfig, trunk_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if network.roi_heads.mask_roi_pool is None:
             raise ValueError("the static graph needs a network with a mask head")
+        if trunk_dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"trunk_dtype must be float32 or float16, not {trunk_dtype}")
         self.config = config
-        self.backbone = network.backbone
-        self.rpn_head = network.rpn.head
-        self.box_head = network.roi_heads.box_head
-        self.box_predictor = network.roi_heads.box_predictor
-        self.mask_head = network.roi_heads.mask_head
-        self.mask_predictor = network.roi_heads.mask_predictor
+        self.trunk_dtype = trunk_dtype
+        roi = network.roi_heads
+        trunk = (network.backbone, network.rpn.head, roi.box_head, roi.box_predictor, roi.mask_head, roi.mask_predictor)
+        if trunk_dtype != torch.float32:
+            # Half-precision copies: the network itself stays as the torch engine uses it.
+            trunk = tuple(_InDtype(copy.deepcopy(m), trunk_dtype) for m in trunk)
+        self.backbone, self.rpn_head, self.box_head, self.box_predictor, self.mask_head, self.mask_predictor = trunk
         self.rpn_coder = network.rpn.box_coder
         self.box_coder = network.roi_heads.box_coder
 
@@ -107,7 +135,7 @@ class StaticMaskRCNN(nn.Module):
         with torch.no_grad():
             device = next(network.parameters()).device
             images = torch.zeros((1, 3, height, width), device=device)
-            features = self.backbone(images)
+            features = network.backbone(images)
             names = list(features.keys())
             levels = list(features.values())
             anchors = rpn.anchor_generator(ImageList(images, [(height, width)]), levels)[0]
@@ -119,7 +147,15 @@ class StaticMaskRCNN(nn.Module):
         for index, part in enumerate(anchors.split(self.anchors_per_level)):
             self.register_buffer(f"anchors_{index}", part.clone(), persistent=False)
         level_ids = torch.cat([torch.full((k,), i, dtype=torch.int32) for i, k in enumerate(self.pre_nms_top_n)])
-        self.register_buffer("proposal_levels", level_ids[None], persistent=False)
+        self.register_buffer("proposal_levels", level_ids[None].to(device), persistent=False)
+
+        # Class id and proposal row of each box-head candidate (proposal-major, class-minor), as
+        # int32 constants: a traced arange would be folded into an int64 constant by the exporter.
+        foreground = config.num_classes - 1
+        labels = torch.arange(1, foreground + 1, dtype=torch.int32).repeat(self.num_proposals)
+        rows = torch.arange(self.num_proposals, dtype=torch.int32).repeat_interleave(foreground)
+        self.register_buffer("candidate_labels", labels[None].to(device), persistent=False)
+        self.register_buffer("candidate_rows", rows[None].to(device), persistent=False)
 
         sizes = [f.shape[-2] for f in levels]
         self.box_pool = _Pooler(roi.box_roi_pool, names, sizes, height)
@@ -131,6 +167,7 @@ class StaticMaskRCNN(nn.Module):
     def proposals(self, features: list[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
         """RPN: -> (count i32 [B], proposals f32 [B,R,4] input pixels, rows past count zero)."""
         objectness, deltas = self.rpn_head(features)
+        objectness, deltas = [t.float() for t in objectness], [t.float() for t in deltas]
         batch = features[0].shape[0]
         top_scores, top_deltas, top_anchors = [], [], []
         for level, (logits, regression) in enumerate(zip(objectness, deltas)):
@@ -164,7 +201,7 @@ class StaticMaskRCNN(nn.Module):
         batch, rows = proposals.shape[:2]
         pooled = self.box_pool(features, proposals, num_proposals)
         hidden = self.box_head(pooled.flatten(0, 1))
-        class_logits, box_regression = self.box_predictor(hidden)
+        class_logits, box_regression = (t.float() for t in self.box_predictor(hidden))
         classes = class_logits.shape[-1]
         boxes = self.box_coder.decode_single(box_regression, proposals.reshape(-1, 4))
         boxes = _clip(boxes.reshape(batch, rows * classes, 4), image_sizes).reshape(batch, rows, classes, 4)
@@ -172,10 +209,8 @@ class StaticMaskRCNN(nn.Module):
         # Background dropped; candidate order is torchvision's: proposal-major, class-minor.
         boxes = boxes[:, :, 1:].reshape(batch, rows * (classes - 1), 4)
         scores = scores[:, :, 1:].reshape(batch, rows * (classes - 1))
-        labels = torch.arange(1, classes, dtype=torch.int32, device=scores.device)
-        labels = labels.repeat(rows)[None].expand(batch, -1)
-        row = torch.arange(rows, device=scores.device).repeat_interleave(classes - 1)[None]
-        keep = (row < num_proposals[:, None]) & _large_enough(boxes, 1e-2)
+        labels = self.candidate_labels.expand(batch, -1)
+        keep = (self.candidate_rows < num_proposals[:, None]) & _large_enough(boxes, 1e-2)
         scores = torch.where(keep, scores, torch.full_like(scores, _DROPPED))
         num, _, boxes, scores, labels = torch.ops.segstream.batched_nms(
             boxes, scores, labels, self.nms_threshold, self.score_threshold, self.max_detections
@@ -186,7 +221,7 @@ class StaticMaskRCNN(nn.Module):
         """Mask head on the K detections: -> f32 [B,K,M,M] probabilities, zero past num."""
         batch, k = boxes.shape[:2]
         pooled = self.mask_pool(features, boxes, num)
-        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1)))
+        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1))).float()
         size = logits.shape[-1]
         index = classes.reshape(batch * k, 1, 1, 1).to(torch.int64).expand(-1, 1, size, size)
         probabilities = torch.sigmoid(torch.gather(logits, 1, index)).reshape(batch, k, size, size)

@@ -8,9 +8,9 @@ all of them are in the cache key:
 Build steps: the segstream plugins are registered (segstream/kernels/tensorrt_plugins.py); the
 ONNX nodes of domain `segstream` get the `plugin_namespace` attribute the parser's plugin fallback
 reads (and `aot` = 1 on MultilevelRoIAlign when TensorRT has AOT plugins) - the file on disk keeps
-the plain contract; the parser builds the network; FP16 engines keep box arithmetic, top-k, NMS
-and the score path in FP32 (layers outside the convolutional trunk and heads are constrained), so
-FP16 changes the features, not the decoding.
+the plain contract; the parser builds a strongly typed network, so the graph's own types set the
+precision: an fp16 export (trunk in float16, box arithmetic, top-k, NMS and scores in float32)
+gives an FP16 engine on TensorRT 10 and 11 alike.
 
 TensorRT is imported only inside the functions that need it. Not executed on the machines this
 project is developed on (TensorRT's builder does not install there); the steps before it are tested.
@@ -34,13 +34,6 @@ INSTALL_HINT = (
     "install TensorRT >= 10.9 for this CUDA (the `tensorrt` pip package from NVIDIA's package index, "
     "or build the image in docker/)"
 )
-#: ONNX node-name prefixes of the convolutional trunk and heads: the layers FP16 may run in half precision.
-HALF_PRECISION_SCOPES = (
-    "/backbone/", "/rpn_head/", "/box_head/", "/box_predictor/", "/mask_head/", "/mask_predictor/",
-    "/box_pool/", "/mask_pool/",
-)
-
-
 class TensorRTUnavailable(RuntimeError):
     """TensorRT (or a GPU) is missing; the message says what to install, in one line."""
 
@@ -101,52 +94,45 @@ def _logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
+def graph_precision(onnx_bytes: bytes) -> str:
+    """'fp16' when the graph holds float16 weights (an fp16 export), else 'fp32'."""
+    model = onnx.load_from_string(onnx_bytes)
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    return "fp16" if half else "fp32"
+
+
 def build_serialized_engine(onnx_path: Path, precision: str = "fp32", workspace_mib: int = 2048) -> bytes:
-    """Parse `onnx_path` with the segstream plugins and build a serialized engine (`precision` fp32|fp16)."""
+    """Parse `onnx_path` with the segstream plugins and build a serialized engine.
+
+    The network is strongly typed: `precision` (fp32|fp16) must be the graph's own (see graph_precision).
+    """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
-    trt = require_tensorrt()
-    if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
-        # TensorRT 11 networks are strongly typed: precision comes from the graph's own types.
+    onnx_bytes = Path(onnx_path).read_bytes()
+    found = graph_precision(onnx_bytes)
+    if found != precision:
         raise TensorRTBuildError(
-            f"--precision fp16 needs TensorRT 10.x (TensorRT {trt.__version__} takes precision from the graph's "
-            "types and segstream exports FP32 graphs); use fp32 or a 10.x TensorRT image"
+            f"{onnx_path} is an {found} graph, not {precision}: export it with `segstream export onnx --precision {precision}`"
         )
+    trt = require_tensorrt()
     from segstream.kernels import tensorrt_plugins
 
     aot = tensorrt_plugins.register()
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # TensorRT 11 networks are always strongly typed (the flag remains, ignored); 10.x needs it.
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(prepare_onnx(Path(onnx_path).read_bytes(), aot), str(onnx_path)):
+    if not parser.parse(prepare_onnx(onnx_bytes, aot), str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
         raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        _keep_decoding_in_fp32(trt, network)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TensorRTBuildError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
     return bytes(plan)
-
-
-def _keep_decoding_in_fp32(trt, network) -> None:
-    """Constrain every layer outside HALF_PRECISION_SCOPES to FP32 (its float outputs too)."""
-    floats = (trt.float32, trt.float16)
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.name.startswith(HALF_PRECISION_SCOPES):
-            continue
-        if layer.type in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE):
-            continue
-        layer.precision = trt.float32
-        for out in range(layer.num_outputs):
-            if layer.get_output(out).dtype in floats:
-                layer.set_output_type(out, trt.float32)
 
 
 def gpu_name() -> str:
@@ -162,7 +148,7 @@ def engine_cache_path(model: LoadedModel | None, onnx_path: Path, batch: int, pr
     from segstream.engines.export import cache_root, model_digest, onnx_cache_path
 
     trt = require_tensorrt()
-    if model is not None and Path(onnx_path) == onnx_cache_path(model, batch):
+    if model is not None and Path(onnx_path) == onnx_cache_path(model, batch, precision):
         digest = model_digest(model)
     else:
         digest = onnx_digest(Path(onnx_path))

@@ -32,7 +32,7 @@ class TensorRTEngine:
 
     device: a CUDA device. max_batch: the engine's fixed batch (smaller batches are padded).
     onnx_path: build from this ONNX file instead of exporting `model`.
-    precision: fp32 or fp16 (FP16 convolutions; decoding and NMS stay FP32).
+    precision: fp32 or fp16 (the fp16 export: convolutions and heads in FP16, decoding and NMS in FP32).
     """
 
     name = "tensorrt"
@@ -56,7 +56,7 @@ class TensorRTEngine:
 
         # JIT plugins are looked up in the registry when the engine is deserialized.
         tensorrt_plugins.register()
-        source = Path(onnx_path) if onnx_path else cached_onnx(model, max_batch)
+        source = Path(onnx_path) if onnx_path else cached_onnx(model, max_batch, precision)
         try:
             self.plan_path = build_engine_cached(model if onnx_path is None else None, source, max_batch, precision)
         except (TensorRTUnavailable, TensorRTBuildError) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import onnx
-from onnx import helper
+from onnx import helper, shape_inference
 
 from export_models import INPUT_SIZE, ONNX_BATCH, small_model
 from segstream.engines.checkpoint import save_checkpoint
@@ -91,3 +91,50 @@ def test_export_command_rejects_bad_input_in_one_line(tmp_path, capsys):
     assert export_main(["onnx", "--model", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("segstream export:") and "\n" not in err
+
+
+def _value_types(model):
+    graph = shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+F32, F16, I32 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT32
+
+
+def test_custom_node_tensors_have_the_dtypes_the_plugins_accept(onnx_file):
+    model = onnx.load(onnx_file)
+    types = _value_types(model)
+    for node in model.graph.node:
+        ins, outs = [types[i] for i in node.input if i], [types[o] for o in node.output if o]
+        if node.op_type == "BatchedNMS":
+            assert (ins, outs) == ([F32, F32, I32], [I32, I32, F32, F32, I32]), node.name
+        if node.op_type == "MultilevelRoIAlign":
+            assert (ins, outs) == ([F32, I32] + [F32] * 4, [F32]), node.name
+
+
+def test_fp16_export_runs_trunk_in_half_and_keeps_the_contract(tmp_path):
+    from segstream.engines.export import export_onnx
+    from segstream.engines.tensorrt_build import graph_precision
+
+    path = export_onnx(small_model(seed=2), tmp_path / "half.onnx", 1, precision="fp16")
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    types = _value_types(model)
+    io = _io(model.graph.input) | _io(model.graph.output)
+    assert {name: t for name, (t, _) in io.items()} == {
+        "images": F32, "image_sizes": I32, "num_detections": I32, "boxes": F32, "scores": F32, "classes": I32,
+        "masks": F32,
+    }
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")]
+    assert convs and all(types[n.input[1]] == F16 for n in convs)
+    for node in model.graph.node:
+        ins = [types[i] for i in node.input if i]
+        if node.op_type in ("TopK", "Softmax"):
+            assert ins[0] == F32, node.name  # selection and scores in float32
+        if node.op_type == "BatchedNMS":
+            assert ins == [F32, F32, I32], node.name
+        if node.op_type == "MultilevelRoIAlign":
+            assert ins == [F32, I32] + [F16] * 4 and types[node.output[0]] == F16, node.name
+    assert graph_precision(path.read_bytes()) == "fp16"

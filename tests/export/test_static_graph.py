@@ -102,3 +102,24 @@ def test_static_graph_equals_eager_for_torchvision_resnet50_fpn():
     assert len(graph.anchors_per_level) == 5
     assert len(reference[0]) > 0
     assert_same_detections(reference, *out)
+
+
+def test_fp16_trunk_finds_the_same_instances_as_eager_fp32():
+    from torchvision.ops import box_iou
+
+    model = small_model(seed=3)
+    images = frames(2, seed=5)
+    sizes = [(256, 320), (256, 320)]
+    with torch.inference_mode():
+        reference = TorchEngine(model, "cpu", 2).infer(images, sizes)
+        graph = StaticMaskRCNN(model.network, model.config, torch.float16).eval()
+        num, boxes, scores, classes, masks = graph(images, torch.tensor(sizes, dtype=torch.int32))
+    assert next(model.network.parameters()).dtype == torch.float32  # the network itself is untouched
+    assert (boxes.dtype, scores.dtype, masks.dtype, classes.dtype) == (torch.float32,) * 3 + (torch.int32,)
+    for b, expected in enumerate(reference):
+        n = int(num[b])
+        assert n == len(expected)
+        best, index = box_iou(boxes[b, :n], expected.boxes).max(1)
+        matched = (best > 0.9) & (classes[b, :n].long() == expected.classes[index])
+        assert matched.float().mean() >= 0.9
+        torch.testing.assert_close(scores[b, :n][matched], expected.scores[index][matched], atol=5e-3, rtol=0)

@@ -130,14 +130,12 @@ def test_tensorrt_engine_matches_torch_on_gpu(model, precision, tmp_path, monkey
     assert again.plan_path == engine.plan_path and again.plan_path.stat().st_mtime_ns == stamp
 
 
-def test_fp16_scopes_cover_the_trunk_and_leave_decoding_in_fp32(onnx_file):
-    from segstream.engines.tensorrt_build import HALF_PRECISION_SCOPES
+def test_builder_refuses_a_graph_of_the_other_precision_before_needing_tensorrt(onnx_file):
+    from segstream.engines.tensorrt_build import TensorRTBuildError, build_serialized_engine, graph_precision
 
-    nodes = onnx.load(onnx_file).graph.node
-    heavy = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm") or n.op_type == "MultilevelRoIAlign"]
-    assert heavy and all(n.name.startswith(HALF_PRECISION_SCOPES) for n in heavy)
-    decoding = [n for n in nodes if n.op_type in ("TopK", "BatchedNMS", "Softmax", "Exp", "Sigmoid")]
-    assert decoding and not any(n.name.startswith(HALF_PRECISION_SCOPES) for n in decoding)
+    assert graph_precision(onnx_file.read_bytes()) == "fp32"
+    with pytest.raises(TensorRTBuildError, match="--precision fp16"):
+        build_serialized_engine(onnx_file, "fp16")
 
 
 def _emulated_aot_kernel(tmp_path, defines: dict[str, str]):
