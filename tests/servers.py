@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segstream.pipeline.redis_server import free_port
+from segstream.pipeline.redis_server import free_port, stop_process
 
 TESTS = Path(__file__).parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -37,13 +37,7 @@ class RtspServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def segstream_cli(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:

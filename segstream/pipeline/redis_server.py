@@ -23,6 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; no-op when already gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -80,13 +92,7 @@ class PrivateRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, username=self.username, password=self.password)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._dir.cleanup()
 
     def __enter__(self) -> str:

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import av.error
@@ -139,12 +139,7 @@ class VideoFileSource:
                     if isinstance(exc, av.error.EOFError):
                         break
                     continue
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError:
-                    self.counters.corrupt += 1
-                    continue
-                for vframe in decoded:
+                for vframe in _decode(packet, self.counters):
                     if self.max_frames is not None and index >= self.max_frames:
                         break
                     yield self._frame(vframe, index)
@@ -175,17 +170,26 @@ class VideoFileSource:
         return None
 
     def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
-        pts = float(vframe.time) if vframe.time is not None else None
-        if pts is not None:
-            self._last_pts = pts if self._last_pts is None else max(self._last_pts, pts)
-        return Frame(
-            stream_id=self.stream_id,
-            index=index,
-            pts=pts,
-            time=time.time(),
-            image=vframe.to_ndarray(format="rgb24"),
-            live=False,
-        )
+        frame = _frame(vframe, self.stream_id, index, lambda _pts: time.time(), live=False)
+        if frame.pts is not None:
+            self._last_pts = frame.pts if self._last_pts is None else max(self._last_pts, frame.pts)
+        return frame
+
+
+def _decode(packet: av.Packet, counters: SourceCounters) -> list[av.VideoFrame]:
+    """The frames of one packet; a packet the decoder rejects is counted as corrupt and skipped."""
+    try:
+        return packet.decode()
+    except av.error.FFmpegError:
+        counters.corrupt += 1
+        return []
+
+
+def _frame(vframe: av.VideoFrame, stream_id: str, index: int, stamp: Callable[[float | None], float],
+           live: bool) -> Frame:
+    pts = float(vframe.time) if vframe.time is not None else None
+    return Frame(stream_id=stream_id, index=index, pts=pts, time=stamp(pts),
+                 image=vframe.to_ndarray(format="rgb24"), live=live)
 
 
 class CaptureClock:
@@ -264,21 +268,8 @@ class CameraSource:
                 for packet in container.demux(stream):
                     if stopping.is_set():
                         break
-                    try:
-                        decoded = packet.decode()
-                    except av.error.FFmpegError:
-                        self.counters.corrupt += 1
-                        continue
-                    for vframe in decoded:
-                        pts = float(vframe.time) if vframe.time is not None else None
-                        yield Frame(
-                            stream_id=self.stream_id,
-                            index=index,
-                            pts=pts,
-                            time=clock.capture_time(pts),
-                            image=vframe.to_ndarray(format="rgb24"),
-                            live=True,
-                        )
+                    for vframe in _decode(packet, self.counters):
+                        yield _frame(vframe, self.stream_id, index, clock.capture_time, live=True)
                         index += 1
                         self.counters.decoded = index
                         if self.max_frames is not None and index >= self.max_frames:
