@@ -179,8 +179,14 @@ def test_aot_roi_align_kernel_with_tensorrt_arguments_equals_the_op(tmp_path):
     import ctypes
     import shutil
 
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++ for the CUDA emulation")
+    import subprocess
+
+    probe = subprocess.run(
+        ["g++", "-std=c++20", "-fsyntax-only", "-x", "c++", "-"], input="#include <barrier>\nstd::barrier<> b(1);\n",
+        capture_output=True, text=True, check=False,
+    ) if shutil.which("g++") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs g++ with C++20 <barrier> for the kernels' CUDA emulation")
     scales = [0.25, 0.125, 0.0625, 0.03125]
     defines = tensorrt_plugins.aot_defines(scales, 7, 2, False, 224.0, 4)
     lib = _emulated_aot_kernel(tmp_path, defines)
