@@ -146,6 +146,12 @@ def _constant(expr) -> int:
     return int(value() if callable(value) else value)
 
 
+def _out_buffer(size: int) -> bytes:
+    # NVRTC writes through the buffer's pointer; CPython shares its empty and one-byte bytes
+    # objects, so a buffer must be at least two bytes to be private.
+    return bytes(max(size, 2))
+
+
 @functools.lru_cache(maxsize=32)
 def compile_aot_ptx(num_levels: int, half: bool, arch: int, defines: tuple[tuple[str, str], ...]) -> bytes:
     """PTX (compute_<arch>) of the AOT RoIAlign kernel; NVRTC from cuda-bindings, no GPU needed."""
@@ -165,13 +171,13 @@ def compile_aot_ptx(num_levels: int, half: bool, arch: int, defines: tuple[tuple
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])
         if int(result):
             _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
+            log = _out_buffer(size)
             nvrtc.nvrtcGetProgramLog(prog, log)
             raise PluginError(f"NVRTC failed for the AOT RoIAlign kernel: {log.decode(errors='replace').strip()[:2000]}")
         _, size = nvrtc.nvrtcGetPTXSize(prog)
-        ptx = b" " * size
+        ptx = _out_buffer(size)
         nvrtc.nvrtcGetPTX(prog, ptx)
-        return ptx.rstrip(b"\0")
+        return ptx[:size].rstrip(b"\0")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
