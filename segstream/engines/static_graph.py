@@ -23,9 +23,9 @@ Outputs: num_detections i32 [B], boxes f32 [B, K, 4] (x1, y1, x2, y2 network-inp
 With trunk_dtype float16 (the fp16 export for TensorRT) the convolutional trunk and heads run in
 half precision on copies of their modules; everything from box decoding on stays float32.
 
-RoIAlign uses the feature strides (scale 1/stride). torchvision infers its scales from the largest
-frame height in the batch instead; the two agree whenever that height is more than H/sqrt(2), i.e.
-for every frame that fills the input in height or nearly so.
+RoIAlign uses the feature strides (scale 1/stride). torchvision's MultiScaleRoIAlign instead infers
+its scales from the tallest frame of the first batch it sees and keeps them; the two agree when that
+height is more than H/sqrt(2) of the input, i.e. unless the first frames are much wider than the input.
 """
 
 from __future__ import annotations

@@ -62,11 +62,12 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 1.0
 
 
-def test_onnxruntime_publishes_the_torch_instances_on_a_held_out_clip(tmp_path, model, onnx_file):
+@pytest.mark.parametrize("seed, size", [(901, (320, 240)), (902, (288, 256))])
+def test_onnxruntime_publishes_the_torch_instances_on_held_out_clips(tmp_path, model, onnx_file, seed, size):
     from segstream.shapes.clip import render_clip
 
     clip = tmp_path / "heldout.mp4"
-    render_clip(clip, tmp_path / "heldout.json", seed=901, frames=6, size=(320, 240))
+    render_clip(clip, tmp_path / "heldout.json", seed=seed, frames=6, size=size)
     want = _published(clip, TorchEngine(model, "cpu", 2), 2)
     got = _published(clip, OnnxRuntimeEngine(model, "cpu", 2, onnx_path=str(onnx_file)), 2)
     assert [r.frame.index for r in got] == [r.frame.index for r in want] == list(range(6))
