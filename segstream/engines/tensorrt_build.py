@@ -34,6 +34,8 @@ INSTALL_HINT = (
     "install TensorRT >= 10.9 for this CUDA (the `tensorrt` pip package from NVIDIA's package index, "
     "or build the image in docker/)"
 )
+
+
 class TensorRTUnavailable(RuntimeError):
     """TensorRT (or a GPU) is missing; the message says what to install, in one line."""
 
