@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops.poolers import _setup_scales
 
 from segstream.engines.models import LoadedModel
 from segstream.engines.protocol import Detections
@@ -24,6 +25,26 @@ class TorchEngine:
         self.device = torch.device(device)
         self.max_batch = max_batch
         self.network = model.network.to(self.device).eval()
+        self._fix_pooler_scales()
+
+    @torch.inference_mode()
+    def _fix_pooler_scales(self) -> None:
+        """Tie the RoI poolers' feature-map scales to the padded network input.
+
+        torchvision infers them once, from the first batch's image sizes. Those are the resized
+        frames inside the padding, which here can be far smaller than the input (a wide frame in
+        a square input), and then every later frame would be pooled from the wrong FPN level.
+        """
+        height, width = self.config.input_size
+        features = self.network.backbone(torch.zeros((1, 3, height, width), device=self.device))
+        heads = self.network.roi_heads
+        for pooler in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None)):
+            if pooler is None:
+                continue
+            maps = [features[name] for name in pooler.featmap_names]
+            pooler.scales, pooler.map_levels = _setup_scales(
+                maps, [(height, width)], pooler.canonical_scale, pooler.canonical_level
+            )
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:

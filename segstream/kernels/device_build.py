@@ -89,25 +89,38 @@ def compile_module(arch: str | int, target: str = "ptx", ptxas_verbose: bool = F
     ``"cubin"`` (``sm_XX``). Returns ``(code, log)``; the log carries the ptxas report when
     ``ptxas_verbose``. Needs no GPU.
     """
+    source = (sources.CSRC / sources.DEVICE_SOURCE).read_bytes()
+    return compile_source(source, sources.DEVICE_SOURCE, arch, target, ptxas_verbose=ptxas_verbose)
+
+
+def compile_source(
+    source: bytes,
+    name: str,
+    arch: str | int,
+    target: str = "ptx",
+    defines: Sequence[tuple[str, str]] = (),
+    ptxas_verbose: bool = False,
+) -> tuple[bytes, str]:
+    """Compile CUDA ``source`` (which may include the kernel headers) with NVRTC; see compile_module."""
     _, nvrtc = _bindings()
     number = _arch_number(arch)
     if target not in ("ptx", "cubin"):
         raise ValueError(f"target must be 'ptx' or 'cubin', not {target!r}")
     prefix = "compute" if target == "ptx" else "sm"
-    options = [*NVRTC_OPTIONS, f"--gpu-architecture={prefix}_{number}", f"--include-path={sources.CSRC}"]
+    options = [*NVRTC_OPTIONS, f"--gpu-architecture={prefix}_{number}", f"--include-path={sources.CSRC}",
+               *(f"-D{k}={v}" for k, v in defines)]
     if ptxas_verbose:
         options.append("--ptxas-options=-v")
-    source = (sources.CSRC / sources.DEVICE_SOURCE).read_bytes()
-    (prog,) = _check(nvrtc.nvrtcCreateProgram(source, sources.DEVICE_SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(source, name.encode(), 0, [], []), "nvrtcCreateProgram")
     try:
         encoded = [o.encode() for o in options]
         (compile_err,) = nvrtc.nvrtcCompileProgram(prog, len(encoded), encoded)
         (log_size,) = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         log_buf = _out_buffer(log_size)
         _check(nvrtc.nvrtcGetProgramLog(prog, log_buf), "nvrtcGetProgramLog")
-        log = log_buf.rstrip(b"\0").decode(errors="replace")
+        log = log_buf[:log_size].rstrip(b"\0").decode(errors="replace")
         if int(compile_err) != 0:
-            raise DeviceBuildError(f"NVRTC failed for {prefix}_{number} ({compile_err!r}):\n{log}")
+            raise DeviceBuildError(f"NVRTC failed on {name} for {prefix}_{number} ({compile_err!r}):\n{log}")
         if target == "ptx":
             (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
             buf = _out_buffer(size)

@@ -155,31 +155,14 @@ def _out_buffer(size: int) -> bytes:
 @functools.lru_cache(maxsize=32)
 def compile_aot_ptx(num_levels: int, half: bool, arch: int, defines: tuple[tuple[str, str], ...]) -> bytes:
     """PTX (compute_<arch>) of the AOT RoIAlign kernel; NVRTC from cuda-bindings, no GPU needed."""
+    from segstream.kernels.device_build import DeviceBuildError, compile_source
+
     try:
-        from cuda.bindings import nvrtc
-    except ImportError:
-        raise PluginError("the AOT RoIAlign plugin needs cuda-bindings (cuda.bindings.nvrtc)") from None
-    source = aot_roi_align_source(num_levels, half).encode()
-    options = [
-        "--std=c++17", f"--gpu-architecture=compute_{arch}", f"--include-path={sources.CSRC}",
-        *(f"-D{k}={v}" for k, v in defines),
-    ]
-    err, prog = nvrtc.nvrtcCreateProgram(source, b"segstream_trt_roi_align.cu", 0, [], [])
-    if int(err):
-        raise PluginError(f"nvrtcCreateProgram failed: {err!r}")
-    try:
-        (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])
-        if int(result):
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = _out_buffer(size)
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            raise PluginError(f"NVRTC failed for the AOT RoIAlign kernel: {log.decode(errors='replace').strip()[:2000]}")
-        _, size = nvrtc.nvrtcGetPTXSize(prog)
-        ptx = _out_buffer(size)
-        nvrtc.nvrtcGetPTX(prog, ptx)
-        return ptx[:size].rstrip(b"\0")
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+        ptx, _ = compile_source(aot_roi_align_source(num_levels, half).encode(), "segstream_trt_roi_align.cu",
+                                arch, "ptx", defines)
+    except DeviceBuildError as exc:
+        raise PluginError(f"the AOT RoIAlign kernel did not compile: {str(exc)[:2000]}") from None
+    return ptx
 
 
 def _device_arch() -> int:

@@ -37,6 +37,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("torch", "onnxruntime", "tensorrt"))
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
     p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--precision", choices=("fp32", "fp16"), help="tensorrt engine precision")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--redis", help="redis://[user:password@]host:port/db, rediss://..., or 'none'")
     p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
@@ -59,7 +60,7 @@ def config_from_args(args: argparse.Namespace):
         override(config, "model.input_size", (h, w))
     flags = {
         "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
-        "engine.onnx": args.onnx, "engine.device": args.device, "engine.batch_size": args.batch_size,
+        "engine.onnx": args.onnx, "engine.device": args.device, "engine.precision": args.precision, "engine.batch_size": args.batch_size,
         "output.video": args.output_video, "source.max_frames": args.max_frames,
     }
     for key, value in flags.items():
