@@ -28,29 +28,32 @@ from segstream.shapes.model import SHAPES_CHECKPOINT, load_shapes_model
 
 
 @torch.inference_mode()
-def frames_per_second(model: torch.nn.Module, frames: list[torch.Tensor], warmup: int = 3) -> tuple[float, float]:
-    """(frames/s, mean detections per frame) of model([frame]) over `frames`."""
-    model.eval()
-    for frame in frames[:warmup]:
-        model([frame])
-    found = 0
-    start = time.perf_counter()
+def interleaved_fps(models: list[torch.nn.Module], frames: list[torch.Tensor], warmup: int = 2,
+                    stage: str = "model") -> list[tuple[float, float]]:
+    """(frames/s, mean detections per frame) per model, timing the models frame by frame in turn.
+
+    Interleaving makes every model see the same CPU load from other processes, so the ratio
+    holds on a shared machine even when the absolute rates drift.
+    stage: "model" (the whole model call: transform, network, mask pasting) or "backbone"
+    (backbone + FPN on the transformed input only).
+    """
+    for model in models:
+        model.eval()
+        for frame in frames[:warmup]:
+            model([frame])
+    seconds = [0.0] * len(models)
+    found = [0] * len(models)
     for frame in frames:
-        found += len(model([frame])[0]["scores"])
-    return len(frames) / (time.perf_counter() - start), found / len(frames)
-
-
-@torch.inference_mode()
-def backbone_fps(model: torch.nn.Module, frames: list[torch.Tensor], warmup: int = 3) -> float:
-    """Frames/s of model.backbone alone on the transformed (resized, padded) frames."""
-    model.eval()
-    batches = [model.transform([frame])[0].tensors for frame in frames]
-    for x in batches[:warmup]:
-        model.backbone(x)
-    start = time.perf_counter()
-    for x in batches:
-        model.backbone(x)
-    return len(batches) / (time.perf_counter() - start)
+        for i, model in enumerate(models):
+            if stage == "backbone":
+                x = model.transform([frame])[0].tensors
+                start = time.perf_counter()
+                model.backbone(x)
+            else:
+                start = time.perf_counter()
+                found[i] += len(model([frame])[0]["scores"])
+            seconds[i] += time.perf_counter() - start
+    return [(len(frames) / s, f / len(frames)) for s, f in zip(seconds, found)]
 
 
 def main() -> int:
@@ -72,10 +75,8 @@ def main() -> int:
         weights=None, weights_backbone=None, min_size=360, max_size=640,
         box_score_thresh=config.score_threshold, box_detections_per_img=config.max_detections,
     )
-    torch.manual_seed(0)
-    compact_fps, compact_found = frames_per_second(compact, frames)
-    reference_fps, reference_found = frames_per_second(reference, frames)
-    compact_bb, reference_bb = backbone_fps(compact, frames), backbone_fps(reference, frames)
+    (compact_fps, compact_found), (reference_fps, reference_found) = interleaved_fps([compact, reference], frames)
+    (compact_bb, _), (reference_bb, _) = interleaved_fps([compact, reference], frames, stage="backbone")
     h, w = frames[0].shape[1:]
     print(f"frames: {len(frames)} of {w}x{h}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"compact ({args.model.name}, input {config.input_size[1]}x{config.input_size[0]}): "

@@ -35,6 +35,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # Anchor sizes (input pixels) of the FPN levels at strides 4, 8, 16, 32.
     "anchor_sizes": [[16, 24], [32, 48], [64, 96], [128, 192]],
     "aspect_ratios": [0.5, 1.0, 2.0],
+    # FPN levels the RoI heads pool from. torchvision's level rule (canonical box 224 px on
+    # level 4) sends every object smaller than 224 px to the finest level offered, so these
+    # pick the level. The shapes model sets box_levels to ["p4", "p5"]: its box head classifies
+    # from deeper stride-16 features (a shape's identity needs a wide receptive field), while the
+    # mask head draws from stride-4 ones (sharp outlines).
+    "box_levels": ["p2", "p3", "p4", "p5"],
+    "mask_levels": ["p2", "p3", "p4", "p5"],
     "box_representation": 256,
     "mask_layers": [64, 64, 64, 64],
     "mask_predictor_channels": 64,
@@ -122,7 +129,8 @@ def build_compact_maskrcnn(config: ModelConfig) -> MaskRCNN:
     sizes = tuple(tuple(int(s) for s in level) for level in opt["anchor_sizes"])
     ratios = tuple(float(r) for r in opt["aspect_ratios"])
     anchors = AnchorGenerator(sizes, (ratios,) * len(sizes))
-    names = list(LEVEL_NAMES[: len(sizes)])
+    box_levels = [str(n) for n in opt["box_levels"]]
+    mask_levels = [str(n) for n in opt["mask_levels"]]
     ch = backbone.out_channels
     rep = int(opt["box_representation"])
     mask_layers = [int(c) for c in opt["mask_layers"]]
@@ -141,14 +149,14 @@ def build_compact_maskrcnn(config: ModelConfig) -> MaskRCNN:
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n,
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n,
         rpn_batch_size_per_image=int(opt["rpn_batch_size_per_image"]),
-        box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(box_levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(ch * 7 * 7, rep),
         box_predictor=FastRCNNPredictor(rep, config.num_classes),
         box_score_thresh=config.score_threshold,
         box_nms_thresh=config.nms_threshold,
         box_detections_per_img=config.max_detections,
         box_batch_size_per_image=int(opt["box_batch_size_per_image"]),
-        mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(mask_levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(ch, mask_layers, 1),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], int(opt["mask_predictor_channels"]), config.num_classes),
     )

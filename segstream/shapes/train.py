@@ -148,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="RoIs sampled per image for the box head (a quarter at most are positives and train the mask head)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--box-levels", nargs="+", default=["p4", "p5"], metavar="LEVEL",
+                        help="FPN levels (p2..p5) the box head pools from; the finest one is used for this domain")
+    parser.add_argument("--reset-ema", action="store_true",
+                        help="on --resume, restart the weight average from the current weights (after changing the heads' inputs)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -155,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     picker = ThreadPicker(torch.get_num_threads()) if not args.threads and args.device == "cpu" else None
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    options = {"box_batch_size_per_image": args.box_batch_size} if args.box_batch_size else {}
+    options: dict = {"box_batch_size_per_image": args.box_batch_size} if args.box_batch_size else {}
+    if args.box_levels:
+        options["box_levels"] = list(args.box_levels)
     config = shapes_model_config(tuple(args.input_size), options)
     model = build_compact_maskrcnn(config).to(device)
     ema = copy.deepcopy(model).eval()
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and last.is_file():
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state["model"] if args.reset_ema else state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         seconds_before = float(state.get("seconds", 0.0))
