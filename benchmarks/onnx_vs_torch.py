@@ -32,24 +32,11 @@ from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from segstream.engines.torch_engine import TorchEngine
 from segstream.pipeline.config import parse_config
 from segstream.pipeline.run import run
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.results = []
-
-    def write(self, result, message) -> None:
-        self.results.append(result)
-
-    def end_stream(self, eos, message) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+from segstream.pipeline.sinks.collect import CollectSink
 
 
 def _publish(clip: Path, engine, batch: int) -> list:
-    sink = _Collect()
+    sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "engine": {"batch_size": batch}, "output": {"progress": False}})
     run([str(clip)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
     return sorted(sink.results, key=lambda r: r.frame.index)

@@ -13,6 +13,7 @@ from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine
 from segstream.engines.torch_engine import TorchEngine
 from segstream.pipeline.config import parse_config
 from segstream.pipeline.run import run
+from segstream.pipeline.sinks.collect import CollectSink
 
 
 def test_onnxruntime_engine_equals_torch_engine_on_frames(model, onnx_file):
@@ -33,22 +34,8 @@ def test_onnxruntime_engine_equals_torch_engine_on_frames(model, onnx_file):
     torch.testing.assert_close(single.boxes, got[0].boxes)
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.results = []
-
-    def write(self, result, message) -> None:
-        self.results.append(result)
-
-    def end_stream(self, eos, message) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _published(clip, engine, batch):
-    sink = _Collect()
+    sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "engine": {"batch_size": batch}, "output": {"progress": False}})
     run([str(clip)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
     return sorted(sink.results, key=lambda r: r.frame.index)
