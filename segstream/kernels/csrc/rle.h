@@ -73,7 +73,6 @@ static long long seg_rle_region_counts(const unsigned char* region, long long h,
   int value = 0;
   const bool zeros_above = y0 > 0, zeros_below = y0 + h < height;
   const unsigned char* top_row = region;
-  const unsigned char* bottom_row = region + (h - 1) * row_stride;
   for (long long c = 0; c < w && h > 0; ++c) {
     const long long top = (x0 + c) * height + y0;
     if (zeros_above && value) {
@@ -88,7 +87,6 @@ static long long seg_rle_region_counts(const unsigned char* region, long long h,
       seg_rle_cut(&k, top + rows[i]);
       value = !value;
     }
-    (void)bottom_row;
     if (zeros_below && value) {
       seg_rle_cut(&k, top + h);
       value = 0;
