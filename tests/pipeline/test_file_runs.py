@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as coco_mask
 
 from servers import segstream_cli
@@ -112,3 +113,24 @@ def test_annotated_video_has_every_frame_and_drawn_masks(tmp_path, fast_config):
     with av.open(str(path)) as c:
         plain = next(c.decode(video=0)).to_ndarray(format="rgb24")
     assert np.abs(drawn.astype(int) - plain.astype(int)).mean() > 1.0, "annotations visible"
+
+
+def test_batched_inference_publishes_what_frame_by_frame_inference_does(tmp_path, fast_config, redis_client):
+    from segstream.engines.checkpoint import save_checkpoint
+    from segstream.engines.models import build_network, placeholder_config
+
+    path = write_clip(tmp_path / "batch.mp4", frames=7)
+    config = placeholder_config("shapes")
+    torch.manual_seed(0)
+    fast_config.model.name = str(save_checkpoint(tmp_path / "m.safetensors", build_network(config).state_dict(), config))
+    fast_config.model.score_threshold = 0.0
+    run([str(path)], fast_config, stream_ids=["one"])
+    fast_config.engine.batch_size = 3
+    run([str(path)], fast_config, stream_ids=["three"])
+    one, three = stream_entries(redis_client, "one"), stream_entries(redis_client, "three")
+    assert_complete(three, "three", 7, 320, 180)
+    assert sum(len(m["instances"]) for m in one[:-1]) > 0
+    for a, b in zip(one[:-1], three[:-1]):
+        assert [i["class_id"] for i in a["instances"]] == [i["class_id"] for i in b["instances"]]
+        for ia, ib in zip(a["instances"], b["instances"]):
+            assert max(abs(x - y) for x, y in zip(ia["box"], ib["box"])) < 0.05
