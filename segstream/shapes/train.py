@@ -31,7 +31,7 @@ from segstream.shapes.scene import MODEL_CLASS_NAMES
 
 #: Test-time settings written into the shipped checkpoint (the engine applies them).
 TEST_SETTINGS = dict(
-    score_threshold=0.3,
+    score_threshold=0.1,
     nms_threshold=0.5,
     max_detections=30,
     mask_threshold=0.5,
@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--box-levels", nargs="+", default=["p4", "p5"], metavar="LEVEL",
                         help="FPN levels (p2..p5) the box head pools from; the finest one is used for this domain")
+    parser.add_argument("--classifier-weight", type=float, default=1.0,
+                        help="weight of the box head's classification loss (shape identity learns slowest)")
     parser.add_argument("--reset-ema", action="store_true",
                         help="on --resume, restart the weight average from the current weights (after changing the heads' inputs)")
     args = parser.parse_args(argv)
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
-        loss = sum(losses.values())
+        loss = sum(v * (args.classifier_weight if k == "loss_classifier" else 1.0) for k, v in losses.items())
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)

@@ -24,12 +24,14 @@ def test_checkpoint_describes_its_model():
 
 def test_checkpoint_segments_a_fresh_clip(tmp_path):
     video, gt = tmp_path / "fresh.mp4", tmp_path / "fresh.json"
-    render_clip(video, gt, seed=2024, frames=16)
+    # Short scenes: a few backgrounds and object sets in 24 frames.
+    render_clip(video, gt, seed=2024, frames=24, scene_frames=(6, 8))
     model, config = load_shapes_model()
     metrics = coco_metrics(gt, predict_clip(model, video, config.class_names, config.mask_threshold))
-    assert metrics["frames"] == 16
-    assert metrics["mask_ap50"] >= 0.7, metrics
-    assert metrics["mask_ap"] >= 0.4, metrics
+    assert metrics["frames"] == 24
+    # A floor well below the model's held-out figures (docs/model.md), above anything untrained.
+    assert metrics["mask_ap50"] >= 0.5, metrics
+    assert metrics["mask_ap"] >= 0.35, metrics
 
 
 def test_tampered_checkpoint_is_rejected(tmp_path):
