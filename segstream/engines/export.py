@@ -142,6 +142,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deliver(cached: Path, output: str | None) -> Path:
+    """The cached artefact, copied to `output` when the user named one."""
+    if not output:
+        return cached
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(cached.read_bytes())
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.target == "tensorrt":
@@ -159,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             model.config = model.config.replace(score_threshold=args.score_threshold)
             apply_test_thresholds(model.network, model.config)
         if args.target == "onnx":
-            path = cached_onnx(model, args.batch, args.precision)
-            if args.output:
-                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.output).write_bytes(path.read_bytes())
-                path = Path(args.output)
+            path = _deliver(cached_onnx(model, args.batch, args.precision), args.output)
             print(f"wrote {path} (batch {args.batch}, input {model.config.input_size[0]}x{model.config.input_size[1]})")
             return 0
         from segstream.engines.tensorrt_build import TensorRTBuildError, TensorRTUnavailable, build_engine_cached
@@ -176,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         except (TensorRTUnavailable, TensorRTBuildError) as exc:
             print(f"segstream export tensorrt: {exc}", file=sys.stderr)
             return 2
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_bytes(plan.read_bytes())
-            plan = Path(args.output)
+        plan = _deliver(plan, args.output)
         print(f"wrote {plan} ({args.precision}, batch {args.batch})")
         return 0
     except (ModelError, ExportError, ValueError) as exc:
