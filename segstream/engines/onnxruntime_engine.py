@@ -24,7 +24,7 @@ from onnx import helper, shape_inference
 from segstream.engines import custom_ops
 from segstream.engines.models import LoadedModel
 from segstream.engines.protocol import Detections
-from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES
+from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES, padded_image_sizes, split_detections
 
 CustomNode = Callable[[onnx.NodeProto, list[np.ndarray]], list[np.ndarray]]
 
@@ -224,23 +224,10 @@ class OnnxRuntimeEngine:
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """See Engine.infer: images float32 [B, 3, H, W] normalised and padded, on the CPU."""
         count = images.shape[0]
-        if count > self.max_batch:
-            raise ValueError(f"batch of {count} exceeds max_batch {self.max_batch}")
+        sizes = padded_image_sizes(image_sizes, self.max_batch, self.config.input_size).numpy()
         height, width = self.config.input_size
         feed = np.zeros((self.max_batch, 3, height, width), dtype=np.float32)
         feed[:count] = images.detach().to("cpu", torch.float32).numpy()
-        sizes = np.full((self.max_batch, 2), (height, width), dtype=np.int32)
-        sizes[:count] = np.asarray(image_sizes, dtype=np.int32).reshape(count, 2)
-        out = self.graph.run({"images": feed, "image_sizes": sizes})
-        results = []
-        for b in range(count):
-            n = int(out["num_detections"][b])
-            results.append(
-                Detections(
-                    torch.from_numpy(out["boxes"][b, :n].copy()),
-                    torch.from_numpy(out["scores"][b, :n].copy()),
-                    torch.from_numpy(out["classes"][b, :n].astype(np.int64)),
-                    torch.from_numpy(out["masks"][b, :n].copy()),
-                )
-            )
-        return results
+        out = {k: torch.from_numpy(v) for k, v in self.graph.run({"images": feed, "image_sizes": sizes}).items()}
+        counts = out["num_detections"][:count].tolist()
+        return split_detections(counts, out["boxes"], out["scores"], out["classes"], out["masks"])

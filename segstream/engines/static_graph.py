@@ -256,3 +256,23 @@ def _clip(boxes: Tensor, image_sizes: Tensor) -> Tensor:
 def _large_enough(boxes: Tensor, min_size: float) -> Tensor:
     """torchvision's remove_small_boxes as a mask: bool [B,N], width and height >= min_size."""
     return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+
+
+def padded_image_sizes(image_sizes: list[tuple[int, int]], max_batch: int, input_size: tuple[int, int]) -> torch.Tensor:
+    """int32 [max_batch, 2] `image_sizes` input of the fixed-batch graph; missing images count as full size."""
+    if len(image_sizes) > max_batch:
+        raise ValueError(f"batch of {len(image_sizes)} exceeds max_batch {max_batch}")
+    rows = [list(s) for s in image_sizes] + [list(input_size)] * (max_batch - len(image_sizes))
+    return torch.tensor(rows, dtype=torch.int32)
+
+
+def split_detections(
+    counts: list[int], boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, masks: torch.Tensor
+) -> list["Detections"]:
+    """Per-image Detections (owned copies) of the graph's fixed-size outputs, first counts[b] rows of image b."""
+    from segstream.engines.protocol import Detections
+
+    return [
+        Detections(boxes[b, :n].clone(), scores[b, :n].clone(), classes[b, :n].to(torch.int64), masks[b, :n].clone())
+        for b, n in enumerate(counts)
+    ]

@@ -17,7 +17,7 @@ import torch
 
 from segstream.engines.models import LoadedModel
 from segstream.engines.protocol import Detections
-from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES
+from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES, padded_image_sizes, split_detections
 from segstream.engines.tensorrt_build import TensorRTBuildError, TensorRTUnavailable, build_engine_cached, require_tensorrt
 
 
@@ -87,28 +87,16 @@ class TensorRTEngine:
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """See Engine.infer: images float32 [B, 3, H, W] normalised and padded, on self.device."""
         count = images.shape[0]
-        if count > self.max_batch:
-            raise ValueError(f"batch of {count} exceeds max_batch {self.max_batch}")
-        height, width = self.config.input_size
+        sizes = padded_image_sizes(image_sizes, self.max_batch, self.config.input_size)
         self.buffers["images"][:count].copy_(images, non_blocking=True)
         self.buffers["images"][count:].zero_()
-        sizes = torch.tensor([list(s) for s in image_sizes] + [[height, width]] * (self.max_batch - count), dtype=torch.int32)
         self.buffers["image_sizes"].copy_(sizes, non_blocking=True)
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed (see its log)")
         counts = self.buffers["num_detections"][:count].tolist()  # the one host read
-        out = []
-        for b, n in enumerate(counts):
-            out.append(
-                Detections(
-                    self.buffers["boxes"][b, :n].clone(),
-                    self.buffers["scores"][b, :n].clone(),
-                    self.buffers["classes"][b, :n].to(torch.int64),
-                    self.buffers["masks"][b, :n].clone(),
-                )
-            )
-        return out
+        b = self.buffers
+        return split_detections(counts, b["boxes"], b["scores"], b["classes"], b["masks"])
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
