@@ -23,15 +23,21 @@ import torch
 
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.messages import Frame
-from segstream.pipeline.preprocess import Preprocess
+from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import make_engine, run
+from segstream.pipeline.sources import PixelConverter
 
 
-def decoded_frames(video: Path) -> list[Frame]:
+def decoded_frames(video: Path, input_size: tuple[int, int]) -> list[Frame]:
+    """The clip's frames as the pipeline's source delivers them (decoded straight to the input size)."""
+    pixels = PixelConverter(lambda h, w: fit_size(h, w, input_size))
+    frames = []
     with av.open(str(video)) as container:
-        return [Frame("bench", i, None, time.time(), f.to_ndarray(format="rgb24"))
-                for i, f in enumerate(container.decode(video=0))]
+        for i, f in enumerate(container.decode(video=0)):
+            image, source_size = pixels.convert(f)
+            frames.append(Frame("bench", i, None, time.time(), image, source_size=source_size))
+    return frames
 
 
 def engine_only_fps(engine, frames: list[Frame], batch_size: int) -> float:
@@ -79,13 +85,13 @@ def main() -> None:
 
         video = folder / "bench.mp4"
         render_clip(video, folder / "bench.json", seed=77, frames=args.frames)
-    frames = decoded_frames(video)
     config = RunConfig()
     config.model.name = args.model
     config.engine.device = args.device
     config.engine.batch_size = args.batch_size
     config.output.progress = False
     engine, loaded = make_engine(config)
+    frames = decoded_frames(video, engine.config.input_size)
     engine_fps, pipeline_fps, stage_ms, latency = [], [], {}, []
     with PrivateRedis() as url:
         config.redis.url = url

@@ -20,7 +20,8 @@ from segstream.engines.protocol import Detections
 class Frame:
     """One decoded video frame.
 
-    image: uint8 [H, W, 3] RGB, in frame pixels.
+    image: uint8 [h, w, 3] RGB: the whole frame, in frame pixels, or (when the source decodes
+        straight to the engine's input size) the frame scaled down to h x w.
     index: 0-based index of the decoded frame in its source (gaps mean frames dropped on the way).
     pts: presentation time in seconds, or None when the container has none.
     time: unix seconds when the frame was decoded (capture time for live sources).
@@ -33,14 +34,20 @@ class Frame:
     time: float
     image: np.ndarray
     live: bool = False
+    source_size: tuple[int, int] | None = None  # (H, W) of the decoded frame when `image` is scaled
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return self.source_size[0] if self.source_size else int(self.image.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return self.source_size[1] if self.source_size else int(self.image.shape[1])
+
+    @property
+    def full_frame(self) -> bool:
+        """True when `image` holds every pixel of the frame (drawing needs it)."""
+        return self.source_size is None
 
 
 @dataclass

@@ -60,7 +60,7 @@ class Preprocess:
         sizes, scales = [], []
         for i, frame in enumerate(frames):
             h, w = fit_size(frame.height, frame.width, self.input_size)
-            if self.device.type == "cpu" and (h, w) == (frame.height, frame.width):
+            if self.device.type == "cpu" and (h, w) == frame.image.shape[:2]:
                 self._normalise_into(images[i].numpy(), frame.image)
             else:
                 images[i, :, :h, :w] = self._on_device(frame.image, h, w)
@@ -78,6 +78,7 @@ class Preprocess:
         target += self._shift[:, None, None]
 
     def _on_device(self, image: np.ndarray, h: int, w: int) -> torch.Tensor:
+        """image: uint8 [h0, w0, 3] -> float32 [3, h, w] normalised, on the engine's device."""
         pixels = torch.from_numpy(image)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()

@@ -22,7 +22,7 @@ from segstream.pipeline.config import ConfigError, RunConfig
 from segstream.pipeline.inference import Inference
 from segstream.pipeline.messages import Frame
 from segstream.pipeline.postprocess import Postprocess
-from segstream.pipeline.preprocess import Preprocess
+from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress, StreamTally
 from segstream.pipeline.publish import Publish
 from segstream.pipeline.runtime import Chain, StageStats
@@ -139,6 +139,10 @@ def run(
     if config.output.video:
         fps = _video_fps(sources, config.output.video_fps)
         sinks.append(AnnotatedVideoSink(config.output.video, fps, multiple_streams=len(sources) > 1))
+    else:  # nothing draws on the frames: decode straight to the engine's input size
+        input_size = engine.config.input_size
+        for source in sources:
+            source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
     if config.output.console:
         sinks.append(ConsoleSink())
     sinks.extend(extra_sinks or [])

@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 
 import av
 import av.error
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from segstream.pipeline.messages import EndOfStream, Frame
 
@@ -26,6 +28,35 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://
 
 class SourceError(RuntimeError):
     """A source cannot be opened or read; the message is one line for the user."""
+
+
+Fit = Callable[[int, int], tuple[int, int]]
+
+
+class PixelConverter:
+    """Decoded frames -> uint8 RGB arrays, optionally scaled down in the same pass.
+
+    fit(H, W) -> (h, w): the size the engine will resize the frame to. When given, swscale
+    converts YUV to RGB and scales in one pass, reading the chroma planes at their own
+    resolution; that replaces a full-size RGB conversion plus a float resize in preprocess,
+    which cost more CPU than the rest of the pipeline around the engine.
+    """
+
+    def __init__(self, fit: Fit | None = None) -> None:
+        self.fit = fit
+        self._reformatter = VideoReformatter()  # keeps its scaler context from frame to frame
+
+    def convert(self, vframe: av.VideoFrame) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """(image uint8 [h, w, 3], source (H, W) when scaled else None)."""
+        if self.fit is None:
+            return vframe.to_ndarray(format="rgb24"), None
+        size = (vframe.height, vframe.width)
+        h, w = self.fit(*size)
+        if (h, w) == size:
+            return vframe.to_ndarray(format="rgb24"), None
+        # AREA averages the covered pixels, like the box/bilinear downscaling the models trained with.
+        scaled = self._reformatter.reformat(vframe, width=w, height=h, format="rgb24", interpolation="AREA")
+        return scaled.to_ndarray(), size
 
 
 def is_live(location: str) -> bool:
@@ -86,6 +117,7 @@ class VideoFileSource:
         self.stream_id = stream_id
         self.max_frames = max_frames
         self.counters = SourceCounters()
+        self.pixels = PixelConverter()
         self.expected_frames = 0
         self.expected_seconds = 0.0
         self.frame_seconds = 0.0
@@ -170,7 +202,7 @@ class VideoFileSource:
         return None
 
     def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
-        frame = _frame(vframe, self.stream_id, index, lambda _pts: time.time(), live=False)
+        frame = _frame(vframe, self.stream_id, index, lambda _pts: time.time(), self.pixels, live=False)
         if frame.pts is not None:
             self._last_pts = frame.pts if self._last_pts is None else max(self._last_pts, frame.pts)
         return frame
@@ -186,10 +218,11 @@ def _decode(packet: av.Packet, counters: SourceCounters) -> list[av.VideoFrame]:
 
 
 def _frame(vframe: av.VideoFrame, stream_id: str, index: int, stamp: Callable[[float | None], float],
-           live: bool) -> Frame:
+           pixels: PixelConverter, live: bool) -> Frame:
     pts = float(vframe.time) if vframe.time is not None else None
-    return Frame(stream_id=stream_id, index=index, pts=pts, time=stamp(pts),
-                 image=vframe.to_ndarray(format="rgb24"), live=live)
+    image, source_size = pixels.convert(vframe)
+    return Frame(stream_id=stream_id, index=index, pts=pts, time=stamp(pts), image=image, live=live,
+                 source_size=source_size)
 
 
 class CaptureClock:
@@ -237,6 +270,7 @@ class CameraSource:
         self.reconnect_window = reconnect_window
         self.max_frames = max_frames
         self.counters = SourceCounters()
+        self.pixels = PixelConverter()
         self._first: av.container.InputContainer | None = None
 
     def _open(self) -> av.container.InputContainer:
@@ -269,7 +303,7 @@ class CameraSource:
                     if stopping.is_set():
                         break
                     for vframe in _decode(packet, self.counters):
-                        yield _frame(vframe, self.stream_id, index, clock.capture_time, live=True)
+                        yield _frame(vframe, self.stream_id, index, clock.capture_time, self.pixels, live=True)
                         index += 1
                         self.counters.decoded = index
                         if self.max_frames is not None and index >= self.max_frames:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +12,10 @@ from pycocotools import mask as coco_mask
 
 from servers import segstream_cli
 from media import CODECS, count_decodable_frames, write_clip
+from segstream.engines.models import load_model
+from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.run import run
+from segstream.pipeline.sources import VideoFileSource
 
 
 def stream_entries(client, stream_id: str) -> list[dict]:
@@ -134,3 +138,22 @@ def test_batched_inference_publishes_what_frame_by_frame_inference_does(tmp_path
         assert [i["class_id"] for i in a["instances"]] == [i["class_id"] for i in b["instances"]]
         for ia, ib in zip(a["instances"], b["instances"]):
             assert max(abs(x - y) for x, y in zip(ia["box"], ib["box"])) < 0.05
+
+
+def test_frames_are_decoded_straight_to_the_engine_input_size_unless_drawn(tmp_path):
+    path = write_clip(tmp_path / "clip.mp4", "h264-mp4", 640, 360, frames=3)
+    config = load_model("shapes").config
+    source = VideoFileSource(str(path), "clip")
+    full = next(iter(source.items(threading.Event())))
+    assert full.full_frame and full.image.shape == (360, 640, 3)
+
+    source.pixels.fit = lambda h, w: fit_size(h, w, config.input_size)
+    scaled = next(iter(source.items(threading.Event())))
+    assert not scaled.full_frame and scaled.image.shape == (180, 320, 3)
+    assert (scaled.height, scaled.width) == (360, 640), "frame geometry is the source's"
+
+    # Both reach the engine as the same network input, up to the resampling filter.
+    pre = Preprocess(config, torch.device("cpu"), 1)
+    a, b = pre.batch([full]), pre.batch([scaled])
+    assert a.image_sizes == b.image_sizes == [(180, 320)] and a.scales == b.scales == [(0.5, 0.5)]
+    assert (a.images - b.images).abs().mean() < 0.05
