@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="weight of the box head's classification loss (shape identity learns slowest)")
     parser.add_argument("--reset-ema", action="store_true",
                         help="on --resume, restart the weight average from the current weights (after changing the heads' inputs)")
+    parser.add_argument("--new-cycle", action="store_true",
+                        help="on --resume, start a new warmup + cosine cycle (--steps/--minutes counted from the resume point)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -174,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, momentum=0.9
     )
     step, seconds_before = 0, 0.0
+    # The schedule of the current cycle counts from here; a warm restart moves it to the resume point.
+    cycle_step, cycle_seconds = 0, 0.0
     args.out.mkdir(parents=True, exist_ok=True)
     last = args.out / "last.pt"
     if args.resume and last.is_file():
@@ -183,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         seconds_before = float(state.get("seconds", 0.0))
-        print(f"resumed from {last} at step {step}", flush=True)
+        cycle_step, cycle_seconds = int(state.get("cycle_step", 0)), float(state.get("cycle_seconds", 0.0))
+        if args.new_cycle:
+            cycle_step, cycle_seconds = step, seconds_before
+        print(f"resumed from {last} at step {step} (cycle from step {cycle_step})", flush=True)
 
     stream = ShapesStream(args.seed, config.input_size, start=step * args.batch_size)
     loader = torch.utils.data.DataLoader(
@@ -193,21 +200,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "seconds": seconds_before + time.monotonic() - started, "config": config.to_json()}, args.out / "last.pt.tmp")
+                    "step": step, "seconds": seconds_before + time.monotonic() - started, "config": config.to_json(),
+                    "cycle_step": cycle_step, "cycle_seconds": cycle_seconds}, args.out / "last.pt.tmp")
         (args.out / "last.pt.tmp").replace(last)
         export(ema, config, args.out / f"shapes_step{step}.safetensors")
 
     model.train()
     started = last_save = time.monotonic()
     smoothed: dict[str, float] = {}
-    bar = tqdm(total=args.steps, initial=step, desc="train", mininterval=5.0)
+    bar = tqdm(total=cycle_step + args.steps, initial=step, desc="train", mininterval=5.0)
     for images, targets in loader:
-        if step >= args.steps:
+        if step - cycle_step >= args.steps:
             break
         spent = seconds_before + time.monotonic() - started
-        if args.minutes and spent > args.minutes * 60:
+        in_cycle = spent - cycle_seconds
+        if args.minutes and in_cycle > args.minutes * 60:
             break
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, spent / (args.minutes * 60) if args.minutes else 0.0)
+        lr = learning_rate(step - cycle_step, args.steps, args.lr, args.warmup,
+                           in_cycle / (args.minutes * 60) if args.minutes else 0.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = [im.to(device, non_blocking=True) for im in images]
