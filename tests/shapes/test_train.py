@@ -16,6 +16,10 @@ def test_train_resume_and_export(tmp_path):
     assert main(common + ["--steps", "3", "--resume"]) == 0
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 3
+    # A warm restart runs --steps more steps on a new cycle counted from the resume point.
+    assert main(common + ["--steps", "2", "--resume", "--new-cycle"]) == 0
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (state["step"], state["cycle_step"]) == (5, 3)
     exported = tmp_path / "shapes_final.safetensors"
     config = read_model_config(exported)
     assert config.input_size == (96, 160) and config.class_names[1:] == ("circle", "square", "triangle", "star")
