@@ -33,6 +33,7 @@ from segstream.engines.torch_engine import TorchEngine
 from segstream.pipeline.config import parse_config
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks.collect import CollectSink
+from worker_thread import on_worker_thread
 
 
 def _publish(clip: Path, engine, batch: int) -> list:
@@ -68,6 +69,19 @@ def compare(torch_results: list, ort_results: list) -> dict:
         "min box IoU": min(box_ious, default=1.0), "min mask IoU": min(mask_ious, default=1.0),
         "mean mask IoU": statistics.fmean(mask_ious) if mask_ious else 1.0,
     }
+
+
+def alternated_times(engines: dict, images: torch.Tensor, sizes: list, repeats: int) -> dict[str, list[float]]:
+    """Seconds per `infer` call of each engine, engines alternated call by call (same load for all)."""
+    for engine in engines.values():
+        engine.infer(images, sizes)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            engine.infer(images, sizes)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # Speed: identical inputs, engines alternated call by call.
     images = torch.randn((args.batch, 3, h, w)) * 0.5
     sizes = [(h, w)] * args.batch
-    for engine in (eager, ort):
-        engine.infer(images, sizes)  # warm-up
-    times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
-    for _ in range(args.repeats):
-        for name, engine in (("torch", eager), ("onnxruntime", ort)):
-            start = time.perf_counter()
-            engine.infer(images, sizes)
-            times[name].append(time.perf_counter() - start)
+    times = on_worker_thread(lambda: alternated_times({"torch": eager, "onnxruntime": ort}, images, sizes, args.repeats))
     t_ms = statistics.median(times["torch"]) * 1000
     o_ms = statistics.median(times["onnxruntime"]) * 1000
     print("\n| engine (CPU) | median ms / batch | frames/s |\n|---|---|---|")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import make_engine, run
 from segstream.pipeline.sources import PixelConverter
+from worker_thread import on_worker_thread
 
 
 def decoded_frames(video: Path, input_size: tuple[int, int]) -> list[Frame]:
@@ -46,11 +46,7 @@ def engine_only_fps(engine, frames: list[Frame], batch_size: int) -> float:
     (torch's OpenMP team differs per calling thread; timing it on the main thread measures a
     different configuration from the one the pipeline runs.)
     """
-    result: list[float] = []
-    worker = threading.Thread(target=lambda: result.append(_engine_loop(engine, frames, batch_size)))
-    worker.start()
-    worker.join()
-    return result[0]
+    return on_worker_thread(lambda: _engine_loop(engine, frames, batch_size))
 
 
 def _engine_loop(engine, frames: list[Frame], batch_size: int) -> float:
