@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +33,19 @@ def test_checkpoint_segments_a_fresh_clip(tmp_path):
     metrics = coco_metrics(gt, predict_clip(model, video, config.class_names, config.mask_threshold))
     assert metrics["frames"] == 24
     # A floor well below the model's held-out figures (docs/model.md), above anything untrained.
+    assert metrics["mask_ap50"] >= 0.5, metrics
+    assert metrics["mask_ap"] >= 0.35, metrics
+
+
+def test_checkpoint_segments_clips_of_an_independent_generator(tmp_path):
+    """The domain is a contract: clips drawn by other code that follows it are segmented too."""
+    video, gt = tmp_path / "independent.mp4", tmp_path / "independent.json"
+    renderer = Path(__file__).parents[2] / "benchmarks" / "independent_shapes.py"
+    subprocess.run([sys.executable, str(renderer), str(video), str(gt), "--seed", "31", "--frames", "40"],
+                   check=True, capture_output=True)
+    model, config = load_shapes_model()
+    metrics = coco_metrics(gt, predict_clip(model, video, config.class_names, config.mask_threshold))
+    assert metrics["frames"] == 40
     assert metrics["mask_ap50"] >= 0.5, metrics
     assert metrics["mask_ap"] >= 0.35, metrics
 
