@@ -273,6 +273,6 @@ def split_detections(
     from segstream.engines.protocol import Detections
 
     return [
-        Detections(boxes[b, :n].clone(), scores[b, :n].clone(), classes[b, :n].to(torch.int64), masks[b, :n].clone())
+        Detections(boxes[b, :n].clone(), scores[b, :n].clone(), classes[b, :n].to(torch.int64, copy=True), masks[b, :n].clone())
         for b, n in enumerate(counts)
     ]

@@ -52,10 +52,8 @@ class PixelConverter:
 
     def convert(self, vframe: av.VideoFrame) -> tuple[np.ndarray, tuple[int, int] | None]:
         """(image uint8 [h, w, 3], source (H, W) when scaled else None)."""
-        if self.fit is None:
-            return vframe.to_ndarray(format="rgb24"), None
         size = (vframe.height, vframe.width)
-        h, w = self.fit(*size)
+        h, w = self.fit(*size) if self.fit else size
         if (h, w) == size:
             return vframe.to_ndarray(format="rgb24"), None
         rgb = self._to_rgb.reformat(vframe, format="rgb24")
