@@ -1,8 +1,8 @@
 """Backgrounds behind the shapes: flat colours, gradients, noise, clutter, textures and photographs.
 
-All functions return uint8 [height, width, 3] RGB. Clutter draws lines and blobs that are not
-objects of the domain (elongated ellipses, irregular blobs, strokes), so the model learns that a
-coloured region alone is not an object. Photographs come from scikit-image's bundled sample
+All functions return uint8 [height, width, 3] RGB. Clutter draws things that are not objects of
+the domain (strokes, elongated ellipses and rectangles, irregular blobs, textured discs), so the
+model learns that a coloured or round region alone is not an object. Photographs come from scikit-image's bundled sample
 images when that package is installed; otherwise procedural textures stand in for them.
 """
 
@@ -103,33 +103,62 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 
 
 def clutter(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A base background with lines and blobs painted on it."""
+    """A base background with lines, blobs, elongated rectangles and textured discs painted on it.
+
+    None of these is an object of the domain: ellipses and rectangles are elongated, blobs are
+    irregular, and discs or polygons are filled with a texture rather than one colour (a coin
+    or a clock face in a photograph is not a circle object).
+    """
     base = BASES[int(rng.integers(0, len(BASES)))](rng, width, height)
     canvas = Image.fromarray(base)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(3, 16))):
+    for _ in range(int(rng.integers(3, 36))):
         colour = random_colour(rng)
         kind = rng.random()
-        if kind < 0.4:
+        if kind < 0.35:
             pts = [(float(rng.uniform(-50, width + 50)), float(rng.uniform(-50, height + 50))) for _ in range(int(rng.integers(2, 5)))]
             draw.line(pts, fill=colour, width=int(rng.integers(1, 10)))
-        elif kind < 0.7:
+        elif kind < 0.55:
             # Elongated ellipse (aspect >= 1.8: never mistaken for a circle).
             r = rng.uniform(0.04, 0.2) * height
             e = _ellipse(rng.uniform(0, width), rng.uniform(0, height), r * rng.uniform(1.8, 4), r, rng.uniform(0, math.pi))
             draw.polygon(e, fill=colour)
-        else:
+        elif kind < 0.8:
             # Irregular blob: a closed curve with a random radial profile.
             r = rng.uniform(0.04, 0.2) * height
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
             prof = np.ones_like(t)
-            for k in range(2, 6):
-                prof += rng.uniform(0.1, 0.35) * np.sin(k * t + rng.uniform(0, 2 * math.pi))
+            # Strong low harmonics, weak high ones: lumpy, never a 4- or 5-lobed star look-alike.
+            for k, top in ((2, 0.35), (3, 0.3), (4, 0.12), (5, 0.08)):
+                prof += rng.uniform(0.0, top) * np.sin(k * t + rng.uniform(0, 2 * math.pi))
             draw.polygon([(float(cx + r * p * math.cos(a)), float(cy + r * p * math.sin(a))) for a, p in zip(t, prof)], fill=colour)
+        elif kind < 0.92:
+            # Rectangle with aspect >= 1.6 (panels, windows, furniture): not a square.
+            b = rng.uniform(0.03, 0.15) * height
+            corners = _rectangle(rng.uniform(0, width), rng.uniform(0, height), b * rng.uniform(1.6, 5), b,
+                                 rng.uniform(0, math.pi) if rng.random() < 0.5 else 0.0)
+            draw.polygon(corners, fill=colour)
+        else:
+            _paste_textured_disc(rng, canvas, width, height)
+            draw = ImageDraw.Draw(canvas)
     if rng.random() < 0.3:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
     return np.asarray(canvas).copy()
+
+
+def _rectangle(cx: float, cy: float, a: float, b: float, theta: float) -> list[tuple[float, float]]:
+    c, s = math.cos(theta), math.sin(theta)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in ((-a, -b), (a, -b), (a, b), (-a, b))]
+
+
+def _paste_textured_disc(rng: np.random.Generator, canvas: Image.Image, width: int, height: int) -> None:
+    """A disc filled with a texture or a photograph: round, but not one colour."""
+    r = int(rng.uniform(0.06, 0.2) * height)
+    fill = (texture if rng.random() < 0.5 else photo)(rng, 2 * r, 2 * r)
+    mask = Image.new("L", (2 * r, 2 * r), 0)
+    ImageDraw.Draw(mask).ellipse([0, 0, 2 * r - 1, 2 * r - 1], fill=255)
+    canvas.paste(Image.fromarray(fill), (int(rng.uniform(-r, width - r)), int(rng.uniform(-r, height - r))), mask)
 
 
 def _ellipse(cx: float, cy: float, a: float, b: float, theta: float) -> list[tuple[float, float]]:
