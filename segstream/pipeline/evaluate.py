@@ -23,7 +23,7 @@ from segstream.pipeline.run import RunSummary, run
 
 def evaluate_through_redis(video: str, gt_json: str, config: RunConfig) -> tuple[dict[str, float], RunSummary]:
     """Run `video` through the pipeline into config.redis.url, read it back, score it."""
-    from segstream.shapes.evaluate import coco_metrics
+    from segstream.shapes.evaluate import coco_metrics, error_breakdown
 
     if not Path(gt_json).is_file():
         from segstream.pipeline.config import ConfigError
@@ -33,6 +33,7 @@ def evaluate_through_redis(video: str, gt_json: str, config: RunConfig) -> tuple
     summary = run([video], config, stream_ids=[stream_id])
     entries = Subscriber(config.redis.url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
     metrics = coco_metrics(gt_json, entries)
+    metrics.update(error_breakdown(gt_json, entries))
     metrics["fps"] = summary.fps
     metrics["published"] = float(sum(1 for e in entries if not e.get("eos")))
     return metrics, summary
@@ -73,7 +74,10 @@ def report(metrics: dict[str, Any], summary: RunSummary, video: str) -> str:
     return (f"{video}: {int(metrics['published'])} frames through the pipeline and Redis at {metrics['fps']:.2f} frames/s\n"
             f"model: {model}; engine: {summary.engine}\n"
             f"mask AP {metrics['mask_ap']:.3f}  mask AP50 {metrics['mask_ap50']:.3f}  mask AP75 {metrics['mask_ap75']:.3f}  "
-            f"box AP {metrics['box_ap']:.3f}  box AP50 {metrics['box_ap50']:.3f}")
+            f"box AP {metrics['box_ap']:.3f}  box AP50 {metrics['box_ap50']:.3f}\n"
+            f"errors: {metrics['found']:.1%} of {int(metrics['objects'])} objects found (mask IoU >= 0.5, any class), "
+            f"{metrics['wrong_class']:.1%} of those with the wrong class; {int(metrics['background'])} confident "
+            f"detections on the background; class-agnostic mask AP50 {metrics['class_agnostic_mask_ap50']:.3f}")
 
 
 if __name__ == "__main__":

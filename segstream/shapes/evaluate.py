@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import time
@@ -71,6 +72,66 @@ def coco_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
         stats = evaluator.stats
         metrics.update({f"{prefix}_ap": float(stats[0]), f"{prefix}_ap50": float(stats[1]), f"{prefix}_ap75": float(stats[2])})
     return metrics
+
+
+def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
+                    confident: float = 0.5) -> dict[str, float]:
+    """Where mask AP50 goes: missed objects, wrong classes, detections on the background.
+
+    Per ground-truth object, the detections (any class) whose mask IoU with it is >= 0.5
+    "find" it; the highest-scoring of them gives its class. Returns `objects`, `found` and
+    `wrong_class` (fractions of objects), `background` (detections scoring >= `confident` whose
+    mask IoU with every object is < 0.1, per frame) and `class_agnostic_mask_ap50` (mask AP50
+    with every class merged into one: the AP50 a perfect classifier would reach).
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_json_path))
+    by_frame = {int(img.get("frame", img["id"] - 1)): img["id"] for img in gt.dataset["images"]}
+    objects = found = wrong = background = 0
+    merged: list[dict] = []
+    for result in frame_results:
+        image_id = by_frame.get(int(result.get("frame", -1)))
+        if result.get("eos") or image_id is None:
+            continue
+        masks = [_coco_rle(inst["mask"]) for inst in result["instances"]]
+        scores = [float(inst["score"]) for inst in result["instances"]]
+        merged += [{"image_id": image_id, "category_id": 1, "score": sc, "segmentation": m} for sc, m in zip(scores, masks)]
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+        objects += len(anns)
+        if not masks:
+            continue
+        iou = mask_utils.iou(masks, [gt.annToRLE(a) for a in anns], [0] * len(anns)) if anns else np.zeros((len(masks), 0))
+        iou = np.asarray(iou).reshape(len(masks), len(anns))
+        for j, ann in enumerate(anns):
+            hits = [(scores[i], int(result["instances"][i]["class_id"])) for i in np.nonzero(iou[:, j] >= 0.5)[0]]
+            if hits:
+                found += 1
+                wrong += max(hits)[1] != int(ann["category_id"])
+        touches = iou.max(axis=1) if anns else np.zeros(len(masks))
+        background += int(sum(1 for sc, t in zip(scores, touches) if sc >= confident and t < 0.1))
+    agnostic = 0.0
+    if merged:
+        merged_gt = copy.deepcopy(gt.dataset)
+        merged_gt["categories"] = [{"id": 1, "name": "object"}]
+        for ann in merged_gt["annotations"]:
+            ann["category_id"] = 1
+        with contextlib.redirect_stdout(io.StringIO()):
+            agnostic_gt = COCO()
+            agnostic_gt.dataset = merged_gt
+            agnostic_gt.createIndex()
+            evaluator = COCOeval(agnostic_gt, agnostic_gt.loadRes(merged), "segm")
+            evaluator.params.imgIds = sorted(by_frame.values())
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        agnostic = float(evaluator.stats[1])
+    return {"objects": float(objects), "found": found / max(objects, 1), "wrong_class": wrong / max(found, 1),
+            "background": float(background), "class_agnostic_mask_ap50": agnostic}
+
+
+def _coco_rle(mask: dict) -> dict:
+    counts = mask["counts"]
+    return {"size": list(mask["size"]), "counts": counts if isinstance(counts, str) else counts.decode("ascii")}
 
 
 def evaluate_clip(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from segstream.engines.checkpoint import CheckpointError, read_model_config
 from segstream.shapes.clip import render_clip
 from segstream.shapes.evaluate import coco_metrics, predict_clip
 from segstream.shapes.model import SHAPES_CHECKPOINT, load_shapes_model
+from servers import segstream_cli
 
 pytestmark = pytest.mark.skipif(not SHAPES_CHECKPOINT.is_file(), reason="bundled shapes checkpoint not present")
 
@@ -35,6 +37,21 @@ def test_checkpoint_segments_a_fresh_clip(tmp_path):
     # A floor well below the model's held-out figures (docs/model.md), above anything untrained.
     assert metrics["mask_ap50"] >= 0.5, metrics
     assert metrics["mask_ap"] >= 0.35, metrics
+
+
+def test_eval_scores_a_clip_through_the_pipeline_and_redis(tmp_path):
+    """`segstream eval` runs the whole pipeline into a private Redis, reads it back and scores it."""
+    video, gt = tmp_path / "eval.mp4", tmp_path / "eval.json"
+    render_clip(video, gt, seed=2025, frames=16, scene_frames=(6, 8))
+    result = segstream_cli("eval", str(video), str(gt), "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["published"] == 16 and metrics["frames"] == 16
+    assert metrics["mask_ap50"] >= 0.5 and metrics["fps"] > 0, metrics
+    assert metrics["objects"] == len(json.loads(gt.read_text())["annotations"])
+    assert metrics["found"] >= 0.5 and metrics["class_agnostic_mask_ap50"] >= 0.5, metrics
+    text = segstream_cli("eval", str(video), str(gt))
+    assert text.returncode == 0 and "mask AP50" in text.stdout and "objects found" in text.stdout, text.stdout
 
 
 def test_checkpoint_segments_clips_of_an_independent_generator(tmp_path):

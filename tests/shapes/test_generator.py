@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 
 from segstream.shapes.clip import render_clip
 from segstream.shapes.dataset import render_sample
-from segstream.shapes.evaluate import coco_metrics, decode_frames
+from segstream.shapes.evaluate import coco_metrics, decode_frames, error_breakdown
 from segstream.shapes.scene import Shape, paint, random_shape
 
 
@@ -117,3 +117,37 @@ def test_coco_metrics_scores_ground_truth_as_perfect(clip):
     assert perfect["mask_ap"] > 0.99 and perfect["box_ap"] > 0.99 and perfect["frames"] == 24
     empty = coco_metrics(gt_path, [{"frame": 0, "instances": []}])
     assert empty["mask_ap"] == 0.0
+
+
+def test_error_breakdown_names_missed_objects_wrong_classes_and_background_detections(clip):
+    _, gt_path = clip
+    gt = json.loads(gt_path.read_text())
+    results = {img["frame"]: {"frame": img["frame"], "instances": []} for img in gt["images"]}
+    for ann in gt["annotations"]:
+        results[ann["image_id"] - 1]["instances"].append(
+            {"class_id": ann["category_id"], "score": 0.9, "mask": ann["segmentation"]})
+    perfect = error_breakdown(gt_path, list(results.values()))
+    assert perfect["objects"] == len(gt["annotations"])
+    assert (perfect["found"], perfect["wrong_class"], perfect["background"]) == (1.0, 0.0, 0.0)
+    assert perfect["class_agnostic_mask_ap50"] > 0.99
+
+    # Frame 0: every class one off, one object dropped, and a confident detection on empty ground.
+    first = results[0]["instances"]
+    assert len(first) >= 2, "the fixture clip has objects in its first frame"
+    height, width = first[0]["mask"]["size"]
+    corner = np.zeros((height, width), np.uint8, order="F")
+    covered = np.zeros((height, width), bool)
+    for inst in first:
+        covered |= mask_utils.decode(inst["mask"]).astype(bool)
+    corner[:8, :8] = 1
+    assert not (covered & corner.astype(bool)).any(), "the fixture's first frame has an empty corner"
+    rle = mask_utils.encode(corner)
+    first.pop()
+    for inst in first:
+        inst["class_id"] = inst["class_id"] % 4 + 1
+    first.append({"class_id": 1, "score": 0.8, "mask": {"size": [height, width], "counts": rle["counts"].decode()}})
+    doctored = error_breakdown(gt_path, list(results.values()))
+    objects = len(gt["annotations"])
+    assert doctored["found"] == pytest.approx((objects - 1) / objects)
+    assert doctored["wrong_class"] == pytest.approx(len(first[:-1]) / (objects - 1))
+    assert doctored["background"] == 1.0
