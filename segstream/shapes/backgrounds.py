@@ -2,8 +2,9 @@
 
 All functions return uint8 [height, width, 3] RGB. Clutter draws things that are not objects of
 the domain (strokes, elongated ellipses and rectangles, irregular blobs, textured discs), so the
-model learns that a coloured or round region alone is not an object. Photographs come from scikit-image's bundled sample
-images when that package is installed; otherwise procedural textures stand in for them.
+model learns that a coloured or round region alone is not an object. Photographs come from
+scikit-image's bundled sample images when that package is installed; otherwise procedural
+textures stand in for them.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def clutter(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A base background with lines, blobs, elongated rectangles and textured discs painted on it.
 
     None of these is an object of the domain: ellipses and rectangles are elongated, blobs are
-    irregular, and discs or polygons are filled with a texture rather than one colour (a coin
-    or a clock face in a photograph is not a circle object).
+    irregular, and discs are filled with a texture or a photograph rather than one colour (a
+    coin or a clock face in a photograph is not a circle object).
     """
     base = BASES[int(rng.integers(0, len(BASES)))](rng, width, height)
     canvas = Image.fromarray(base)

@@ -79,10 +79,12 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
     """Where mask AP50 goes: missed objects, wrong classes, detections on the background.
 
     Per ground-truth object, the detections (any class) whose mask IoU with it is >= 0.5
-    "find" it; the highest-scoring of them gives its class. Returns `objects`, `found` and
-    `wrong_class` (fractions of objects), `background` (detections scoring >= `confident` whose
-    mask IoU with every object is < 0.1, per frame) and `class_agnostic_mask_ap50` (mask AP50
-    with every class merged into one: the AP50 a perfect classifier would reach).
+    "find" it; the highest-scoring of them gives its class. Returns `objects` (count), `found`
+    (fraction of the objects), `wrong_class` (fraction of the found objects), `background`
+    (count of detections scoring >= `confident` whose mask IoU with every object of their frame
+    is < 0.1) and `class_agnostic_mask_ap50` (mask AP50 with every class merged into one:
+    localisation alone; two detections of one object under different classes make one of
+    them a false positive there).
     """
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_json_path))
