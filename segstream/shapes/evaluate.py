@@ -39,9 +39,7 @@ def coco_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
     the number of ground-truth frames that received a result. Frames without a result count
     as frames where nothing was found, unless only_seen (then they are left out of the score).
     """
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json_path))
-    by_frame = {int(img.get("frame", img["id"] - 1)): img["id"] for img in gt.dataset["images"]}
+    gt, by_frame = _load_ground_truth(gt_json_path)
     segm, boxes, seen = [], [], set()
     for result in frame_results:
         if result.get("eos") or "instances" not in result:
@@ -53,23 +51,14 @@ def coco_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
         for inst in result["instances"]:
             x1, y1, x2, y2 = (float(v) for v in inst["box"])
             common = {"image_id": image_id, "category_id": int(inst["class_id"]), "score": float(inst["score"])}
-            mask = inst["mask"]
-            counts = mask["counts"]
-            segm.append({**common, "segmentation": {"size": list(mask["size"]),
-                                                    "counts": counts if isinstance(counts, str) else counts.decode("ascii")}})
+            segm.append({**common, "segmentation": _coco_rle(inst["mask"])})
             boxes.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
     metrics = {"frames": float(len(seen))}
     for kind, dets, prefix in (("segm", segm, "mask"), ("bbox", boxes, "box")):
         if not dets:
             metrics.update({f"{prefix}_ap": 0.0, f"{prefix}_ap50": 0.0, f"{prefix}_ap75": 0.0})
             continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator = COCOeval(gt, gt.loadRes(dets), kind)
-            evaluator.params.imgIds = sorted(seen if only_seen else by_frame.values())
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        stats = evaluator.stats
+        stats = _coco_stats(gt, dets, kind, seen if only_seen else by_frame.values())
         metrics.update({f"{prefix}_ap": float(stats[0]), f"{prefix}_ap50": float(stats[1]), f"{prefix}_ap75": float(stats[2])})
     return metrics
 
@@ -86,14 +75,14 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
     localisation alone; two detections of one object under different classes make one of
     them a false positive there).
     """
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json_path))
-    by_frame = {int(img.get("frame", img["id"] - 1)): img["id"] for img in gt.dataset["images"]}
+    gt, by_frame = _load_ground_truth(gt_json_path)
     objects = found = wrong = background = 0
     merged: list[dict] = []
     for result in frame_results:
-        image_id = by_frame.get(int(result.get("frame", -1)))
-        if result.get("eos") or image_id is None:
+        if result.get("eos") or "instances" not in result:
+            continue
+        image_id = by_frame.get(int(result["frame"]))
+        if image_id is None:
             continue
         masks = [_coco_rle(inst["mask"]) for inst in result["instances"]]
         scores = [float(inst["score"]) for inst in result["instances"]]
@@ -121,17 +110,31 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
             agnostic_gt = COCO()
             agnostic_gt.dataset = merged_gt
             agnostic_gt.createIndex()
-            evaluator = COCOeval(agnostic_gt, agnostic_gt.loadRes(merged), "segm")
-            evaluator.params.imgIds = sorted(by_frame.values())
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        agnostic = float(evaluator.stats[1])
+        agnostic = float(_coco_stats(agnostic_gt, merged, "segm", by_frame.values())[1])
     return {"objects": float(objects), "found": found / max(objects, 1), "wrong_class": wrong / max(found, 1),
             "background": float(background), "class_agnostic_mask_ap50": agnostic}
 
 
+def _load_ground_truth(gt_json_path: str | Path) -> tuple[COCO, dict[int, int]]:
+    """The COCO ground truth and its image ids by frame index (`frame` field, else id - 1)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_json_path))
+    return gt, {int(img.get("frame", img["id"] - 1)): img["id"] for img in gt.dataset["images"]}
+
+
+def _coco_stats(gt: COCO, dets: list[dict], kind: str, image_ids: Iterable[int]) -> np.ndarray:
+    """COCOeval's 12 summary numbers (AP, AP50, AP75, ...) of `dets` over `image_ids`, quietly."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(dets), kind)
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
 def _coco_rle(mask: dict) -> dict:
+    """A wire-schema mask {size, counts} as pycocotools wants it (counts as str)."""
     counts = mask["counts"]
     return {"size": list(mask["size"]), "counts": counts if isinstance(counts, str) else counts.decode("ascii")}
 
