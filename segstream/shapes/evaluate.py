@@ -41,14 +41,9 @@ def coco_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
     """
     gt, by_frame = _load_ground_truth(gt_json_path)
     segm, boxes, seen = [], [], set()
-    for result in frame_results:
-        if result.get("eos") or "instances" not in result:
-            continue
-        image_id = by_frame.get(int(result["frame"]))
-        if image_id is None:
-            continue
+    for image_id, instances in _frames_with_ground_truth(frame_results, by_frame):
         seen.add(image_id)
-        for inst in result["instances"]:
+        for inst in instances:
             x1, y1, x2, y2 = (float(v) for v in inst["box"])
             common = {"image_id": image_id, "category_id": int(inst["class_id"]), "score": float(inst["score"])}
             segm.append({**common, "segmentation": _coco_rle(inst["mask"])})
@@ -78,14 +73,9 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
     gt, by_frame = _load_ground_truth(gt_json_path)
     objects = found = wrong = background = 0
     merged: list[dict] = []
-    for result in frame_results:
-        if result.get("eos") or "instances" not in result:
-            continue
-        image_id = by_frame.get(int(result["frame"]))
-        if image_id is None:
-            continue
-        masks = [_coco_rle(inst["mask"]) for inst in result["instances"]]
-        scores = [float(inst["score"]) for inst in result["instances"]]
+    for image_id, instances in _frames_with_ground_truth(frame_results, by_frame):
+        masks = [_coco_rle(inst["mask"]) for inst in instances]
+        scores = [float(inst["score"]) for inst in instances]
         merged += [{"image_id": image_id, "category_id": 1, "score": sc, "segmentation": m} for sc, m in zip(scores, masks)]
         anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
         objects += len(anns)
@@ -94,7 +84,7 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
         iou = mask_utils.iou(masks, [gt.annToRLE(a) for a in anns], [0] * len(anns)) if anns else np.zeros((len(masks), 0))
         iou = np.asarray(iou).reshape(len(masks), len(anns))
         for j, ann in enumerate(anns):
-            hits = [(scores[i], int(result["instances"][i]["class_id"])) for i in np.nonzero(iou[:, j] >= 0.5)[0]]
+            hits = [(scores[i], int(instances[i]["class_id"])) for i in np.nonzero(iou[:, j] >= 0.5)[0]]
             if hits:
                 found += 1
                 wrong += max(hits)[1] != int(ann["category_id"])
@@ -113,6 +103,16 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
         agnostic = float(_coco_stats(agnostic_gt, merged, "segm", by_frame.values())[1])
     return {"objects": float(objects), "found": found / max(objects, 1), "wrong_class": wrong / max(found, 1),
             "background": float(background), "class_agnostic_mask_ap50": agnostic}
+
+
+def _frames_with_ground_truth(frame_results: Iterable[FrameResult], by_frame: dict[int, int]) -> Iterator[tuple[int, list[dict]]]:
+    """(ground-truth image id, instances) of each frame result; EOS entries and unknown frames are skipped."""
+    for result in frame_results:
+        if result.get("eos") or "instances" not in result:
+            continue
+        image_id = by_frame.get(int(result["frame"]))
+        if image_id is not None:
+            yield image_id, result["instances"]
 
 
 def _load_ground_truth(gt_json_path: str | Path) -> tuple[COCO, dict[int, int]]:
