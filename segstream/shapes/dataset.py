@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segstream.pipeline.preprocess import fit_size
 from segstream.shapes.backgrounds import TRAIN_PHOTOS, random_background
 from segstream.shapes.scene import Shape, paint, random_shape
 
@@ -39,12 +40,6 @@ def camera_degrade(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def fit_size(width: int, height: int, input_size: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of a frame resized to fit inside input_size=(H, W) keeping aspect."""
-    scale = min(input_size[0] / height, input_size[1] / width)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def render_sample(
     rng: np.random.Generator, input_size: tuple[int, int], photos: tuple[str, ...] = TRAIN_PHOTOS
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -58,7 +53,8 @@ def render_sample(
     shapes = random_scene(rng, width, height)
     frame, visible = paint(random_background(rng, width, height, photos), shapes, rng)
     frame = camera_degrade(frame, rng)
-    w, h = fit_size(width, height, input_size)
+    # The pipeline's own rule, so training sees exactly the frame size the engine is fed.
+    h, w = fit_size(height, width, input_size)
     resample = Image.BILINEAR if rng.random() < 0.5 else Image.BOX
     image = np.asarray(Image.fromarray(frame).resize((w, h), resample))
     boxes, labels, masks = [], [], []

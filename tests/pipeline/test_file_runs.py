@@ -149,11 +149,14 @@ def test_frames_are_decoded_straight_to_the_engine_input_size_unless_drawn(tmp_p
 
     source.pixels.fit = lambda h, w: fit_size(h, w, config.input_size)
     scaled = next(iter(source.items(threading.Event())))
-    assert not scaled.full_frame and scaled.image.shape == (180, 320, 3)
+    size = fit_size(360, 640, config.input_size)
+    assert size[0] < 360, "the bundled model runs below the source resolution"
+    assert not scaled.full_frame and scaled.image.shape == (*size, 3)
     assert (scaled.height, scaled.width) == (360, 640), "frame geometry is the source's"
 
     # Both reach the engine as the same network input, up to the resampling filter.
     pre = Preprocess(config, torch.device("cpu"), 1)
     a, b = pre.batch([full]), pre.batch([scaled])
-    assert a.image_sizes == b.image_sizes == [(180, 320)] and a.scales == b.scales == [(0.5, 0.5)]
+    scale = size[0] / 360
+    assert a.image_sizes == b.image_sizes == [size] and a.scales == b.scales == [(scale, scale)]
     assert (a.images - b.images).abs().mean() < 0.05
