@@ -91,7 +91,7 @@ class Subscriber:
         self._unacked: str | None = None
         self._pending_from: str | None = "0" if group else None  # re-read own pending entries first
         self._setup_done = False
-        self._outage_error = ""
+        self._closed = False
         if not wait:
             connect(url, timeout=connect_timeout).close()  # one clear SinkError when unreachable or refused
         # The client itself never retries: one retry policy (below) decides, so an outage is noticed at once.
@@ -110,7 +110,7 @@ class Subscriber:
 
     def _call(self, do: Callable[[], Any], retryable: Callable[[BaseException], bool]) -> Any:
         def is_retryable(error: BaseException) -> bool:
-            return not isinstance(error, redis.AuthenticationError) and retryable(error)
+            return not isinstance(error, redis.AuthenticationError) and not self._closed and retryable(error)
 
         try:
             result = self._retry.call_with_retry(do, self._on_failure, is_retryable=is_retryable)
@@ -194,7 +194,7 @@ class Subscriber:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         deadline = time.monotonic() + self.block_ms / 1000 if self.block_ms else None
-        while True:
+        while not self._closed:
             block = self.read_block_ms
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -205,7 +205,7 @@ class Subscriber:
                 entries = self._call(lambda: self._read_once(block),
                                      lambda error: deadline is None or time.monotonic() < deadline)
             except _TRANSIENT:
-                return  # idle limit reached while Redis was away
+                return  # idle limit reached (or closed) while Redis was away
             for entry_id, fields in entries:
                 self.last_id = _text(entry_id)
                 if self.group:
@@ -241,6 +241,8 @@ class Subscriber:
         return [m for m in messages if m is not None]
 
     def close(self) -> None:
+        """Stop: an iteration in progress (e.g. in another thread) ends after its current read."""
+        self._closed = True
         self.client.close()
 
 
