@@ -45,9 +45,11 @@ def main() -> int:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out: queue.Queue = queue.Queue()
         err: list[str] = []
+        err_at: list[float] = []
         threading.Thread(target=lambda: [out.put((time.monotonic(), line.rstrip())) for line in cli.stdout],
                          daemon=True).start()
-        threading.Thread(target=lambda: [err.append(line.rstrip()) for line in cli.stderr], daemon=True).start()
+        threading.Thread(target=lambda: [(err_at.append(time.monotonic()), err.append(line.rstrip()))
+                                         for line in cli.stderr], daemon=True).start()
         try:
             _, first = out.get(timeout=60)
             print(f"subscriber: {first}", flush=True)
@@ -57,6 +59,7 @@ def main() -> int:
             print(f"t={time.monotonic() - quiet_start:.0f} s: redis-server SIGKILLed", flush=True)
             time.sleep(args.down)
             server.restart()
+            back = time.monotonic()
             print(f"t={time.monotonic() - quiet_start:.0f} s: redis-server restarted (appendonly)", flush=True)
             time.sleep(max(0.0, args.quiet - (time.monotonic() - quiet_start)))
             alive = cli.poll() is None
@@ -73,6 +76,9 @@ def main() -> int:
     print(f"subscriber: {line}")
     for warning in err:
         print(f"subscriber stderr: {warning}")
+    rejoined = [at - back for at, w in zip(err_at, err) if "reachable again" in w]
+    if rejoined:
+        print(f"subscriber reconnected {rejoined[0]:.1f} s after redis-server was back")
     outages = sum("unreachable since" in w for w in err)
     recoveries = sum("reachable again" in w for w in err)
     ok = (alive and line.startswith("quiet frame 1 ") and delay <= args.max_delay and outages == 1 and recoveries == 1

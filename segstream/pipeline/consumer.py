@@ -84,10 +84,11 @@ class Subscriber:
         self.group = group
         self.consumer = consumer or ("segstream" if group else None)
         self.read_block_ms = read_block_ms
-        self.last_id = after if after is not None else ("0-0" if from_start else "$")
+        # "$" (non-group, from now on) is pinned to a concrete id once Redis answers; a group keeps its
+        # own position in Redis, so last_id is only what this member handed out.
+        self.last_id = after if after is not None else ("0-0" if from_start or group else "$")
         self.last_raw = ""
         self.unreachable_since: float | None = None
-        self._group_start = after if after is not None else "0"
         self._unacked: str | None = None
         self._pending_from: str | None = "0" if group else None  # re-read own pending entries first
         self._setup_done = False
@@ -95,9 +96,12 @@ class Subscriber:
         if not wait:
             connect(url, timeout=connect_timeout).close()  # one clear SinkError when unreachable or refused
         # The client itself never retries: one retry policy (below) decides, so an outage is noticed at once.
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout or read_block_ms / 1000 + 3.0,
-            socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0))
+        try:
+            self.client = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout or read_block_ms / 1000 + 3.0,
+                socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0))
+        except ValueError as exc:
+            raise SinkError(f"bad Redis URL {redact(url)} ({exc})") from None
         self._retry = Retry(ExponentialWithJitterBackoff(cap=backoff_max, base=backoff_base), retries=-1,
                             supported_errors=_TRANSIENT)
         if not wait:
@@ -141,7 +145,7 @@ class Subscriber:
         if self._setup_done:
             return
         if self.group:
-            start = self._group_start if self.last_id in ("$", "0-0") else self.last_id
+            start = "0" if self.last_id == "0-0" else self.last_id  # the beginning, or after `after`
             try:
                 self.client.xgroup_create(self.key, self.group, id=start, mkstream=True)
             except redis.ResponseError as exc:

@@ -134,6 +134,7 @@ def test_a_subscriber_idle_across_a_redis_kill_and_restart_receives_the_next_ent
     xadd(client, "cam1", frame("cam1", 0))
     subscriber = Subscriber(durable_redis.url, "cam1", from_start=True, **FAST)
     reader = Reader(subscriber)
+    member = Reader(Subscriber(durable_redis.url, "cam9", group="g", consumer="c", **FAST))  # nothing read yet
     assert reader.next()["frame"] == 0
     durable_redis.kill()
     assert reader.nothing_for(1.0)  # Redis away for a while: the subscriber keeps trying, no error
@@ -141,12 +142,15 @@ def test_a_subscriber_idle_across_a_redis_kill_and_restart_receives_the_next_ent
     durable_redis.restart()
     client = durable_redis.client()
     xadd(client, "cam1", frame("cam1", 1))
+    xadd(client, "cam9", frame("cam9", 0))
     assert reader.next()["frame"] == 1  # continues after frame 0: nothing repeated, nothing skipped
-    assert reader.nothing_for(0.5)
+    assert member.next()["frame"] == 0
+    assert reader.nothing_for(0.5) and member.nothing_for(0.1)
     assert subscriber.unreachable_since is None
     warnings = [r.getMessage() for r in caplog.records if r.name == "segstream.consumer"]
-    assert sum("unreachable since" in w for w in warnings) == 1, warnings  # one line per outage, not per retry
-    assert sum("reachable again" in w for w in warnings) == 1, warnings
+    # One line per outage and subscriber (two subscribers here), not one per retry.
+    assert sum("unreachable since" in w for w in warnings) == 2, warnings
+    assert sum("reachable again" in w for w in warnings) == 2, warnings
 
 
 def test_subscribe_prints_the_next_frame_after_a_redis_restart_with_one_warning_per_outage():
