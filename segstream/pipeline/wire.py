@@ -4,10 +4,7 @@
      "dropped": k, "instances": [{"class_id", "label", "score", "box": [x1,y1,x2,y2],
                                   "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}]}
     {"schema": 1, "stream": id, "eos": true, "frames": N}
-    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
-     "reconnects": N, "url": redacted url (optional), "error": text (optional)}     (live streams)
-Fields may be added within schema 1; renaming or removing one needs schema 2. Entries are told apart
-by their keys (`entry_kind`); consumers ignore keys and kinds they do not know.
+Fields may be added within schema 1; renaming or removing one needs schema 2.
 """
 
 from __future__ import annotations
@@ -72,8 +69,10 @@ EntryKind = Literal["frame", "eos", "status", "unknown"]
 
 
 def entry_kind(message: dict[str, Any]) -> EntryKind:
-    """What a stream entry is: "frame" (has `frame` + `instances`), "eos" (`eos`), "status" (`status`),
-    or "unknown" (anything else, e.g. a kind added by a newer producer: skip it)."""
+    """What a stream entry is: "frame" (has `frame` + `instances`), "eos" (`eos`), "status" (`status`:
+    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
+    "reconnects": N, optional "url" (password redacted) and "error"}, published on live streams), or
+    "unknown" (anything else, e.g. a kind added by a newer producer: consumers skip it)."""
     if not isinstance(message, dict):
         return "unknown"
     if message.get("eos"):
@@ -112,10 +111,12 @@ def describe(message: dict[str, Any]) -> str:
     kind = entry_kind(message)
     if kind == "status":
         return _describe_status(message)
-    if kind == "unknown":
+    if kind == "unknown" or (kind == "frame" and not {"stream", "width", "height"} <= message.keys()):
         return _describe_unknown(message)
+    if kind == "eos" and not {"stream", "frames"} <= message.keys():
+        return f"{message.get('stream', '?')} end of stream"
     if message.get("eos"):
-        return f"{message.get('stream', '?')} end of stream: {message.get('frames', '?')} frames"
+        return f"{message['stream']} end of stream: {message['frames']} frames"
     counts: dict[str, int] = {}
     for inst in message["instances"]:
         counts[inst["label"]] = counts.get(inst["label"], 0) + 1

@@ -273,3 +273,5 @@ def test_entry_kind_tells_frames_eos_status_and_unknown_apart():
     assert entry_kind({}) == "unknown"
     assert describe({"stream": "c", "status": "connecting"}) == "c status connecting"
     assert describe({}) == "? unknown entry (keys: )"
+    assert describe({"stream": "c", "eos": True}) == "c end of stream"  # malformed: still no KeyError
+    assert describe({"stream": "c", "frame": 1, "instances": []}) == "c unknown entry (keys: frame, instances, stream)"
