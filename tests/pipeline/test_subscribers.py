@@ -153,6 +153,20 @@ def test_a_subscriber_idle_across_a_redis_kill_and_restart_receives_the_next_ent
     assert sum("reachable again" in w for w in warnings) == 2, warnings
 
 
+def test_a_redis_that_stops_answering_is_waited_for_and_reading_resumes(durable_redis):
+    client = durable_redis.client()
+    subscriber = Subscriber(durable_redis.url, "stall", **FAST)
+    reader = Reader(subscriber)
+    durable_redis.pause()  # SIGSTOP: the socket stays open, nothing answers
+    try:
+        assert reader.nothing_for(1.5)
+        assert subscriber.unreachable_since is not None  # noticed through the socket timeout
+    finally:
+        durable_redis.resume()
+    xadd(client, "stall", frame("stall", 7))
+    assert reader.next()["frame"] == 7
+
+
 def test_subscribe_prints_the_next_frame_after_a_redis_restart_with_one_warning_per_outage():
     server = PrivateRedis(["--requirepass", "hunter2"], password="hunter2", appendonly=True)
     with server:
