@@ -220,7 +220,10 @@ class Subscriber:
                     if deadline is not None:
                         deadline = time.monotonic() + self.block_ms / 1000
                 if self.group:  # the caller asked for the next entry: this one is handled
-                    self.ack()
+                    try:
+                        self.ack()
+                    except _TRANSIENT:
+                        return  # closed while Redis was away: the entry stays pending (at-least-once)
 
     def _parse(self, fields: dict | None) -> dict[str, Any] | None:
         """The entry's `data` JSON; None for an entry deleted while pending; other payloads as unknown kinds."""

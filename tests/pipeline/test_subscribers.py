@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from segstream.pipeline.cli import main as cli_main
 from segstream.pipeline.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
 from segstream.pipeline.sinks import SinkError
@@ -112,9 +113,14 @@ class Cli:
             stop_process(self.process)
 
 
+# appendfsync always: with the default everysec, a busy machine may postpone the AOF write of the last
+# second (while an fsync is slow) and a SIGKILL then loses it; these tests need what was written to stay.
+DURABLE = ["--appendfsync", "always"]
+
+
 @pytest.fixture
 def durable_redis():
-    server = PrivateRedis(appendonly=True)
+    server = PrivateRedis(DURABLE, appendonly=True)
     server.start()
     yield server
     server.stop()
@@ -168,7 +174,7 @@ def test_a_redis_that_stops_answering_is_waited_for_and_reading_resumes(durable_
 
 
 def test_subscribe_prints_the_next_frame_after_a_redis_restart_with_one_warning_per_outage():
-    server = PrivateRedis(["--requirepass", "hunter2"], password="hunter2", appendonly=True)
+    server = PrivateRedis(["--requirepass", "hunter2", *DURABLE], password="hunter2", appendonly=True)
     with server:
         client = server.client()
         xadd(client, "door", frame("door", 0))
@@ -212,7 +218,7 @@ def test_redis_unreachable_at_start_is_an_error_unless_asked_to_wait():
         assert reader.next()["frame"] == 0
 
 
-def test_subscribe_after_an_entry_id_resumes_exactly_after_that_entry(redis_url, redis_client):
+def test_subscribe_after_an_entry_id_resumes_exactly_after_that_entry(redis_url, redis_client, capsys):
     ids = [xadd(redis_client, "resume", frame("resume", n)) for n in range(5)]
     eos_id = xadd(redis_client, "resume", {"schema": 1, "stream": "resume", "eos": True, "frames": 5})
     cli = Cli("resume", "--redis", redis_url, "--after", ids[2])
@@ -221,6 +227,9 @@ def test_subscribe_after_an_entry_id_resumes_exactly_after_that_entry(redis_url,
     assert [line.split()[:3] for line in lines[:2]] == [["resume", "frame", "3"], ["resume", "frame", "4"]]
     assert lines[2] == "resume end of stream: 5 frames"
     assert cli.out.empty()
+    # A malformed id is one clear error line, not a traceback.
+    assert cli_main(["subscribe", "resume", "--redis", redis_url, "--after", "yesterday"]) == 2
+    assert "'yesterday' is not a Redis stream entry id" in capsys.readouterr().err
     # The API says which id to persist: resuming from it yields only what came later.
     subscriber = Subscriber(redis_url, "resume", after=ids[3], block_ms=300, **FAST)
     assert [m.get("frame") for m in subscriber] == [4, None]
