@@ -263,6 +263,23 @@ def test_a_group_member_killed_and_restarted_gets_each_entry_once_overall(durabl
     assert client.xpending("segstream:work", "annotators")["pending"] == 0  # all handled and acknowledged
 
 
+def test_subscribe_with_a_group_prints_each_entry_once_across_restarts(redis_url, redis_client, capsys):
+    def run_once() -> list[str]:
+        assert cli_main(["subscribe", "jobs", "--redis", redis_url, "--group", "printers", "--consumer", "p1"]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    for n in range(2):
+        xadd(redis_client, "jobs", frame("jobs", n))
+    xadd(redis_client, "jobs", {"schema": 1, "stream": "jobs", "eos": True, "frames": 2})
+    first = run_once()
+    xadd(redis_client, "jobs", frame("jobs", 2))
+    xadd(redis_client, "jobs", {"schema": 1, "stream": "jobs", "eos": True, "frames": 3})
+    second = run_once()
+    assert [line.split(":")[0].split()[1:3] for line in first] == [["frame", "0"], ["frame", "1"], ["end", "of"]]
+    assert [line.split(":")[0].split()[1:3] for line in second] == [["frame", "2"], ["end", "of"]]
+    assert redis_client.xpending("segstream:jobs", "printers")["pending"] == 0
+
+
 def test_status_and_unknown_entries_are_printed_without_errors(redis_url, redis_client):
     since = time.time() - 5
     xadd(redis_client, "cam2", frame("cam2", 0))
