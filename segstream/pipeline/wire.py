@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+
 
 SCHEMA = 1
 

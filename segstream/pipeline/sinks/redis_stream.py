@@ -26,16 +26,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from segstream.pipeline.locations import redact
-from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.wire import dumps
+
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 
 log = logging.getLogger(__name__)
 
