@@ -98,6 +98,23 @@ class OutputSection(_Section):
     status_interval: float = Field(default=5.0, gt=0)
 
 
+class FleetSection(_Section):
+    """`segstream worker` (docs/scale-out.md): times in seconds."""
+
+    lease: float = Field(default=10.0, gt=0)  # a silent worker's jobs and cameras move after this
+    heartbeat: float = Field(default=2.0, gt=0)  # how often a worker renews its leases (< lease)
+    max_attempts: int = Field(default=3, ge=1)  # claims of one job before it is failed for good
+    capacity: int = Field(default=4, ge=1)  # streams (jobs + cameras) one worker runs at once
+    keep_finished: float = Field(default=86400.0, gt=0)  # done/failed job records are kept this long
+    group: str = "workers"  # the consumer group of the jobs stream
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "FleetSection":
+        if self.heartbeat >= self.lease:
+            raise ValueError("heartbeat must be shorter than lease")
+        return self
+
+
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
@@ -105,6 +122,7 @@ class RunConfig(_Section):
     queues: QueueSection = Field(default_factory=QueueSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    fleet: FleetSection = Field(default_factory=FleetSection)
     shutdown_timeout: float = Field(default=10.0, gt=0)  # SIGINT/SIGTERM: seconds to drain before giving up
 
 

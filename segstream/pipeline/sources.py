@@ -100,8 +100,9 @@ class VideoFileSource:
     live = False
 
     def __init__(self, path: str, stream_id: str, max_frames: int | None = None, decoder_threads: int = 0,
-                 read_timeout: float = 10.0) -> None:
+                 read_timeout: float = 10.0, start_frame: int | None = None) -> None:
         self.path = path
+        self.start_frame = start_frame  # frames before it are decoded and discarded (numbering kept)
         self.shown = redact(path)
         self.read_timeout = read_timeout
         self.state = StreamState(stream_id, self.shown, "file")
@@ -173,6 +174,9 @@ class VideoFileSource:
                 for vframe in _decode(packet, self.counters):
                     if self.max_frames is not None and index >= self.max_frames:
                         break
+                    if self.start_frame is not None and index < self.start_frame:
+                        index += 1  # resuming a file: published already (fleet jobs)
+                        continue
                     yield self._frame(vframe, index)
                     index += 1
         finally:
@@ -203,7 +207,7 @@ class VideoFileSource:
 
     def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
         frame = _frame(vframe, self.stream_id, index, lambda _pts: time.time(), self.pixels, live=False)
-        if index == 0:
+        if index == (self.start_frame or 0):
             self.state.set_state("live")
         self.state.frame_decoded()
         if frame.pts is not None:
@@ -277,8 +281,9 @@ class CameraSource:
     live = True
 
     def __init__(self, url: str, stream_id: str, supervision: Supervision | None = None,
-                 max_frames: int | None = None, decoder_threads: int = 0) -> None:
+                 max_frames: int | None = None, decoder_threads: int = 0, start_frame: int | None = None) -> None:
         self.url = url
+        self.start_frame = start_frame  # first frame number (a camera taken over continues its numbering)
         self.shown = redact(url)
         self.decoder_threads = decoder_threads
         self.name = stream_id
@@ -334,7 +339,7 @@ class CameraSource:
 
     def _feed(self, stopping: threading.Event) -> Iterator[Frame | StreamStatus]:
         container, self._first = self._first, None
-        index = 0
+        index = self.start_frame or 0
         lost_at: float | None = None
         try:
             while not stopping.is_set():
@@ -364,7 +369,7 @@ class CameraSource:
                             last_frame = time.monotonic()
                             index += 1
                             self.counters.decoded = index
-                            if self.max_frames is not None and index >= self.max_frames:
+                            if self.max_frames is not None and index - (self.start_frame or 0) >= self.max_frames:
                                 return
                         # Packets without pictures (a broken encoder) look alive to the demuxer.
                         if time.monotonic() - last_frame > self.supervision.stall_timeout:

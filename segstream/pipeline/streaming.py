@@ -52,6 +52,7 @@ class StreamSpec(BaseModel):
     url: str = Field(min_length=1)
     kind: Literal["auto", "file", "live"] = "auto"
     max_frames: int | None = Field(default=None, ge=1)
+    start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
 
 
 class StreamExists(Exception):
@@ -84,8 +85,9 @@ def make_source(spec: StreamSpec, config: RunConfig) -> Source:
     if source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live":
         supervision = Supervision(src.open_timeout, src.stall_timeout, src.backoff_initial, src.backoff_max,
                                   src.give_up_after)
-        return CameraSource(spec.url, spec.id, supervision, max_frames, threads)
-    return VideoFileSource(spec.url, spec.id, max_frames, threads, read_timeout=src.read_timeout)
+        return CameraSource(spec.url, spec.id, supervision, max_frames, threads, start_frame=spec.start_frame)
+    return VideoFileSource(spec.url, spec.id, max_frames, threads, read_timeout=src.read_timeout,
+                           start_frame=spec.start_frame)
 
 
 class StreamingPipeline:
@@ -168,6 +170,8 @@ class StreamingPipeline:
             input_size = self.engine.config.input_size
             source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
         state = source.state
+        # A resumed stream's first frame follows the last one published: nothing was dropped.
+        self.publish._last_index[source.stream_id] = (getattr(source, "start_frame", None) or 0) - 1
         if source.live:
             policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
                                 droppable=lambda item: isinstance(item, Frame),

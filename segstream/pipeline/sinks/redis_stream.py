@@ -45,6 +45,14 @@ BATCH = 64  # entries per pipelined round trip
 RECENT_SECONDS = 5.0  # acknowledged entries kept to repair what a killed Redis did not persist
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
+# Fencing (fleet workers, see docs/scale-out.md): XADD only while the fence key still holds this
+# writer's token, checked and written in one atomic step, so a writer that lost its lease while it
+# was paused cannot add a single entry after the new owner took the stream.
+FENCED_XADD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED stream owned by another writer') end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
+"""
+
 
 def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
     """A checked connection (PING answered); redis://, rediss:// and unix:// URLs with user/password.
@@ -126,6 +134,10 @@ class RedisStreamSink:
         self._aborted = False
         self._busy = False
         self._trimmed: dict[str, float] = {}
+        self._fences: dict[str, tuple[str, str]] = {}  # stream id -> (fence key, token)
+        self._fenced_out: set[str] = set()  # streams whose writes were refused: entries dropped
+        self.on_fenced: Callable[[str], None] | None = None
+        self._fenced_xadd = self.client.register_script(FENCED_XADD)
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer", daemon=True)
         self._writer.start()
 
@@ -139,11 +151,25 @@ class RedisStreamSink:
     def end_stream(self, eos: EndOfStream, message: dict[str, Any]) -> None:
         self._enqueue(_Entry(eos.stream_id, message, droppable=False), live=False)
 
+    def fence(self, stream_id: str, key: str, token: int | str) -> None:
+        """From now on, write `stream_id` only while GET `key` == `token` (atomically, in a Lua
+        script). A refused write drops that stream's outbox and later entries, and calls
+        on_fenced(stream_id) once: its owner lost the stream to another writer."""
+        with self._cond:
+            self._fences[stream_id] = (key, str(token))
+            self._fenced_out.discard(stream_id)
+            box = self._outboxes.get(stream_id)
+            if box is not None:
+                box.recent.clear()
+                box.evicted = 0
+
     def _enqueue(self, entry: _Entry, live: bool) -> None:
         dropped = 0
         with self._cond:
             if self.error is not None:
                 raise self.error
+            if entry.stream_id in self._fenced_out:
+                return
             box = self._outboxes.get(entry.stream_id)
             if box is None:
                 box = self._outboxes[entry.stream_id] = _Outbox(self.outbox_size if live else self.file_outbox, live)
@@ -236,8 +262,10 @@ class RedisStreamSink:
                         entry.data = dumps(entry.message)
                 self._busy = True
             try:
-                self._send(batch)
-                self._done(batch)
+                refused = self._send(batch)
+                self._done([e for e in batch if e.stream_id not in refused])
+                if refused:
+                    self._fence_out(refused)
             except CONNECTION_ERRORS as exc:
                 self._outage(exc)
                 self._recover(batch)
@@ -253,18 +281,53 @@ class RedisStreamSink:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _send(self, batch: list[_Entry]) -> None:
+    def _send(self, batch: list[_Entry]) -> set[str]:
+        """XADD the batch in one round trip; returns the streams whose fence refused the write."""
         pipe = self.client.pipeline(transaction=False)
         now = time.time()
+        positions: list[tuple[int, _Entry]] = []
         for entry in batch:
             key = stream_key(self.prefix, entry.stream_id)
-            pipe.xadd(key, {"data": entry.data}, maxlen=self.maxlen, approximate=True)
+            positions.append((len(pipe.command_stack), entry))
+            fence = self._fences.get(entry.stream_id)
+            if fence is not None:
+                self._fenced_xadd(keys=[fence[0], key], args=[fence[1], self.maxlen, entry.data], client=pipe)
+            else:
+                pipe.xadd(key, {"data": entry.data}, maxlen=self.maxlen, approximate=True)
             if self.pubsub:
                 pipe.publish(key, entry.data)
             if self.retention and now - self._trimmed.get(key, 0.0) > 1.0:
                 self._trimmed[key] = now
                 pipe.xtrim(key, minid=f"{int((now - self.retention) * 1000)}-0", approximate=True)
-        pipe.execute()
+        if not self._fences:
+            pipe.execute()
+            return set()
+        results = pipe.execute(raise_on_error=False)
+        refused: set[str] = set()
+        for position, entry in positions:
+            result = results[position]
+            if isinstance(result, redis.ResponseError):
+                if str(result).startswith("FENCED"):
+                    refused.add(entry.stream_id)
+                else:
+                    raise result
+        return refused
+
+    def _fence_out(self, refused: set[str]) -> None:
+        with self._cond:
+            for stream_id in refused:
+                box = self._outboxes.get(stream_id)
+                if box is not None:
+                    box.entries.clear()
+                    box.recent.clear()
+                self._fences.pop(stream_id, None)
+                self._fenced_out.add(stream_id)
+            self._cond.notify_all()
+        for stream_id in refused:
+            log.warning("stream %s is owned by another writer now (fencing token refused); its results are dropped here",
+                        stream_id)
+            if self.on_fenced is not None:
+                self.on_fenced(stream_id)
 
     def _done(self, published: list[_Entry]) -> None:
         now = time.monotonic()

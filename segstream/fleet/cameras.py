@@ -1,0 +1,117 @@
+"""Cameras: the wanted ones in a Redis hash, each owned by one worker through a lease.
+
+A worker acquires a camera with SET owner NX PX lease and, in the same Lua step, a new fencing
+token (INCR); it renews the lease on every heartbeat only while it still holds it. A worker that
+stops heartbeating loses its cameras after `fleet.lease` seconds; another one acquires them and
+its token fences out anything the old owner still tries to write. Balance: each worker aims at
+ceil(cameras x its capacity / capacity of all live workers) and gives one back per heartbeat
+when it holds more (a new worker thus gets its share without anyone dying).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import redis
+
+from segstream.fleet.keys import FleetKeys
+from segstream.fleet.jobs import STREAM_ID, _text
+
+# KEYS: owner, fence. ARGV: worker, lease ms. -> the new token, or 0 when owned by someone
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end
+return 0
+"""
+# KEYS: owner. ARGV: worker, lease ms. -> 1 renewed, 0 lost
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+# KEYS: owner. ARGV: worker.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def share(cameras: int, capacity: int, capacities: dict[str, int]) -> int:
+    """How many of `cameras` a worker of `capacity` should own, given every live worker's capacity."""
+    total = sum(capacities.values())
+    if cameras == 0 or total <= 0:
+        return 0
+    return min(cameras, math.ceil(cameras * capacity / total))
+
+
+class CameraBook:
+    def __init__(self, client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.lease = lease
+        self.lease_ms = int(lease * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    # -- the wanted cameras (segstream cameras add|remove|list) ------------------------------
+    def add(self, camera_id: str, url: str) -> bool:
+        """True when new (an existing camera's URL is replaced)."""
+        if not STREAM_ID.match(camera_id):
+            raise ValueError(f"camera id {camera_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        return bool(self.client.hset(self.keys.cameras, camera_id, json.dumps({"url": url})))
+
+    def remove(self, camera_id: str) -> bool:
+        return bool(self.client.hdel(self.keys.cameras, camera_id))
+
+    def wanted(self) -> dict[str, str]:
+        """camera id -> URL."""
+        out = {}
+        for k, v in self.client.hgetall(self.keys.cameras).items():
+            try:
+                out[_text(k)] = json.loads(v)["url"]
+            except (ValueError, KeyError):
+                continue
+        return out
+
+    def owners(self, camera_ids: list[str]) -> dict[str, str | None]:
+        values = self.client.mget([self.keys.camera_owner(c) for c in camera_ids]) if camera_ids else []
+        return {c: (_text(v) if v is not None else None) for c, v in zip(camera_ids, values)}
+
+    # -- leases --------------------------------------------------------------------------
+    def acquire(self, camera_id: str, worker: str) -> int:
+        """The new fencing token, or 0 when another worker owns the camera."""
+        return int(self._acquire(keys=[self.keys.camera_owner(camera_id), self.keys.camera_fence(camera_id)],
+                                 args=[worker, self.lease_ms]))
+
+    def renew(self, camera_id: str, worker: str) -> bool:
+        return bool(self._renew(keys=[self.keys.camera_owner(camera_id)], args=[worker, self.lease_ms]))
+
+    def release(self, camera_id: str, worker: str) -> None:
+        self._release(keys=[self.keys.camera_owner(camera_id)], args=[worker])
+
+    def next_frame(self, camera_id: str) -> int | None:
+        """The number after the newest frame on the camera's stream: a new owner continues it."""
+        for _, fields in self.client.xrevrange(self.keys.results(camera_id), count=32):
+            try:
+                message = json.loads(fields[b"data"])
+            except (KeyError, ValueError):
+                continue
+            if "frame" in message:
+                return int(message["frame"]) + 1
+        return None
+
+
+def live_workers(client: redis.Redis, keys: FleetKeys, lease: float) -> dict[str, dict[str, Any]]:
+    """Workers whose heartbeat is younger than `lease`: name -> their heartbeat hash."""
+    now = time.time()
+    names = [_text(n) for n in client.zrangebyscore(keys.workers, now - lease, "+inf")]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(keys.worker(name))
+    out = {}
+    for name, raw in zip(names, pipe.execute()):
+        if raw:
+            out[name] = {_text(k): _text(v) for k, v in raw.items()}
+    return out

@@ -1,0 +1,163 @@
+"""`segstream submit | worker | status | cameras` (registered in pipeline/commands.py DELEGATED).
+
+submit, status and cameras only talk to Redis (no torch import: they start in well under a
+second); worker loads the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from segstream.pipeline.config import ConfigError, load_config, override
+
+DEFAULT_REDIS = "redis://localhost:6379/0"
+
+
+def _client(url: str):
+    from segstream.pipeline.sinks.redis_stream import connect
+
+    return connect(url)
+
+
+def _keys(prefix: str):
+    from segstream.fleet.keys import FleetKeys
+
+    return FleetKeys(prefix)
+
+
+def submit_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="segstream submit", description=(
+        "Enqueue one file job per source for the workers (`segstream worker`); prints one job id per line. "
+        "Each job publishes to <prefix><stream-id> exactly as `segstream run` would. Paths are made absolute: "
+        "workers on other machines need the same path (a shared volume) or an http(s):// URL."))
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
+    p.add_argument("--prefix", default="segstream:")
+    p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
+    args = p.parse_args(list(argv))
+    from segstream.fleet.jobs import JobQueue
+    from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
+
+    ids = args.stream_id or [default_stream_id(s) for s in args.sources]
+    if len(ids) != len(args.sources):
+        raise ConfigError(f"--stream-id: got {len(ids)} ids for {len(args.sources)} sources")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
+    locations = []
+    for source in args.sources:
+        if source_kind(source) == "live":
+            raise ConfigError(f"{source} is a live feed: add cameras with `segstream cameras add ID URL`")
+        locations.append(source if is_remote(source) else str(Path(source).absolute()))
+    from segstream.fleet.jobs import STREAM_ID
+
+    for stream_id in ids:
+        if not STREAM_ID.match(stream_id):
+            raise ConfigError(f"stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    queue = JobQueue(_client(args.redis), _keys(args.prefix))
+    for location, stream_id in zip(locations, ids):
+        print(queue.submit(location, stream_id), flush=True)
+    return 0
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="segstream worker", description=(
+        "Run file jobs and cameras of the fleet on this machine's engine until SIGTERM/SIGINT "
+        "(then running jobs are handed back and camera leases released; exit 0)."))
+    p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS"), help=f"default: the config's redis.url ({DEFAULT_REDIS})")
+    p.add_argument("--config", help="YAML config (the `fleet:` section: lease, heartbeat, max_attempts, capacity)")
+    p.add_argument("--name", help="worker name (default: host-pid)")
+    p.add_argument("--capacity", type=int, help="streams (jobs + cameras) run at once; cameras are balanced by it")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /livez, /readyz and /status")
+    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
+    p.add_argument("--input-size", help="network input HxW, multiples of 32")
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int)
+    args = p.parse_args(list(argv))
+    config = load_config(args.config)
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--input-size: {args.input_size!r} is not HxW") from None
+        override(config, "model.input_size", (h, w))
+    for key, value in {"model.name": args.model, "engine.kind": args.engine, "engine.device": args.device,
+                       "engine.batch_size": args.batch_size, "redis.url": args.redis,
+                       "fleet.capacity": args.capacity}.items():
+        if value is not None:
+            override(config, key, value)
+    override(config, "output.progress", False)  # one line per event, not a progress bar
+    import logging
+
+    events = logging.StreamHandler()
+    events.setFormatter(logging.Formatter("segstream worker: %(message)s"))
+    fleet_log = logging.getLogger("segstream.fleet")
+    fleet_log.setLevel(logging.INFO)
+    fleet_log.addHandler(events)
+    fleet_log.propagate = False
+    from segstream.fleet.worker import Worker
+
+    worker = Worker(config, name=args.name)
+    worker.install_signals()
+    if args.http:
+        from segstream.fleet.probes import serve_probes
+
+        serve_probes(args.http, live=lambda: True,
+                     ready=lambda: worker.pipeline is not None and worker.pipeline.ready() and not worker.stopping.is_set(),
+                     status=worker.snapshot)
+    return worker.run()
+
+
+def status_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="segstream status", description="The fleet at a glance: workers, jobs, cameras.")
+    p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
+    p.add_argument("--prefix", default="segstream:")
+    p.add_argument("--lease", type=float, default=10.0, help="a worker silent this long counts as gone (fleet.lease)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(list(argv))
+    from segstream.fleet.status import gather, render
+
+    status = gather(_client(args.redis), _keys(args.prefix), args.lease)
+    print(json.dumps(status, indent=1) if args.json else render(status))
+    return 0
+
+
+def cameras_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="segstream cameras", description=(
+        "The cameras the fleet keeps running: each is owned by one worker at a time and moves when that worker goes."))
+    p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
+    p.add_argument("--prefix", default="segstream:")
+    sub = p.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="want a camera (its id is its stream id)")
+    add.add_argument("camera_id", metavar="ID")
+    add.add_argument("url", metavar="URL")
+    remove = sub.add_parser("remove", help="stop a camera")
+    remove.add_argument("camera_id", metavar="ID")
+    sub.add_parser("list", help="the wanted cameras and their owners")
+    args = p.parse_args(list(argv))
+    from segstream.fleet.cameras import CameraBook
+    from segstream.pipeline.locations import redact
+
+    book = CameraBook(_client(args.redis), _keys(args.prefix))
+    if args.action == "add":
+        try:
+            new = book.add(args.camera_id, args.url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        print(f"{'added' if new else 'updated'} camera {args.camera_id}: {redact(args.url)}")
+    elif args.action == "remove":
+        if not book.remove(args.camera_id):
+            print(f"segstream: error: no camera {args.camera_id}", file=sys.stderr)
+            return 2
+        print(f"removed camera {args.camera_id}")
+    else:
+        wanted = book.wanted()
+        owners = book.owners(sorted(wanted))
+        for camera_id in sorted(wanted):
+            print(f"{camera_id}\t{redact(wanted[camera_id])}\towner {owners[camera_id] or '-'}")
+    return 0

@@ -1,0 +1,214 @@
+"""File jobs: a Redis stream read through a consumer group, with fenced claims.
+
+A job is one entry on `<p>fleet:jobs` (field `job`: its id) plus a hash with what it is and what
+became of it. Workers read new entries with XREADGROUP; an entry stays in the group's pending list
+until its worker acknowledges it after the file's EOS entry is on the result stream. A running
+worker refreshes the idle time of its claims on every heartbeat; a worker that stops doing so
+(killed, paused, cut off) has its entries taken over with XAUTOCLAIM once they are idle for
+`fleet.lease` seconds. Every claim increments the job's fencing token; the Redis sink writes the
+job's results only while that token is current (sinks/redis_stream.py FENCED_XADD), and refreshing,
+finishing and handing back check it in the same Lua step as what they change. A finished job's
+entry is acknowledged and deleted, so the stream and the pending list hold only unfinished jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from segstream.fleet.keys import FleetKeys
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # as StreamSpec.id
+
+# KEYS: job hash, fence. ARGV: worker, now. -> {token, attempts}
+_CLAIM = """
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'token', token, 'started', ARGV[2])
+return {token, attempts}
+"""
+# KEYS: fence, jobs. ARGV: token, group, worker, entry. -> 1 still ours (idle time reset), 0 lost
+_REFRESH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
+return 1
+"""
+# KEYS: fence, jobs, job hash. ARGV: token, group, entry, state, now, frames, reason, keep seconds
+_FINISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], 'state', ARGV[4], 'finished', ARGV[5], 'frames', ARGV[6], 'reason', ARGV[7])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: fence, jobs, job hash. ARGV: token, group, worker, entry, idle ms.
+# Fences out this worker's own late writes, and makes the entry claimable by others at once.
+_HAND_BACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('INCR', KEYS[1])
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
+redis.call('HINCRBY', KEYS[3], 'attempts', -1)
+redis.call('HSET', KEYS[3], 'state', 'waiting', 'worker', '')
+return 1
+"""
+
+
+@dataclass
+class Claim:
+    """A job this worker holds: its jobs-stream entry and its fencing token."""
+
+    job_id: str
+    entry_id: str
+    token: int
+    attempts: int
+    record: dict[str, str]
+
+    @property
+    def stream_id(self) -> str:
+        return self.record["stream_id"]
+
+    @property
+    def source(self) -> str:
+        return self.record["source"]
+
+
+@dataclass
+class Resume:
+    """Where a claimed job starts: `start_frame` (None: from the beginning) or already ended."""
+
+    start_frame: int | None = None
+    eos_frames: int | None = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobQueue:
+    def __init__(self, client: redis.Redis, keys: FleetKeys, group: str = "workers", lease: float = 10.0,
+                 keep_finished: float = 86400.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self.lease_ms = int(lease * 1000)
+        self.keep_finished = int(keep_finished)
+        self._claim = client.register_script(_CLAIM)
+        self._refresh = client.register_script(_REFRESH)
+        self._finish = client.register_script(_FINISH)
+        self._hand_back = client.register_script(_HAND_BACK)
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.jobs, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- submit ----------------------------------------------------------------------------
+    def submit(self, source: str, stream_id: str) -> str:
+        """Enqueue one file job; returns its id. `base`: the newest entry of the result stream now,
+        so a resumed job reads only what this job published."""
+        if not STREAM_ID.match(stream_id):
+            raise ValueError(f"stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        self.ensure_group()
+        job_id = uuid.uuid4().hex[:12]
+        newest = self.client.xrevrange(self.keys.results(stream_id), count=1)
+        base = _text(newest[0][0]) if newest else "0-0"
+        now = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.job(job_id), mapping={"id": job_id, "source": source, "stream_id": stream_id,
+                                                  "state": "waiting", "attempts": 0, "submitted": now,
+                                                  "base": base, "worker": "", "reason": ""})
+        pipe.zadd(self.keys.job_index, {job_id: now})
+        pipe.xadd(self.keys.jobs, {"job": job_id})
+        pipe.execute()
+        return job_id
+
+    # -- take ------------------------------------------------------------------------------
+    def take(self, worker: str, count: int, block_ms: int) -> list[tuple[str, str]]:
+        """Up to `count` (entry id, job id): first those of silent workers (idle > lease), then new ones."""
+        taken: list[tuple[str, str]] = []
+        reply = self.client.xautoclaim(self.keys.jobs, self.group, worker, self.lease_ms, "0-0", count=count)
+        for entry_id, fields in reply[1]:
+            if fields:
+                taken.append((_text(entry_id), _text(fields[b"job"])))
+        gone = reply[2] if len(reply) > 2 else []
+        if gone:  # pending, but deleted from the stream: nothing to run
+            self.client.xack(self.keys.jobs, self.group, *gone)
+        if len(taken) < count:
+            reply = self.client.xreadgroup(self.group, worker, {self.keys.jobs: ">"}, count=count - len(taken),
+                                           block=block_ms)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    taken.append((_text(entry_id), _text(fields[b"job"])))
+        return taken
+
+    def claim(self, worker: str, entry_id: str, job_id: str) -> Claim | None:
+        """Take the job under a new fencing token (None: its record is gone; the entry is dropped)."""
+        record = {_text(k): _text(v) for k, v in self.client.hgetall(self.keys.job(job_id)).items()}
+        if not record:
+            self.client.xack(self.keys.jobs, self.group, entry_id)
+            self.client.xdel(self.keys.jobs, entry_id)
+            return None
+        token, attempts = self._claim(keys=[self.keys.job(job_id), self.keys.job_fence(job_id)],
+                                      args=[worker, time.time()])
+        return Claim(job_id, entry_id, int(token), int(attempts), record)
+
+    def resume_point(self, claim: Claim) -> Resume:
+        """After the newest frame this job already published (frame N -> N+1), or its EOS."""
+        key = self.keys.results(claim.stream_id)
+        base = claim.record.get("base", "0-0")
+        newest = self.client.xrevrange(key, "+", f"({base}", count=16)
+        for _, fields in newest:
+            try:
+                message = json.loads(fields[b"data"])
+            except (KeyError, ValueError):
+                continue
+            if message.get("eos"):
+                return Resume(eos_frames=int(message.get("frames", 0)))
+            if "frame" in message:
+                return Resume(start_frame=int(message["frame"]) + 1)
+        return Resume()
+
+    # -- while running ---------------------------------------------------------------------
+    def refresh(self, claim: Claim, worker: str) -> bool:
+        """Reset the claim's idle time; False when another worker holds the job now."""
+        return bool(self._refresh(keys=[self.keys.job_fence(claim.job_id), self.keys.jobs],
+                                  args=[claim.token, self.group, worker, claim.entry_id]))
+
+    def finish(self, claim: Claim, state: str, frames: int = 0, reason: str = "") -> bool:
+        """Record done/failed, acknowledge and delete the entry; False when the claim was lost."""
+        return bool(self._finish(keys=[self.keys.job_fence(claim.job_id), self.keys.jobs, self.keys.job(claim.job_id)],
+                                 args=[claim.token, self.group, claim.entry_id, state, time.time(), frames, reason,
+                                       self.keep_finished]))
+
+    def hand_back(self, claim: Claim, worker: str) -> bool:
+        """A stopping worker gives the job back: its own later writes are fenced out and another
+        worker may claim it at once (it resumes after the last published frame)."""
+        return bool(self._hand_back(keys=[self.keys.job_fence(claim.job_id), self.keys.jobs, self.keys.job(claim.job_id)],
+                                    args=[claim.token, self.group, worker, claim.entry_id, self.lease_ms * 10]))
+
+    # -- read by status --------------------------------------------------------------------
+    def records(self, limit: int = 1000) -> list[dict[str, str]]:
+        """The newest `limit` job records (expired ones are dropped from the index)."""
+        ids = [_text(i) for i in self.client.zrevrange(self.keys.job_index, 0, limit - 1)]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.keys.job(job_id))
+        out, expired = [], []
+        for job_id, raw in zip(ids, pipe.execute()):
+            if not raw:
+                expired.append(job_id)
+                continue
+            out.append({_text(k): _text(v) for k, v in raw.items()})
+        if expired:
+            self.client.zrem(self.keys.job_index, *expired)
+        return out
