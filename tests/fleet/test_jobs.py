@@ -1,0 +1,83 @@
+"""File jobs over several worker processes: a worker killed mid-job loses no frame and adds none."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from fleet_helpers import WorkerProcess, cli, entries, wait_for, write_config
+from media import write_clip
+
+FRAMES = 40
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.cleanup()
+
+
+def job_records(client) -> dict[str, dict[str, str]]:
+    out = {}
+    for key in client.scan_iter("segstream:fleet:job:*"):
+        record = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        out[record["stream_id"]] = record
+    return out
+
+
+def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_path, redis_url, redis_client, workers):
+    clips = [write_clip(tmp_path / f"clip{i}.mp4", width=224, height=128, frames=FRAMES) for i in range(6)]
+    config = write_config(tmp_path, redis_url)
+    for name in ("w1", "w2", "w3"):
+        workers.append(WorkerProcess(config, name, capacity=2, log_dir=tmp_path))
+    wait_for(lambda: all(w.ready(redis_client) for w in workers), 120, "three workers to load their engine")
+
+    submitted = cli("submit", *map(str, clips), str(tmp_path / "missing.mp4"), "--redis", redis_url)
+    assert submitted.returncode == 0, submitted.stderr
+    assert len(submitted.stdout.split()) == 7  # one job id per source
+
+    def running_mid_file():
+        for stream_id, record in job_records(redis_client).items():
+            published = [m for _, m in entries(redis_client, stream_id)]
+            if record["state"] == "running" and 4 <= len(published) <= FRAMES // 2 and record["worker"]:
+                return stream_id, record["worker"]
+        return None
+
+    victim_stream, victim = wait_for(running_mid_file, 120, "a job part-way through its file")
+    doomed = next(w for w in workers if w.name == victim)
+    doomed.signal(signal.SIGKILL)
+    doomed.process.wait(10)
+
+    def all_finished():
+        records = job_records(redis_client)
+        return len(records) == 7 and all(r["state"] in ("done", "failed") for r in records.values()) and records
+
+    records = wait_for(all_finished, 150, "every job to finish after the kill")
+    for clip in clips:
+        stream = entries(redis_client, clip.stem)
+        frames = [m["frame"] for _, m in stream if "frame" in m]
+        eos = [m for _, m in stream if m.get("eos")]
+        assert frames == list(range(FRAMES)), f"{clip.stem}: frames {frames}"
+        assert len(eos) == 1 and eos[0]["frames"] == FRAMES and "eos" in stream[-1][1], clip.stem
+        assert records[clip.stem]["state"] == "done"
+    assert int(records[victim_stream]["attempts"]) == 2  # resumed by another worker after the kill
+    assert records[victim_stream]["worker"] != victim
+    assert records["missing"]["state"] == "failed"
+    assert "not found" in records["missing"]["reason"]
+
+    # Finished jobs leave nothing behind in the jobs stream or its pending list.
+    assert redis_client.xlen("segstream:fleet:jobs") == 0
+    assert redis_client.xpending("segstream:fleet:jobs", "workers")["pending"] == 0
+
+    status = cli("status", "--redis", redis_url, "--lease", "3")
+    assert status.returncode == 0, status.stderr
+    assert "6 done, 1 failed" in status.stdout
+    assert "video file not found" in status.stdout
+
+    for worker in workers:
+        if worker is not doomed:
+            assert worker.terminate() == 0, worker.output()
