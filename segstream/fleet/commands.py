@@ -130,15 +130,16 @@ def status_main(argv: Sequence[str]) -> int:
 def cameras_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="segstream cameras", description=(
         "The cameras the fleet keeps running: each is owned by one worker at a time and moves when that worker goes."))
-    p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
-    p.add_argument("--prefix", default="segstream:")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
+    common.add_argument("--prefix", default="segstream:")
     sub = p.add_subparsers(dest="action", required=True)
-    add = sub.add_parser("add", help="want a camera (its id is its stream id)")
+    add = sub.add_parser("add", parents=[common], help="want a camera (its id is its stream id)")
     add.add_argument("camera_id", metavar="ID")
     add.add_argument("url", metavar="URL")
-    remove = sub.add_parser("remove", help="stop a camera")
+    remove = sub.add_parser("remove", parents=[common], help="stop a camera")
     remove.add_argument("camera_id", metavar="ID")
-    sub.add_parser("list", help="the wanted cameras and their owners")
+    sub.add_parser("list", parents=[common], help="the wanted cameras and their owners")
     args = p.parse_args(list(argv))
     from segstream.fleet.cameras import CameraBook
     from segstream.pipeline.locations import redact
