@@ -103,9 +103,9 @@ class Worker:
             if self.pipeline.chain.done():
                 break
             try:
-                self._step()
-                failures = 0
-                self._redis_back()
+                if self._step():  # a Redis call succeeded
+                    failures = 0
+                    self._redis_back()
             except REDIS_TROUBLE as exc:
                 failures += 1
                 self._redis_away(exc)
@@ -162,18 +162,22 @@ class Worker:
             self._redis_trouble_since = None
 
     # -- the main loop -------------------------------------------------------------------------
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One round of the main loop; True when it talked to Redis."""
         self._reap()
+        talked = False
         if time.monotonic() - self._balanced >= self.fleet.heartbeat:
-            self._balanced = time.monotonic()
             self._balance_cameras()
+            self._balanced = time.monotonic()
+            talked = True
         free = self.capacity - len(self.jobs) - len(self.cameras)
         if free <= 0:
             self.stopping.wait(0.2)
-            return
+            return talked
         block_ms = int(min(1.0, self.fleet.heartbeat) * 1000)
         for entry_id, job_id in self.jobs_q.take(self.name, free, block_ms):
             self._start_job(entry_id, job_id)
+        return True
 
     def _start_job(self, entry_id: str, job_id: str) -> None:
         claim = self.jobs_q.claim(self.name, entry_id, job_id)
@@ -227,7 +231,7 @@ class Worker:
                 if self.jobs_q.finish(claim, "done", frames=state.eos_frames, reason=error or ""):
                     self.jobs_done += 1
                 del self.jobs[stream_id]
-                self._remove_stream(stream_id)
+                self._remove_stream(stream_id, then=lambda sid=stream_id: self.pipeline.redis.forget(sid))
             elif error is not None and stream_id not in self.pipeline.chain.producers():
                 if self.jobs_q.finish(claim, "failed", reason=error.splitlines()[0]):
                     self.jobs_failed += 1
@@ -335,13 +339,11 @@ class Worker:
 
     # -- heartbeat -----------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        failures = 0
         while not self.stopping.wait(self.fleet.heartbeat):
             try:
                 self._beat_once()
-                failures = 0
+                self._redis_back()
             except REDIS_TROUBLE as exc:
-                failures += 1
                 self._redis_away(exc)
 
     def _beat_once(self) -> None:

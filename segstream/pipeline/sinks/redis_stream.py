@@ -163,6 +163,12 @@ class RedisStreamSink:
                 box.recent.clear()
                 box.evicted = 0
 
+    def forget(self, stream_id: str) -> None:
+        """A stream that ended for good (a finished fleet job): drop its fence."""
+        with self._cond:
+            self._fences.pop(stream_id, None)
+            self._fenced_out.discard(stream_id)
+
     def _enqueue(self, entry: _Entry, live: bool) -> None:
         dropped = 0
         with self._cond:
