@@ -100,16 +100,28 @@ def worker_main(argv: Sequence[str]) -> int:
     fleet_log.setLevel(logging.INFO)
     fleet_log.addHandler(events)
     fleet_log.propagate = False
+    import signal
+
+    def stopped_early(signum, frame):  # before the engine is even imported: nothing to hand back
+        raise SystemExit(0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stopped_early)
+    holder: list = []
+    if args.http:  # up before torch is imported: /livez answers while the engine loads
+        from segstream.fleet.probes import serve_probes
+
+        def ready() -> bool:
+            worker = holder[0] if holder else None
+            return bool(worker and worker.pipeline is not None and worker.pipeline.ready() and not worker.stopping.is_set())
+
+        serve_probes(args.http, live=lambda: True, ready=ready,
+                     status=lambda: holder[0].snapshot() if holder and holder[0].pipeline else {"loading": True})
     from segstream.fleet.worker import Worker
 
     worker = Worker(config, name=args.name)
+    holder.append(worker)
     worker.install_signals()
-    if args.http:
-        from segstream.fleet.probes import serve_probes
-
-        serve_probes(args.http, live=lambda: True,
-                     ready=lambda: worker.pipeline is not None and worker.pipeline.ready() and not worker.stopping.is_set(),
-                     status=worker.snapshot)
     return worker.run()
 
 

@@ -90,7 +90,10 @@ class Worker:
             return 0
         self.jobs_q = JobQueue(self.client, self.keys, self.fleet.group, self.fleet.lease, self.fleet.keep_finished)
         self.book = CameraBook(self.client, self.keys, self.fleet.lease)
-        self._retrying(self.jobs_q.ensure_group)
+        try:
+            self._retrying(self.jobs_q.ensure_group)
+        except SinkError:  # stopped while Redis was away: nothing was taken yet
+            return 0
         self.pipeline = StreamingPipeline(self.config, keep_alive=True)
         self.pipeline.redis.on_fenced = self._fenced
         self.pipeline.start()
@@ -406,5 +409,6 @@ class Worker:
             log.error("worker %s: the engine failed: %s", self.name, self.pipeline.chain.errors[0])
             return 1
         if not done:
-            log.warning("worker %s: shutdown timed out; unpublished camera results were dropped", self.name)
+            log.warning("worker %s: streams did not drain within shutdown_timeout (%g s); what was left is dropped "
+                        "(jobs resume elsewhere after their last published frame)", self.name, self.config.shutdown_timeout)
         return 0
