@@ -37,6 +37,7 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
                          jobs_done=int(info.get("jobs_done", 0)), jobs_failed=int(info.get("jobs_failed", 0)),
                          stopping=bool(int(info.get("stopping", 0))), redis_up=bool(int(info.get("redis_up", 1))))
         workers.append(entry)
+    alive = {w["name"] for w in workers if w["alive"]}
     records = JobQueue(client, keys).records()
     counts = collections.Counter(r.get("state", "?") for r in records)
     jobs = []
@@ -44,6 +45,7 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
         stream = streams_by_id.get(r["stream_id"]) if r.get("state") == "running" else None
         jobs.append({"id": r["id"], "stream": r["stream_id"], "source": r["source"], "state": r.get("state"),
                      "worker": r.get("worker") or None, "attempts": int(r.get("attempts", 0)),
+                     "worker_alive": (r.get("worker") in alive) if r.get("state") == "running" else None,
                      "frames": int(r["frames"]) if r.get("frames") else (stream or {}).get("published"),
                      "reason": r.get("reason") or None})
     book = CameraBook(client, keys, lease)
@@ -85,6 +87,8 @@ def render(status: dict[str, Any], limit: int = 20) -> str:
     order = {"running": 0, "waiting": 1, "failed": 2, "done": 3}
     for j in sorted(status["jobs"]["list"], key=lambda j: order.get(j["state"], 4))[:limit]:
         extra = f"  on {j['worker']}" if j["state"] == "running" and j["worker"] else ""
+        if j["state"] == "running" and not j.get("worker_alive"):
+            extra += " (silent: another worker resumes it after the lease)"
         if j["frames"] is not None:
             extra += f"  {j['frames']} frames"
         if j["reason"]:

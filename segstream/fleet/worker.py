@@ -190,7 +190,8 @@ class Worker:
             last = claim.record.get("worker") or "unknown"
             reason = (f"given up after {self.fleet.max_attempts} attempts: the worker running it stopped "
                       f"each time (last: {last})")
-            self.jobs_q.finish(claim, "failed", reason=reason)
+            if self.jobs_q.finish(claim, "failed", reason=reason):
+                self.jobs_failed += 1
             log.warning("job %s (%s) failed: %s", job_id, claim.stream_id, reason)
             return
         resume = self.jobs_q.resume_point(claim)

@@ -8,6 +8,8 @@ import pytest
 
 from fleet_helpers import WorkerProcess, cli, entries, wait_for, write_config
 from media import write_clip
+from segstream.fleet.jobs import JobQueue
+from segstream.fleet.keys import FleetKeys
 
 FRAMES = 40
 
@@ -31,6 +33,11 @@ def job_records(client) -> dict[str, dict[str, str]]:
 def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_path, redis_url, redis_client, workers):
     clips = [write_clip(tmp_path / f"clip{i}.mp4", width=224, height=128, frames=FRAMES) for i in range(6)]
     config = write_config(tmp_path, redis_url)
+    # A job whose workers all died while running it (three times: fleet.max_attempts) is not run again.
+    ghosts = JobQueue(redis_client, FleetKeys(), lease=0.0)
+    ghosts.submit(str(clips[0]), "poison")
+    for ghost in ("ghost1", "ghost2", "ghost3"):
+        ghosts.claim(ghost, *ghosts.take(ghost, 1, block_ms=100)[0])
     for name in ("w1", "w2", "w3"):
         workers.append(WorkerProcess(config, name, capacity=2, log_dir=tmp_path))
     wait_for(lambda: all(w.ready(redis_client) for w in workers), 120, "three workers to load their engine")
@@ -53,7 +60,7 @@ def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_pat
 
     def all_finished():
         records = job_records(redis_client)
-        return len(records) == 7 and all(r["state"] in ("done", "failed") for r in records.values()) and records
+        return len(records) == 8 and all(r["state"] in ("done", "failed") for r in records.values()) and records
 
     records = wait_for(all_finished, 150, "every job to finish after the kill")
     for clip in clips:
@@ -67,6 +74,9 @@ def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_pat
     assert records[victim_stream]["worker"] != victim
     assert records["missing"]["state"] == "failed"
     assert "not found" in records["missing"]["reason"]
+    assert records["poison"]["state"] == "failed"
+    assert "given up after 3 attempts" in records["poison"]["reason"]
+    assert entries(redis_client, "poison") == []
 
     # Finished jobs leave nothing behind in the jobs stream or its pending list.
     assert redis_client.xlen("segstream:fleet:jobs") == 0
@@ -74,7 +84,7 @@ def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_pat
 
     status = cli("status", "--redis", redis_url, "--lease", "3")
     assert status.returncode == 0, status.stderr
-    assert "6 done, 1 failed" in status.stdout
+    assert "6 done, 2 failed" in status.stdout
     assert "video file not found" in status.stdout
 
     for worker in workers:
