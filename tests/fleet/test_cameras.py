@@ -18,10 +18,16 @@ CAMERAS = ["cam1", "cam2", "cam3", "cam4"]
 
 
 @pytest.fixture
-def camera_server():
-    server = RtspServer(width=224, height=128, fps=10).start()
-    yield server
-    server.stop()
+def camera_servers():
+    """One RTSP server per camera: a camera's clients come and go as it moves between workers."""
+    servers = []
+    try:
+        for _ in CAMERAS:
+            servers.append(RtspServer(width=224, height=128, fps=10).start())
+        yield dict(zip(CAMERAS, servers))
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture
@@ -67,13 +73,13 @@ def publishing_again(redis_client, cameras: list[str], after: dict[str, str], ow
 
 
 def test_cameras_move_to_the_surviving_worker_and_a_paused_worker_cannot_publish(
-        tmp_path, redis_url, redis_client, camera_server, workers):
+        tmp_path, redis_url, redis_client, camera_servers, workers):
     config = write_config(tmp_path, redis_url, lease=LEASE)
-    added = cli("cameras", "add", "cam1", camera_server.url, "--redis", redis_url)
+    added = cli("cameras", "add", "cam1", camera_servers["cam1"].url, "--redis", redis_url)
     assert added.returncode == 0 and "added camera cam1" in added.stdout, added.stderr
     book = CameraBook(redis_client, FleetKeys())
     for camera in CAMERAS[1:]:
-        book.add(camera, camera_server.url)
+        book.add(camera, camera_servers[camera].url)
     a = WorkerProcess(config, "a", capacity=2, log_dir=tmp_path)
     b = WorkerProcess(config, "b", capacity=2, log_dir=tmp_path)
     workers.extend([a, b])
