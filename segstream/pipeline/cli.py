@@ -22,14 +22,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.engines.model_config import ModelConfigError
     from segstream.engines.models import ModelError
     from segstream.pipeline.config import ConfigError
+    from segstream.pipeline.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.sources import SourceError
 
-    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError)
+    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
+            StageFailed)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files or rtsp:// URLs")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--weights", help="local weights file for a torchvision preset")
@@ -46,6 +49,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pubsub", action="store_true", help="also PUBLISH each message")
     p.add_argument("--console", action="store_true", help="print one line per frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status lines")
+    p.add_argument("--keep-trying", action="store_true",
+                   help="a single camera unreachable at start is retried instead of failing the run")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--live", dest="kind", action="store_const", const="live",
+                      help="treat every source as a live feed (re-joined when it drops, frames dropped when late)")
+    kind.add_argument("--file", dest="kind", action="store_const", const="file",
+                      help="treat every source as a finite file (every frame, then end of stream)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -81,7 +91,7 @@ def print_summary(summary, out=sys.stderr) -> None:
     model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
     print(f"model: {model}; engine: {summary.engine}", file=out)
     for t in summary.streams.values():
-        drop = f", {t.dropped} dropped" if t.live else ""
+        drop = f", {t.dropped_total} dropped" if t.live else ""
         print(f"{t.stream_id}: {t.published} frames published, {t.instances} instances{drop}, "
               f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
     stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
@@ -96,7 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segstream.pipeline.run import run
 
     config = config_from_args(args)
-    summary = run(args.sources, config, stream_ids=args.stream_id)
+    summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                  kind=args.kind or "auto")
     print_summary(summary)
     for error in summary.source_errors:
         print(f"segstream: error: {error}", file=sys.stderr)

@@ -47,6 +47,9 @@ class StreamState:
     last_frame_time: float | None = None  # capture time of the newest published frame
     last_error: str | None = None
     expected_frames: int = 0  # files: frames the container declares (0: unknown)
+    eos_frames: int | None = None  # files: the frame count of the published EOS entry
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # monotonic time the stream ended (run summaries)
     window: float = 10.0
     _latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2048), repr=False)
     _bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1), repr=False)
@@ -100,10 +103,30 @@ class StreamState:
             self.errors += 1
             self.last_error = error
 
+    def finish(self, eos_frames: int | None = None) -> None:
+        if eos_frames is not None:
+            self.eos_frames = eos_frames
+        if self.finished is None:
+            self.finished = time.monotonic()
+
     # -- read by anyone --------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return self.kind == "live"
+
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    @property
+    def fps(self) -> float:
+        """Frames published per second over the stream's whole life so far."""
+        elapsed = (self.finished or time.monotonic()) - self.started
+        return self.published / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def mean_latency(self) -> float:
+        return self._latency_sum / self.published if self.published else 0.0
 
     def _rate(self, times: collections.deque, now: float) -> float:
         start = now - self.window

@@ -4,6 +4,9 @@
      "dropped": k, "instances": [{"class_id", "label", "score", "box": [x1,y1,x2,y2],
                                   "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}]}
     {"schema": 1, "stream": id, "eos": true, "frames": N}
+    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
+     "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
+A frame the engine failed on carries "error": why, and no instances.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
 """
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segstream.pipeline.messages import EndOfStream, FrameResult
+from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 
 SCHEMA = 1
 
@@ -22,7 +25,7 @@ SCHEMA = 1
 def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
     """The schema-v1 object for one frame; `dropped` = frames dropped since the previous one published."""
     frame = result.frame
-    return {
+    message = {
         "schema": SCHEMA,
         "stream": frame.stream_id,
         "frame": frame.index,
@@ -43,6 +46,18 @@ def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
             for inst in result.instances
         ],
     }
+    if result.error is not None:
+        message["error"] = result.error
+    return message
+
+
+def status_message(status: StreamStatus) -> dict[str, Any]:
+    """The schema-v1 status entry of a live stream's state change."""
+    message: dict[str, Any] = {"schema": SCHEMA, "stream": status.stream_id, "status": status.status,
+                               "since": round(status.since, 3), "reconnects": status.reconnects, "url": status.url}
+    if status.error:
+        message["error"] = status.error
+    return message
 
 
 def eos_message(eos: EndOfStream) -> dict[str, Any]:
