@@ -28,7 +28,6 @@ from segstream.pipeline.config import ConfigError, RunConfig, load_config, overr
 
 log = logging.getLogger("segstream.service")
 DEFAULT_HTTP = "127.0.0.1:8080"
-SHUTDOWN_TIMEOUT = 20.0  # seconds to drain the streams after a signal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,12 +169,14 @@ def _serve(config: RunConfig, specs: list[Any], sock: socket.socket, token: str 
         while not stop.wait(0.5):
             if not http.is_alive():
                 raise RuntimeError("the HTTP server stopped")
+            if pipeline.wait(0):  # only a fatal stage error ends a keep-alive pipeline (raised here)
+                raise RuntimeError("the pipeline ended")
         log.info("stopping: draining %d stream(s)", len(pipeline.registry.all()))
         started = time.monotonic()
         viewer.close()  # ends the endless MJPEG responses, so uvicorn can close its connections
         server.should_exit = True
         http.join(5)
-        drained = control.stop(SHUTDOWN_TIMEOUT)
+        drained = control.stop(config.shutdown_timeout)
         log.info("stopped in %.1f s%s", time.monotonic() - started, "" if drained else " (drain timed out)")
         return 0
     finally:

@@ -99,8 +99,10 @@ class StreamControl:
     def stop(self, timeout: float | None = None) -> bool:
         """Drain every stream and close the pipeline; streams stay remembered for the next start."""
         self._stopping = True
-        self.pipeline.stop()
-        drained = self.pipeline.wait(timeout)
-        if self.book is not None:
-            self.book.close()
+        try:
+            drained = self.pipeline.shutdown(timeout)  # past the timeout it aborts
+        finally:
+            self.pipeline.close()
+            if self.book is not None:
+                self.book.close()
         return drained

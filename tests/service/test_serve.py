@@ -35,14 +35,14 @@ PREFIX = "segstream:"
 CAMERAS = ("cam1", "cam2", "cam3")
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], every: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         time.sleep(every)
 
 
@@ -169,7 +169,9 @@ def test_three_cameras_added_over_http_publish_and_the_removed_one_stops(service
     wait_for(lambda: set(client.hkeys(f"{PREFIX}service:streams")) == {b"cam1", b"cam3"}, 10,
              "cam2 to be forgotten in Redis")
 
-    # cam2 stopped publishing; the other two go on
+    # cam2 stopped publishing; the other two go on. (The pipeline's remove_stream can return while
+    # the stream's last frames are still between inference and publish: let those land first.)
+    time.sleep(1.5)
     before = {name: len(frames_on_redis(client, name)) for name in CAMERAS}
     time.sleep(2.0)
     after = {name: len(frames_on_redis(client, name)) for name in CAMERAS}
@@ -297,13 +299,17 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
         status, body, _ = service.call("POST", "/streams", {"id": "clip", "url": str(shapes_clip), "kind": "file"})
         assert status == 201, body
         client = service.redis.client()
-        wait_for(lambda: service.streams()["clip"]["state"] == "ended", 90, "the clip to end")
+        eos = lambda: [e for e in (json.loads(f[b"data"]) for _, f in client.xrange(f"{PREFIX}clip")) if e.get("eos")]
+        wait_for(eos, 90, "the clip's end-of-stream entry")
         last = frames_on_redis(client, "clip")[-1]
-        wait_for(lambda: service.call("GET", "/viewer/status")[1]["last_rendered"].get("clip") == last["frame"], 15,
-                 "the viewer to draw the clip's last frame")
+        drawn = lambda: service.call("GET", "/viewer/status")[1]
+        wait_for(lambda: drawn()["last_rendered"].get("clip") == last["frame"], 15,
+                 lambda: f"the viewer to draw the clip's last frame {last['frame']}: {drawn()}")
         time.sleep(1.0)  # the browser gets and shows that part
         shot = tmp_path / "viewer.png"
         browser.save_screenshot(str(shot))
+        if os.environ.get("SEGSTREAM_VIEWER_SCREENSHOT"):  # docs/service.md's picture comes from here
+            browser.save_screenshot(os.environ["SEGSTREAM_VIEWER_SCREENSHOT"])
         box = browser.execute_script("const r = document.getElementById('live').getBoundingClientRect();"
                                      "return [r.left, r.top, r.width, r.height];")
         status, watching, _ = service.call("GET", "/viewer/status")
@@ -319,7 +325,7 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
     original = decoded_frame(shapes_clip, last["frame"]).astype(np.float32)
     instances = [i for i in last["instances"] if i["score"] >= 0.5]
     assert instances, f"the model found nothing in frame {last['frame']} of the clip"
-    covered = np.zeros((height, width), bool)
+    covered, checked = np.zeros((height, width), bool), 0
     from scipy import ndimage
 
     for inst in instances:
@@ -333,6 +339,8 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
         expected = (1 - MASK_ALPHA) * original[inner].mean(0) + MASK_ALPHA * np.array(class_colour(inst["class_id"]))
         seen = screen[inner].mean(0)
         assert np.abs(seen - expected).max() < 30, (inst["label"], seen, expected)
+        checked += 1
+    assert checked, "no object large enough to check its mask colour"
     outside = ~ndimage.binary_dilation(covered, iterations=8)
     for inst in last["instances"]:  # boxes and labels of any score are drawn: not "outside"
         x1, y1, x2, y2 = (int(v) for v in inst["box"])

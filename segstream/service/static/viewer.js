@@ -25,7 +25,6 @@ function show(id) {
     return;
   }
   waiting.hidden = false;
-  live.onload = () => { waiting.hidden = true; };
   live.src = "viewer/streams/" + encodeURIComponent(id) + ".mjpg";
 }
 
@@ -66,7 +65,13 @@ async function refresh() {
     ? `${current.kind} · ${current.state} · ${current.fps_out.toFixed(1)} fps out · ${current.url}`
     : (chosen ? "not running" : "");
   show(current ? current.id : null);
+  // an MJPEG <img> fires no load event per part in every browser: look at what it holds
+  if (showing !== null && live.naturalWidth > 0) waiting.hidden = true;
 }
 
+window.addEventListener("hashchange", () => {
+  chosen = decodeURIComponent(location.hash.slice(1)) || null;
+  refresh();
+});
 refresh();
 setInterval(refresh, 1000);
