@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         override(config, "redis.url", args.redis)
     if not config.redis.url:
         raise ConfigError("redis.url: the service publishes to Redis; give --redis URL")
-    specs = stream_specs(config)
     host, port = parse_http(args.http)
     cert, key = _tls(args)
+    specs = stream_specs(config)
     token = args.token if args.token is not None else os.environ.get("SEGSTREAM_TOKEN") or None
     sock = listen(host, port)
     try:

@@ -127,13 +127,15 @@ def service(tmp_path_factory, cameras):
         "model": {"input_size": [128, 224], "score_threshold": 0.3},
         "redis": {"url": redis.url, "prefix": PREFIX, "maxlen": 100_000},
         "output": {"progress": False},
+        "source": {"open_timeout": 2, "stall_timeout": 3},
         "viewer": {"fps": 5},
     }
     (folder / "service.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = start_service(folder, redis, port, "serve")
+    # cam3 carries a password, which must never be shown
     svc = Service(process, f"http://127.0.0.1:{port}", folder / "serve.log", redis,
-                  lambda name: f"rtsp://127.0.0.1:{cameras.port}/{name}")
+                  lambda name: f"rtsp://{'viewer:hunter2@' if name == 'cam3' else ''}127.0.0.1:{cameras.port}/{name}")
     svc.folder = folder  # type: ignore[attr-defined]
     svc.port = port  # type: ignore[attr-defined]
     try:
@@ -163,7 +165,8 @@ def test_three_cameras_added_over_http_publish_and_the_removed_one_stops(service
     assert set(streams) == {"cam1", "cam3"}
     for s in streams.values():
         assert s["state"] == "live" and s["fps_out"] > 0 and s["latency_p50"] is not None
-        assert s["url"].startswith("rtsp://127.0.0.1:")
+    assert streams["cam1"]["url"] == service.camera_url("cam1")
+    assert "hunter2" not in streams["cam3"]["url"] and "hunter2" not in service.stderr()
     assert service.call("GET", "/streams/cam2")[0] == 404
     assert service.call("GET", "/streams/cam1")[1]["id"] == "cam1"
     wait_for(lambda: set(client.hkeys(f"{PREFIX}service:streams")) == {b"cam1", b"cam3"}, 10,
@@ -192,6 +195,13 @@ def test_bad_requests_get_the_status_and_name_the_field(service):
     assert status == 400 and "JSON" in body["error"]
     assert service.call("GET", "/streams/nope")[0] == 404
     assert service.call("DELETE", "/streams/nope")[0] == 404
+    # a camera nobody answers for is accepted and shown while it is retried
+    dark = f"rtsp://127.0.0.1:{free_port()}/dark"
+    status, body, _ = service.call("POST", "/streams", {"id": "dark", "url": dark})
+    assert status == 201 and body["state"] in ("connecting", "reconnecting"), body
+    time.sleep(2.5)
+    assert service.streams()["dark"]["state"] in ("connecting", "reconnecting")
+    assert service.call("DELETE", "/streams/dark")[0] == 200
     assert set(service.streams()) == {"cam1", "cam3"}
 
 
