@@ -26,3 +26,13 @@ def test_a_taken_port_is_one_line_naming_it(redis_url):
         result = segstream_cli("serve", "--redis", redis_url, "--http", f"127.0.0.1:{port}", timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"segstream: error: --http: cannot listen on 127.0.0.1:{port} (Address already in use)"]
+
+
+def test_the_example_service_config_and_its_streams_are_valid():
+    from pathlib import Path
+
+    from segstream.pipeline.config import load_config
+    from segstream.service.command import stream_specs
+
+    specs = stream_specs(load_config(Path(__file__).parents[2] / "configs" / "service.yaml"))
+    assert [s.id for s in specs] == ["entrance", "loading-dock"]
