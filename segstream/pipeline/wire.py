@@ -13,11 +13,14 @@ Fields may be added within schema 1; renaming or removing one needs schema 2.
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+
 
 SCHEMA = 1
 
@@ -79,8 +82,56 @@ def decode_mask(mask: dict[str, Any]) -> np.ndarray:
     return coco_mask.decode(rle)
 
 
+EntryKind = Literal["frame", "eos", "status", "unknown"]
+
+
+def entry_kind(message: dict[str, Any]) -> EntryKind:
+    """What a stream entry is: "frame" (has `frame` + `instances`), "eos" (`eos`), "status" (`status`:
+    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
+    "reconnects": N, optional "url" (password redacted) and "error"}, published on live streams), or
+    "unknown" (anything else, e.g. a kind added by a newer producer: consumers skip it)."""
+    if not isinstance(message, dict):
+        return "unknown"
+    if message.get("eos"):
+        return "eos"
+    if "status" in message:
+        return "status"
+    if "frame" in message and isinstance(message.get("instances"), list):
+        return "frame"
+    return "unknown"
+
+
+def _describe_status(message: dict[str, Any]) -> str:
+    line = f"{message.get('stream', '?')} status {message.get('status')}"
+    since = message.get("since")
+    if isinstance(since, (int, float)):
+        line += f" since {time.strftime('%H:%M:%S', time.localtime(since))}"
+    reconnects = message.get("reconnects")
+    if isinstance(reconnects, int) and reconnects:
+        line += f" ({reconnects} reconnect{'s' if reconnects != 1 else ''})"
+    if message.get("url"):
+        line += f" {message['url']}"
+    if message.get("error"):
+        line += f": {message['error']}"
+    return line
+
+
+def _describe_unknown(message: Any) -> str:
+    if not isinstance(message, dict):
+        return f"? unknown entry ({type(message).__name__})"
+    detail = message.get("invalid") or "keys: " + ", ".join(sorted(str(k) for k in message))
+    return f"{message.get('stream', '?')} unknown entry ({detail})"
+
+
 def describe(message: dict[str, Any]) -> str:
     """One human line for a message (what `segstream subscribe` prints)."""
+    kind = entry_kind(message)
+    if kind == "status":
+        return _describe_status(message)
+    if kind == "unknown" or (kind == "frame" and not {"stream", "width", "height"} <= message.keys()):
+        return _describe_unknown(message)
+    if kind == "eos" and not {"stream", "frames"} <= message.keys():
+        return f"{message.get('stream', '?')} end of stream"
     if message.get("eos"):
         return f"{message['stream']} end of stream: {message['frames']} frames"
     counts: dict[str, int] = {}

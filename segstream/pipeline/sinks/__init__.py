@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 
 
 class SinkError(RuntimeError):

@@ -13,6 +13,10 @@ reconnecting, the writer reads the newest entries of each stream it had in fligh
 resends only those whose exact `data` is not there. Every entry's data is unique (frame index,
 capture time, status time), and this writer is the only one writing a stream, so an entry is
 never published twice and never skipped. Entries are in order per stream.
+Redis itself may lose the last second or two of entries it acknowledged when it is killed
+(`appendfsync everysec` writes its log in the background): so the writer also keeps the entries
+of the last `RECENT_SECONDS` that Redis acknowledged, and after an outage re-sends those that the
+restarted Redis no longer has (they were lost, so this cannot duplicate them).
 """
 
 from __future__ import annotations
@@ -22,20 +26,23 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from segstream.pipeline.locations import redact
-from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.wire import dumps
+
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 
 log = logging.getLogger(__name__)
 
 BATCH = 64  # entries per pipelined round trip
+RECENT_SECONDS = 5.0  # acknowledged entries kept to repair what a killed Redis did not persist
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -71,6 +78,7 @@ class _Entry:
     message: dict[str, Any]
     droppable: bool  # a camera's frame entry (status and EOS entries are never dropped)
     data: str = ""  # the exact JSON sent, fixed at the first send
+    acked: float = 0.0  # monotonic time Redis acknowledged it (0: not yet)
 
 
 class _Outbox:
@@ -81,6 +89,7 @@ class _Outbox:
         self.live = live
         self.entries: collections.deque[_Entry] = collections.deque()
         self.evicted = 0  # frames dropped since the last published frame of this stream
+        self.recent: collections.deque[_Entry] = collections.deque()  # acknowledged, newest last
 
 
 class RedisStreamSink:
@@ -231,8 +240,7 @@ class RedisStreamSink:
                 self._done(batch)
             except CONNECTION_ERRORS as exc:
                 self._outage(exc)
-                landed = self._landed(batch)
-                self._done([e for e in batch if e.data in landed])
+                self._recover(batch)
             except redis.RedisError as exc:  # Redis answered with an error: not an outage
                 with self._cond:
                     self.error = SinkError(f"publishing to Redis at {redact(self.url)} failed ({exc})")
@@ -259,13 +267,19 @@ class RedisStreamSink:
         pipe.execute()
 
     def _done(self, published: list[_Entry]) -> None:
+        now = time.monotonic()
+        first_time = [e for e in published if not e.acked]
         with self._cond:
             for entry in published:
                 box = self._outboxes[entry.stream_id]
                 box.entries.remove(entry)
-        self.entries += len(published)
+                entry.acked = now
+                box.recent.append(entry)
+                while box.recent and (now - box.recent[0].acked > RECENT_SECONDS or len(box.recent) > 4 * BATCH):
+                    box.recent.popleft()
+        self.entries += len(first_time)
         if self.on_published is not None:
-            for entry in published:
+            for entry in first_time:  # an entry re-sent after Redis lost it was counted already
                 self.on_published(entry.stream_id, entry.message)
 
     def _outage(self, exc: BaseException) -> None:
@@ -293,20 +307,37 @@ class RedisStreamSink:
         self.up = True
         self.down_since = None
 
-    def _landed(self, batch: list[_Entry]) -> set[str]:
-        """The data of the in-flight entries that did land before the connection broke."""
-        per_stream = collections.Counter(e.stream_id for e in batch)
-        landed: set[str] = set()
-        for stream_id, count in per_stream.items():
+    def _recover(self, batch: list[_Entry]) -> None:
+        """After an outage: which in-flight entries landed, and which acknowledged ones Redis lost."""
+        in_flight = collections.defaultdict(list)
+        for entry in batch:
+            in_flight[entry.stream_id].append(entry)
+        with self._cond:
+            streams = {sid for sid, box in self._outboxes.items() if box.recent} | set(in_flight)
+        for stream_id in streams:
+            box = self._outboxes[stream_id]
+            with self._cond:
+                recent = list(box.recent)
+            count = len(recent) + len(in_flight[stream_id])
             while True:
                 try:
                     newest = self.client.xrevrange(stream_key(self.prefix, stream_id), count=count)
                     break
                 except CONNECTION_ERRORS as exc:
-                    if self._aborted:
-                        return landed
+                    with self._cond:
+                        if self._aborted:
+                            return
                     self._outage(exc)
+            present = set()
             for _, fields in newest:
                 raw = fields.get(b"data", b"")
-                landed.add(raw.decode() if isinstance(raw, bytes) else raw)
-        return landed
+                present.add(raw.decode() if isinstance(raw, bytes) else raw)
+            lost = [e for e in recent if e.data not in present]
+            if lost:
+                log.warning("Redis lost %d acknowledged entries of %s when it went down; publishing them again",
+                            len(lost), stream_id)
+                with self._cond:
+                    for entry in lost:
+                        box.recent.remove(entry)
+                    box.entries.extendleft(reversed(lost))  # before the in-flight ones, in order
+            self._done([e for e in in_flight[stream_id] if e.data in present])
