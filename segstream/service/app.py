@@ -57,8 +57,9 @@ def _validation_error(exc: ValidationError) -> JSONResponse:
 
 
 def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry, token: str | None = None,
-              metrics_public: bool = False, secure_cookie: bool = False) -> TokenAuth:
-    """The whole HTTP side; `token` None/empty leaves every endpoint open."""
+              metrics_public: bool = False, secure_cookie: bool = False, read_only: bool = False) -> TokenAuth:
+    """The whole HTTP side; `token` None/empty leaves every endpoint open. read_only (`segstream
+    run --http`): no POST/DELETE, streams come from the command line."""
     pipeline = control.pipeline
 
     async def list_streams(request: Request) -> Response:
@@ -131,9 +132,9 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
     routes = [
         Route("/", viewer_page, methods=["GET"]),
         Route("/streams", list_streams, methods=["GET"]),
-        Route("/streams", add_stream, methods=["POST"]),
+        *([] if read_only else [Route("/streams", add_stream, methods=["POST"])]),
         Route("/streams/{stream_id}", get_stream, methods=["GET"]),
-        Route("/streams/{stream_id}", delete_stream, methods=["DELETE"]),
+        *([] if read_only else [Route("/streams/{stream_id}", delete_stream, methods=["DELETE"])]),
         Route("/metrics", scrape, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -113,41 +113,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         override(config, "redis.url", args.redis)
     if not config.redis.url:
         raise ConfigError("redis.url: the service publishes to Redis; give --redis URL")
-    host, port = parse_http(args.http)
-    cert, key = _tls(args)
+    parse_http(args.http)
+    tls = _tls(args)
     specs = stream_specs(config)
     token = args.token if args.token is not None else os.environ.get("SEGSTREAM_TOKEN") or None
-    sock = listen(host, port)
+    endpoints = Endpoints(args.http, token, tls, args.metrics_public)
     try:
-        return _serve(config, specs, sock, token, cert, key, args.metrics_public)
+        return _serve(config, specs, endpoints)
     finally:
-        sock.close()
+        endpoints.close()
 
 
-def _serve(config: RunConfig, specs: list[Any], sock: socket.socket, token: str | None,
-           cert: str | None, key: str | None, metrics_public: bool) -> int:
-    import uvicorn
+class Endpoints:
+    """The HTTP side on a thread of this process: uvicorn serving build_app() for one pipeline.
 
+    The socket is bound at construction (before any model loads: a taken port is one error
+    line); attach() starts serving once the pipeline exists; close() ends the viewer's endless
+    responses and stops uvicorn.
+    """
+
+    def __init__(self, http: str, token: str | None = None, tls: tuple[str | None, str | None] = (None, None),
+                 metrics_public: bool = False, read_only: bool = False) -> None:
+        self.host, self.port = parse_http(http)
+        self.sock = listen(self.host, self.port)
+        self.token, self.tls, self.metrics_public, self.read_only = token, tls, metrics_public, read_only
+        self.viewer: Any = None
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"{'https' if self.tls[0] else 'http'}://{host}:{port}"
+
+    def attach(self, pipeline: Any, control: Any = None) -> None:
+        import uvicorn
+
+        from segstream.service.app import build_app
+        from segstream.service.control import StreamControl
+        from segstream.service.metrics import PipelineCollector, build_registry
+        from segstream.service.viewer import Viewer
+
+        config = pipeline.config
+        v = config.viewer
+        self.viewer = Viewer(pipeline.watch, v.fps, v.max_width, v.jpeg_quality)
+        info = {"model": pipeline.model_source, "engine": pipeline.engine_name, "device": config.engine.device,
+                "batch_size_max": config.engine.batch_size}
+        if config.model.input_size:
+            info["input_size"] = "x".join(str(n) for n in config.model.input_size)
+        registry = build_registry(PipelineCollector(pipeline, self.viewer, info))
+        app = build_app(control or StreamControl(pipeline), self.viewer, registry, token=self.token,
+                        metrics_public=self.metrics_public, secure_cookie=self.tls[0] is not None,
+                        read_only=self.read_only)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
+                                                    lifespan="off", ssl_certfile=self.tls[0], ssl_keyfile=self.tls[1],
+                                                    timeout_graceful_shutdown=2))
+        # Not on the main thread, so uvicorn installs no signal handlers: the command owns them.
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="service:http", daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def close(self) -> None:
+        if self.viewer is not None:
+            self.viewer.close()  # ends the endless MJPEG responses, so uvicorn can close its connections
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(5)
+        self.sock.close()
+
+
+def _serve(config: RunConfig, specs: list[Any], endpoints: Endpoints) -> int:
     from segstream.pipeline.streaming import StreamingPipeline
-    from segstream.service.app import build_app
     from segstream.service.control import StreamControl
-    from segstream.service.metrics import PipelineCollector, build_registry
     from segstream.service.stream_book import StreamBook
-    from segstream.service.viewer import Viewer
 
     pipeline = StreamingPipeline(config)  # loads the model: the only time
-    v = config.viewer
-    viewer = Viewer(pipeline.watch, v.fps, v.max_width, v.jpeg_quality)
-    info = {"model": pipeline.model_source, "engine": pipeline.engine_name, "device": config.engine.device,
-            "batch_size_max": config.engine.batch_size}
-    if config.model.input_size:
-        info["input_size"] = "x".join(str(n) for n in config.model.input_size)
-    registry = build_registry(PipelineCollector(pipeline, viewer, info))
     control = StreamControl(pipeline, StreamBook(config.redis.url, config.redis.prefix), specs)
-    app = build_app(control, viewer, registry, token=token, metrics_public=metrics_public, secure_cookie=cert is not None)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                           ssl_certfile=cert, ssl_keyfile=key, timeout_graceful_shutdown=2))
-
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -159,23 +205,17 @@ def _serve(config: RunConfig, specs: list[Any], sock: socket.socket, token: str 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         control.start()
-        http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="service:http", daemon=True)
-        http.start()
-        scheme = "https" if cert else "http"
-        host, port = sock.getsockname()[:2]
-        log.info("serving on %s://%s:%s (viewer at /, API at /streams, metrics at /metrics%s); model %s on %s, "
-                 "loaded once", scheme, host, port, ", token required" if token else "", pipeline.model_source,
-                 pipeline.engine_name)
+        endpoints.attach(pipeline, control)
+        log.info("serving on %s (viewer at /, API at /streams, metrics at /metrics%s); model %s on %s, loaded once",
+                 endpoints.url, ", token required" if endpoints.token else "", pipeline.model_source, pipeline.engine_name)
         while not stop.wait(0.5):
-            if not http.is_alive():
+            if not endpoints.alive:
                 raise RuntimeError("the HTTP server stopped")
             if pipeline.wait(0):  # only a fatal stage error ends a keep-alive pipeline (raised here)
                 raise RuntimeError("the pipeline ended")
         log.info("stopping: draining %d stream(s)", len(pipeline.registry.all()))
         started = time.monotonic()
-        viewer.close()  # ends the endless MJPEG responses, so uvicorn can close its connections
-        server.should_exit = True
-        http.join(5)
+        endpoints.close()
         drained = control.stop(config.shutdown_timeout)
         log.info("stopped in %.1f s%s", time.monotonic() - started, "" if drained else " (drain timed out)")
         return 0
