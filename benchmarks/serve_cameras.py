@@ -83,11 +83,21 @@ def main() -> int:
           f"every {args.every:g} s, then {len(removed)} removed; {dict(model)}")
     print(f"{'stream':8} {'first frame':>12} {'published':>10} {'fps':>6} {'longest gap':>12}")
     worst = 0.0
+    events = sorted([(t, f"+{n}") for n, t in added_at.items()] + [(t, f"-{n}") for n, t in removed_at.items()])
+    print("events (s from the first add): " + ", ".join(f"{e} {t - t0:.1f}" for t, e in events))
+    near, far = [], []  # gaps that overlap an add/remove (±1 s) and those that do not
     for name in names:
         times = frame_times(client, name)
         stop = removed_at.get(name, end)
         window = [t for t in times if t <= stop]
         gaps = [b - a for a, b in zip(window, window[1:])]
+        for a, b in zip(window, window[1:]):
+            (near if any(a - 1 <= t <= b + 1 for t, _ in events) else far).append(b - a)
+        if gaps:
+            k = max(range(len(gaps)), key=gaps.__getitem__)
+            where = f" at {window[k] - t0:.1f}"
+        else:
+            where = ""
         # the time from the last frame to the end of its window counts too (a stream that went silent)
         if window:
             gaps.append(stop - window[-1])
@@ -97,8 +107,13 @@ def main() -> int:
         span = (window[-1] - window[0]) if len(window) > 1 else 0
         fps = (len(window) - 1) / span if span else 0.0
         tag = " (removed)" if name in removed_at else ""
-        print(f"{name:8} {first:>10.2f} s {len(window):>10} {fps:>6.2f} {longest:>10.2f} s{tag}")
+        print(f"{name:8} {first:>10.2f} s {len(window):>10} {fps:>6.2f} {longest:>10.2f} s{where}{tag}")
     redis.stop()
+    for label, values in (("overlapping an add/remove", near), ("away from adds/removes", far)):
+        if values:
+            values.sort()
+            print(f"gaps {label}: {len(values)}, median {values[len(values) // 2]:.2f} s, "
+                  f"p99 {values[int(0.99 * (len(values) - 1))]:.2f} s, max {values[-1]:.2f} s")
     print(f"longest gap between published frames of any running stream: {worst:.2f} s "
           f"({'within' if worst <= args.limit else 'MISSES'} the {args.limit:g} s limit)")
     print(f"frames dropped (cameras faster than the engine, oldest dropped): {dropped:.0f}")
