@@ -123,7 +123,8 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
         stream_id = request.path_params["stream_id"]
         if pipeline.registry.get(stream_id) is None:
             return _error(404, f"no stream {stream_id!r}")
-        return StreamingResponse(viewer.mjpeg(stream_id, BOUNDARY), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+        exists = lambda sid: pipeline.registry.get(sid) is not None  # noqa: E731
+        return StreamingResponse(viewer.mjpeg(stream_id, BOUNDARY, exists), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     async def viewer_status(request: Request) -> Response:

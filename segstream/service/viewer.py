@@ -203,12 +203,13 @@ class Viewer:
             self.last_rendered[stream_id] = result.frame.index
             return key, jpeg
 
-    async def mjpeg(self, stream_id: str, boundary: str) -> AsyncIterator[bytes]:
-        """multipart/x-mixed-replace body: a part per new frame, at most `fps` per second."""
+    async def mjpeg(self, stream_id: str, boundary: str, exists: Callable[[str], bool] = lambda _id: True) -> AsyncIterator[bytes]:
+        """multipart/x-mixed-replace body: a part per new frame, at most `fps` per second, until
+        the service stops or the stream is removed (`exists` says no)."""
         interval = 1.0 / self.fps
         with self.watching(stream_id):
             sent = None
-            while not self.closing.is_set():
+            while not self.closing.is_set() and exists(stream_id):
                 tick = time.monotonic()
                 got = await anyio.to_thread.run_sync(self.frame_jpeg, stream_id)
                 if got is not None and got[0] != sent:

@@ -1,21 +1,25 @@
-"""`segstream serve` refuses bad input with one line naming the cause (exit 2), before it loads a model."""
+"""`segstream serve` refuses bad input with one line naming the cause (exit 2) before it loads a model;
+`segstream run --http` serves the read-only endpoints."""
 
 from __future__ import annotations
 
 import socket
 
-import yaml
+import pytest
 
 from servers import segstream_cli
 
 
-def test_a_bad_stream_in_the_config_is_one_line_naming_its_key(tmp_path, redis_url):
-    config = tmp_path / "service.yaml"
-    config.write_text(yaml.safe_dump({"redis": {"url": redis_url},
-                                      "streams": [{"id": "cam1", "url": "rtsp://127.0.0.1:9/x"}, {"id": "cam2"}]}))
-    result = segstream_cli("serve", "--config", str(config), "--http", "127.0.0.1:0", timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["segstream: error: streams.1.url: Field required"]
+def test_a_bad_stream_in_the_config_is_named_by_its_key():
+    from segstream.pipeline.config import ConfigError, parse_config
+    from segstream.service.command import stream_specs
+
+    config = parse_config({"streams": [{"id": "cam1", "url": "rtsp://127.0.0.1:9/x"}, {"id": "cam2"}]})
+    with pytest.raises(ConfigError, match=r"^streams\.1\.url: Field required$"):
+        stream_specs(config)
+    config = parse_config({"streams": [{"id": "cam1", "url": "a.mp4"}, {"id": "cam1", "url": "b.mp4"}]})
+    with pytest.raises(ConfigError, match=r"^streams\.1\.id: 'cam1' is used twice$"):
+        stream_specs(config)
 
 
 def test_a_taken_port_is_one_line_naming_it(redis_url):
