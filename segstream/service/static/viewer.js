@@ -24,7 +24,7 @@ function show(id) {
     waiting.hidden = true;
     return;
   }
-  waiting.hidden = false;
+  waiting.hidden = false;  // stays underneath: the first frame covers it (MJPEG fires no load events)
   live.src = "viewer/streams/" + encodeURIComponent(id) + ".mjpg";
 }
 
@@ -65,8 +65,6 @@ async function refresh() {
     ? `${current.kind} · ${current.state} · ${current.fps_out.toFixed(1)} fps out · ${current.url}`
     : (chosen ? "not running" : "");
   show(current ? current.id : null);
-  // an MJPEG <img> fires no load event per part in every browser: look at what it holds
-  if (showing !== null && live.naturalWidth > 0) waiting.hidden = true;
 }
 
 window.addEventListener("hashchange", () => {
