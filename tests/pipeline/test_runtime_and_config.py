@@ -111,6 +111,17 @@ def test_a_producer_added_while_the_chain_runs_is_served_and_the_chain_ends_on_s
     assert chain.wait(5)
 
 
+def test_stopping_a_kept_alive_chain_ends_it_once_its_producers_finish():
+    seen = []
+    chain = Chain([], [Step("sink", seen.append)], [4], keep_alive=True)
+    chain.start()
+    chain.add_producer(Numbers(10**9))
+    while not seen:
+        time.sleep(0.01)
+    chain.stop()
+    assert chain.wait(5), "END follows the producer that stopped"
+
+
 def test_chain_delivers_everything_in_order_with_backpressure():
     seen = []
     chain = Chain([Numbers(500)], [Step("double", lambda x: 2 * x), Step("sink", seen.append)], [2, 2])
