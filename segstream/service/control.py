@@ -99,12 +99,6 @@ class StreamControl:
     def stop(self, timeout: float | None = None) -> bool:
         """Drain every stream and close the pipeline; streams stay remembered for the next start."""
         self._stopping = True
-        # Workaround (reported to the pipeline's owner): a keep-alive chain never closes its inbox
-        # when its last producer ends after stop(), so shutdown() would always run into its timeout.
-        # Once stopping, nothing is kept alive for new streams anyway.
-        chain = getattr(self.pipeline, "chain", None)
-        if chain is not None:
-            chain.keep_alive = False
         try:
             drained = self.pipeline.shutdown(timeout)  # past the timeout it aborts
         finally:
