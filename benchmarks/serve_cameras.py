@@ -5,6 +5,10 @@ frame during any add or remove, the model loads once, and SIGTERM exits 0.
 Gaps are measured on Redis itself: an entry id is the Redis server's clock at XADD (ms), so the
 gap between two consecutive frame entries of a stream is the gap a consumer sees, independent of
 how this script polls. A stream's gaps count from its first published frame until it is removed.
+"During an add" is from the POST until the new camera's first published frame (its connection and
+first frames are the disturbance), "during a remove" from the DELETE until it returned, each with
+1 s of margin; a gap overlapping one of these is judged by the acceptance. Gaps at other times are
+reported too (they show what the machine's other load does).
 
     .venv/bin/python benchmarks/serve_cameras.py [--cameras 8] [--remove 4] [--every 5] [--input-size 270x480]
 """
@@ -53,6 +57,7 @@ def main() -> int:
         config["model"] = {"input_size": [int(v) for v in args.input_size.lower().split("x")]}
     added_at: dict[str, float] = {}
     removed_at: dict[str, float] = {}
+    removed_done: dict[str, float] = {}
     try:
         with Serve(config) as serve:
             client = redis.client()
@@ -68,7 +73,8 @@ def main() -> int:
                 status, body = serve.call("DELETE", f"/streams/{name}")
                 assert status == 200, body
                 removed_at[name] = started  # its gaps count until it was asked to stop
-                print(f"DELETE /streams/{name}: {time.time() - started:.2f} s")
+                removed_done[name] = time.time()
+                print(f"DELETE /streams/{name}: {removed_done[name] - started:.2f} s")
                 time.sleep(args.every)
             end = time.time()
             metrics = serve.metrics()
@@ -82,17 +88,20 @@ def main() -> int:
     print(f"\nsegstream serve: {args.cameras} RTSP cameras ({args.width}x{args.height}, {args.fps} fps) added over HTTP "
           f"every {args.every:g} s, then {len(removed)} removed; {dict(model)}")
     print(f"{'stream':8} {'first frame':>12} {'published':>10} {'fps':>6} {'longest gap':>12}")
-    worst = 0.0
-    events = sorted([(t, f"+{n}") for n, t in added_at.items()] + [(t, f"-{n}") for n, t in removed_at.items()])
-    print("events (s from the first add): " + ", ".join(f"{e} {t - t0:.1f}" for t, e in events))
-    near, far = [], []  # gaps that overlap an add/remove (±1 s) and those that do not
+    worst = 0.0  # any time
+    first_frame = {n: next(iter(frame_times(client, n)), added_at[n] + 30) for n in names}
+    events = sorted([(added_at[n] - 1, first_frame[n] + 1, f"+{n}") for n in names]
+                    + [(removed_at[n] - 1, removed_done[n] + 1, f"-{n}") for n in removed_at])
+    print("adds/removes (s from the first add, until its effect is over): "
+          + ", ".join(f"{e} {a + 1 - t0:.1f}-{b - 1 - t0:.1f}" for a, b, e in events))
+    near, far = [], []  # gaps that overlap an add/remove and those that do not
     for name in names:
         times = frame_times(client, name)
         stop = removed_at.get(name, end)
         window = [t for t in times if t <= stop]
         gaps = [b - a for a, b in zip(window, window[1:])]
         for a, b in zip(window, window[1:]):
-            (near if any(a - 1 <= t <= b + 1 for t, _ in events) else far).append(b - a)
+            (near if any(a <= end_ and b >= start_ for start_, end_, _ in events) else far).append(b - a)
         if gaps:
             k = max(range(len(gaps)), key=gaps.__getitem__)
             where = f" at {window[k] - t0:.1f}"
@@ -109,17 +118,18 @@ def main() -> int:
         tag = " (removed)" if name in removed_at else ""
         print(f"{name:8} {first:>10.2f} s {len(window):>10} {fps:>6.2f} {longest:>10.2f} s{where}{tag}")
     redis.stop()
-    for label, values in (("overlapping an add/remove", near), ("away from adds/removes", far)):
+    for label, values in (("during an add or remove", near), ("at other times", far)):
         if values:
             values.sort()
-            print(f"gaps {label}: {len(values)}, median {values[len(values) // 2]:.2f} s, "
+            print(f"gaps between published frames {label}: {len(values)}, median {values[len(values) // 2]:.2f} s, "
                   f"p99 {values[int(0.99 * (len(values) - 1))]:.2f} s, max {values[-1]:.2f} s")
-    print(f"longest gap between published frames of any running stream: {worst:.2f} s "
-          f"({'within' if worst <= args.limit else 'MISSES'} the {args.limit:g} s limit)")
+    during = max(near, default=0.0)
+    print(f"longest gap of a running stream during an add or remove: {during:.2f} s "
+          f"({'within' if during <= args.limit else 'MISSES'} the {args.limit:g} s limit); at any time: {worst:.2f} s")
     print(f"frames dropped (cameras faster than the engine, oldest dropped): {dropped:.0f}")
     print(f"model loads: {loads:.0f}")
     print(f"SIGTERM: exit code {code} after {seconds:.1f} s")
-    return 0 if worst <= args.limit and loads == 1 and code == 0 else 1
+    return 0 if during <= args.limit and loads == 1 and code == 0 else 1
 
 
 if __name__ == "__main__":
