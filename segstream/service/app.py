@@ -82,7 +82,7 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
             return _error(409, f"stream {spec.id!r} exists already: DELETE /streams/{spec.id} first", field="id")
         except ValidationError as exc:
             return _validation_error(exc)
-        except (ValueError, OSError, RuntimeError) as exc:  # the pipeline refused the source (e.g. a missing file)
+        except (ValueError, OSError, RuntimeError) as exc:  # the source was refused (SourceError: e.g. a missing file)
             return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, field="url")
         log.info("stream %s added over the API (%s)", spec.id, snapshot.get("url"))
         return JSONResponse(snapshot, status_code=201, headers={"location": f"/streams/{spec.id}"})

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream, make_source
 from segstream.service.stream_book import StreamBook
 
 log = logging.getLogger("segstream.service")
@@ -58,7 +58,12 @@ class StreamControl:
         return self._add(spec, remember=True)
 
     def _add(self, spec: StreamSpec, remember: bool) -> dict[str, Any]:
-        state = self.pipeline.add_stream(spec)
+        if spec.id in self.pipeline.registry:
+            raise StreamExists(spec.id)
+        source = make_source(spec, self.pipeline.config)
+        if not source.live:  # a missing or unreadable file is the caller's mistake: SourceError, one line
+            source.check()   # (cameras are never waited for: an unreachable one is retried)
+        state = self.pipeline.add_source(source)
         with self._lock:
             self._remembered.add(spec.id)
         if remember and self.book is not None:

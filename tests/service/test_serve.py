@@ -191,6 +191,8 @@ def test_bad_requests_get_the_status_and_name_the_field(service):
     assert status == 422 and body["field"] == "colour"
     status, body, _ = service.call("POST", "/streams", {"id": "no spaces/allowed", "url": "rtsp://x/y"})
     assert status == 422 and body["field"] == "id"
+    status, body, _ = service.call("POST", "/streams", {"id": "gone", "url": "/no/such/clip.mp4"})
+    assert status == 400 and body["field"] == "url" and "not found" in body["error"], body
     status, body, _ = service.call("POST", "/streams", raw=b"{not json")
     assert status == 400 and "JSON" in body["error"]
     assert service.call("GET", "/streams/nope")[0] == 404
