@@ -70,3 +70,42 @@ def test_nothing_is_kept_or_drawn_while_nobody_watches():
         assert viewer.stats.offered == 3 and viewer.stats.rendered == 2
         assert viewer.last_rendered["cam"] == 2
     assert hooks == [] and viewer.frame_jpeg("cam") is None
+
+
+def test_a_fast_camera_gets_at_most_viewer_fps_frames_sent_and_the_rest_never_drawn():
+    import threading
+    import time
+
+    import anyio
+
+    hooks: list = []
+    viewer = Viewer(lambda cb: (hooks.append(cb), lambda: hooks.remove(cb))[1], fps=5, max_width=640)
+    parts: list[tuple[float, bytes]] = []
+    pushed: list[int] = []
+
+    def camera(stop: threading.Event) -> None:  # 100 frames/s, far more than the viewer may send
+        index = 0
+        while not stop.is_set():
+            if hooks:
+                hooks[0](square_result((180, 320), None, index=index))
+                pushed.append(index)
+                index += 1
+            time.sleep(0.01)
+
+    async def watch_for(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            async for part in viewer.mjpeg("cam", "b"):
+                parts.append((time.monotonic(), part))
+
+    stop = threading.Event()
+    feeder = threading.Thread(target=camera, args=(stop,), daemon=True)
+    feeder.start()
+    try:
+        anyio.run(watch_for, 2.0)
+    finally:
+        stop.set()
+        feeder.join()
+    assert 5 <= len(parts) <= 11, len(parts)  # 2 s at 5 frames/s (+1 for the first)
+    assert viewer.stats.rendered == len(parts) and len(pushed) > 5 * len(parts)  # the rest were never drawn
+    assert all(p.startswith(b"--b\r\nContent-Type: image/jpeg\r\n") for _, p in parts)
+    assert hooks == []  # the browser left: the hook is gone
