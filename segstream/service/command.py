@@ -98,6 +98,8 @@ def _tls(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def _setup_logging() -> None:
+    if log.handlers:  # main() called again in one process
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("segstream: %(message)s"))
     log.addHandler(handler)
