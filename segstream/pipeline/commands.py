@@ -19,6 +19,7 @@ DELEGATED = {
     "worker": ("segstream.fleet.commands:worker_main", "run fleet jobs and cameras on this machine's engine"),
     "status": ("segstream.fleet.commands:status_main", "the fleet at a glance: workers, jobs, cameras"),
     "cameras": ("segstream.fleet.commands:cameras_main", "add|remove|list the cameras the fleet keeps running"),
+    "serve": ("segstream.service.command:main", "run the camera service: HTTP control API, /metrics, probes, live viewer"),
 }
 
 

@@ -115,6 +115,14 @@ class FleetSection(_Section):
         return self
 
 
+class ViewerSection(_Section):
+    """`segstream serve`'s live viewer: a bounded cost, whatever the cameras do."""
+
+    fps: float = Field(default=5.0, gt=0, le=30)  # most frames per second drawn per watched stream
+    max_width: int = Field(default=640, ge=64, le=1920)  # frames are drawn at most this wide
+    jpeg_quality: int = Field(default=75, ge=10, le=95)
+
+
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
@@ -124,6 +132,10 @@ class RunConfig(_Section):
     output: OutputSection = Field(default_factory=OutputSection)
     fleet: FleetSection = Field(default_factory=FleetSection)
     shutdown_timeout: float = Field(default=10.0, gt=0)  # SIGINT/SIGTERM: seconds to drain before giving up
+    viewer: ViewerSection = Field(default_factory=ViewerSection)
+    # `segstream serve`: streams added at start, each {id, url, kind?, max_frames?}; validated by
+    # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
+    streams: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def _first_error(exc: ValidationError) -> str:
