@@ -30,7 +30,7 @@ def job_records(client) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_path, redis_url, redis_client, workers):
+def test_workers_killed_or_stopped_mid_job_lose_no_frame_and_publish_none_twice(tmp_path, redis_url, redis_client, workers):
     clips = [write_clip(tmp_path / f"clip{i}.mp4", width=224, height=128, frames=FRAMES) for i in range(6)]
     config = write_config(tmp_path, redis_url)
     # A job whose workers all died while running it (three times: fleet.max_attempts) is not run again.
@@ -46,17 +46,29 @@ def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_pat
     assert submitted.returncode == 0, submitted.stderr
     assert len(submitted.stdout.split()) == 7  # one job id per source
 
-    def running_mid_file():
+    real = {w.name for w in workers}
+
+    def two_workers_mid_file():
+        """(a job part-way through its file, its worker, another worker also part-way through one)."""
+        running = []
         for stream_id, record in job_records(redis_client).items():
-            published = [m for _, m in entries(redis_client, stream_id)]
-            if record["state"] == "running" and 4 <= len(published) <= FRAMES // 2 and record["worker"]:
-                return stream_id, record["worker"]
+            published = len(entries(redis_client, stream_id))
+            if record["state"] == "running" and record["worker"] in real and 4 <= published <= FRAMES // 2:
+                running.append((stream_id, record["worker"]))
+        for stream_id, worker in running:
+            others = [w for _, w in running if w != worker]
+            if others:
+                return stream_id, worker, others[0]
         return None
 
-    victim_stream, victim = wait_for(running_mid_file, 120, "a job part-way through its file")
+    victim_stream, victim, leaver = wait_for(two_workers_mid_file, 120, "two workers part-way through files")
     doomed = next(w for w in workers if w.name == victim)
     doomed.signal(signal.SIGKILL)
     doomed.process.wait(10)
+    # A worker stopped with SIGTERM mid-job hands its jobs back and exits 0; the last one resumes them.
+    stopped = next(w for w in workers if w.name == leaver)
+    assert stopped.terminate() == 0, stopped.output()
+    assert "handed back" in stopped.output()
 
     def all_finished():
         records = job_records(redis_client)
@@ -87,6 +99,5 @@ def test_a_worker_killed_mid_job_loses_no_frame_and_publishes_none_twice(tmp_pat
     assert "6 done, 2 failed" in status.stdout
     assert "video file not found" in status.stdout
 
-    for worker in workers:
-        if worker is not doomed:
-            assert worker.terminate() == 0, worker.output()
+    last = next(w for w in workers if w not in (doomed, stopped))
+    assert last.terminate() == 0, last.output()
