@@ -55,6 +55,10 @@ class Publish:
 
         return unwatch
 
+    def start_stream(self, stream_id: str, first_frame: int = 0) -> None:
+        """A stream (re)starts at `first_frame`: frames before it are not counted as dropped."""
+        self._last_index[stream_id] = first_frame - 1
+
     def process(self, items: list[Any]) -> Iterable[Any]:
         for item in items:
             if isinstance(item, FrameResult):

@@ -171,7 +171,7 @@ class StreamingPipeline:
             source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
         state = source.state
         # A resumed stream's first frame follows the last one published: nothing was dropped.
-        self.publish._last_index[source.stream_id] = (getattr(source, "start_frame", None) or 0) - 1
+        self.publish.start_stream(source.stream_id, getattr(source, "start_frame", None) or 0)
         if source.live:
             policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
                                 droppable=lambda item: isinstance(item, Frame),
