@@ -31,6 +31,7 @@ from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
 from segstream.pipeline.sinks.console import ConsoleSink
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources import CameraSource, VideoFileSource, default_stream_id, is_live
+from segstream.pipeline.tracking import Tracking
 
 
 @dataclass
@@ -162,9 +163,11 @@ def run(
             Preprocess(engine.config, engine.device, batch),
             Inference(engine),
             Postprocess(engine.config.class_names, engine.config.mask_threshold),
+            *([Tracking(config.tracking)] if config.tracking.enabled else []),
             publish,
         ],
-        queue_sizes=[first_queue, config.queues.batches, config.queues.results, config.queues.results],
+        queue_sizes=[first_queue, config.queues.batches, config.queues.results, config.queues.results]
+        + ([config.queues.results] if config.tracking.enabled else []),
         droppable=lambda item: isinstance(item, Frame) and item.live,
     )
     if on_start is not None:
