@@ -119,10 +119,6 @@ class Track:
         """float64 [2] predicted displacement (px) of the centre from `seen` to `now`."""
         return self.velocity * min(max(now - self.seen, 0.0), PREDICT_HORIZON)
 
-    def predicted_box(self, now: float) -> np.ndarray:
-        dx, dy = self.offset(now)
-        return self.box + np.array([dx, dy, dx, dy])
-
 
 class StreamTracker:
     """The tracks of one stream; `update` assigns ids to one frame's instances."""
@@ -228,18 +224,18 @@ class StreamTracker:
     def overlap(self, tracks: list[Track], instances: list[Instance], boxes: np.ndarray, areas: list[int],
                 now: float) -> np.ndarray:
         """float64 [T, D]: box IoU at the predicted positions, averaged with mask IoU where both have masks."""
-        predicted = np.stack([t.predicted_box(now) for t in tracks])
-        iou = box_iou(predicted, boxes)
+        offsets = np.stack([t.offset(now) for t in tracks])  # [T, 2] px
+        iou = box_iou(np.stack([t.box for t in tracks]) + np.tile(offsets, 2), boxes)
         weight = self.settings.mask_weight
         if weight <= 0:
             return iou
         out = iou.copy()
+        shifts = np.rint(offsets).astype(int).tolist()
         for r, c in zip(*np.nonzero(iou > 0)):
             track, inst = tracks[r], instances[c]
             if track.region is None or track.region_box is None or inst.region is None or inst.region_box is None:
                 continue
-            dx, dy = np.rint(track.offset(now)).astype(int)
-            x0, y0, x1, y1 = track.region_box
+            (dx, dy), (x0, y0, x1, y1) = shifts[r], track.region_box
             moved = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
             mask = region_iou(track.region, moved, inst.region, inst.region_box, track.area, areas[c])
             out[r, c] = (1 - weight) * iou[r, c] + weight * mask
