@@ -22,14 +22,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.engines.model_config import ModelConfigError
     from segstream.engines.models import ModelError
     from segstream.pipeline.config import ConfigError
+    from segstream.pipeline.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.sources import SourceError
 
-    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError)
+    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
+            StageFailed)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files or rtsp:// URLs")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--weights", help="local weights file for a torchvision preset")
@@ -46,6 +49,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pubsub", action="store_true", help="also PUBLISH each message")
     p.add_argument("--console", action="store_true", help="print one line per frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status lines")
+    p.add_argument("--keep-trying", action="store_true",
+                   help="a single camera unreachable at start is retried instead of failing the run")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--live", dest="kind", action="store_const", const="live",
+                      help="treat every source as a live feed (re-joined when it drops, frames dropped when late)")
+    kind.add_argument("--file", dest="kind", action="store_const", const="file",
+                      help="treat every source as a finite file (every frame, then end of stream)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -81,7 +91,7 @@ def print_summary(summary, out=sys.stderr) -> None:
     model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
     print(f"model: {model}; engine: {summary.engine}", file=out)
     for t in summary.streams.values():
-        drop = f", {t.dropped} dropped" if t.live else ""
+        drop = f", {t.dropped_total} dropped" if t.live else ""
         print(f"{t.stream_id}: {t.published} frames published, {t.instances} instances{drop}, "
               f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
     stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
@@ -96,7 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segstream.pipeline.run import run
 
     config = config_from_args(args)
-    summary = run(args.sources, config, stream_ids=args.stream_id)
+    summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                  kind=args.kind or "auto")
     print_summary(summary)
     for error in summary.source_errors:
         print(f"segstream: error: {error}", file=sys.stderr)
@@ -104,15 +115,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Prints one line per entry (`<stream> frame N ...`, status lines, end of stream), waiting through
+    quiet periods and Redis outages (one warning line when Redis goes away, one when it is back)."""
     from segstream.pipeline.consumer import Subscriber
-    from segstream.pipeline.wire import describe
+    from segstream.pipeline.sinks import SinkError
+    from segstream.pipeline.wire import describe, entry_kind
 
-    subscriber = Subscriber(args.redis, args.stream_id, prefix=args.prefix,
-                            from_start=args.from_start, block_ms=int(args.idle * 1000) if args.idle else 0)
-    for message in subscriber:
-        print(describe(message) if not args.json else subscriber.last_raw, flush=True)
-        if message.get("eos") and not args.follow:
-            break
+    if args.consumer and not args.group:
+        raise SinkError("--consumer needs --group")
+    subscriber = Subscriber(args.redis, args.stream_id, prefix=args.prefix, from_start=args.from_start,
+                            block_ms=int(args.idle * 1000) if args.idle else 0, after=args.after,
+                            group=args.group, consumer=args.consumer, wait=args.wait)
+    try:
+        for message in subscriber:
+            print(describe(message) if not args.json else subscriber.last_raw, flush=True)
+            if entry_kind(message) == "eos" and not args.follow:
+                subscriber.ack()  # handled: a group member restarted later does not get it again
+                break
+    finally:
+        if not args.group and subscriber.last_id not in ("$", "0-0"):
+            print(f"segstream: last entry {subscriber.last_id} (resume with --after {subscriber.last_id})",
+                  file=sys.stderr)
+        subscriber.close()
     return 0
 
 
@@ -124,13 +148,22 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
     add_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("subscribe", help="print one line per published frame of a stream")
+    p = sub.add_parser("subscribe", help="print one line per published frame of a stream",
+                       description="Print one line per entry of a stream (frame N, status changes, end of stream). "
+                                   "Waits through quiet periods, for a stream that does not exist yet, and through "
+                                   "Redis restarts, continuing after the last entry seen.")
     p.add_argument("stream_id", metavar="STREAM-ID")
     p.add_argument("--redis", default="redis://localhost:6379/0")
     p.add_argument("--prefix", default="segstream:")
     p.add_argument("--from-start", action="store_true", help="read the stream from its first kept entry")
+    p.add_argument("--after", metavar="ID", help="resume right after this entry id (printed at exit)")
+    p.add_argument("--group", metavar="NAME", help="read as a member of this consumer group: each entry is handled "
+                                                    "once across restarts (at least once if killed mid-entry)")
+    p.add_argument("--consumer", metavar="NAME", help="member name within --group (default: segstream); "
+                                                       "keep it across restarts to get your pending entries back")
     p.add_argument("--follow", action="store_true", help="keep reading after an end-of-stream entry")
     p.add_argument("--idle", type=float, default=0, help="give up after this many seconds without a message (0: wait forever)")
+    p.add_argument("--wait", action="store_true", help="wait for Redis if it is unreachable at start (default: error)")
     p.add_argument("--json", action="store_true", help="print the raw JSON instead of a summary line")
     p.set_defaults(func=cmd_subscribe)
 

@@ -42,14 +42,27 @@ class EngineSection(_Section):
     onnx: str | None = None
     precision: Literal["fp32", "fp16"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
+    max_consecutive_errors: int = Field(default=5, ge=1)  # failed batches in a row that stop the run
 
 
 class SourceSection(_Section):
-    open_timeout: float = Field(default=10.0, gt=0)
-    read_timeout: float = Field(default=10.0, gt=0)
-    reconnect_window: float = Field(default=60.0, ge=0)
+    open_timeout: float = Field(default=10.0, gt=0)  # seconds to connect to a camera
+    read_timeout: float = Field(default=10.0, gt=0)  # files over http(s): seconds without data
+    stall_timeout: float = Field(default=10.0, gt=0)  # cameras: seconds without a frame -> reconnect
+    backoff_initial: float = Field(default=0.5, gt=0)  # first wait between camera attempts
+    backoff_max: float = Field(default=5.0, gt=0)  # largest wait between camera attempts
+    give_up_after: float | None = Field(default=None, gt=0)  # None: retry a camera for ever
     max_frames: int | None = Field(default=None, ge=1)
     decoder_threads: int | None = Field(default=None, ge=0)  # None: 1 with a CPU engine, else FFmpeg's choice
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "reconnect_window" in raw:
+            raise ValueError("source.reconnect_window was replaced by source.give_up_after "
+                             "(seconds, or null to retry a camera for ever, the default)")
+        return raw
 
 
 class QueueSection(_Section):
@@ -62,7 +75,11 @@ class QueueSection(_Section):
 class RedisSection(_Section):
     url: str | None = "redis://localhost:6379/0"
     prefix: str = "segstream:"
-    maxlen: int = Field(default=10000, ge=1)
+    maxlen: int = Field(default=10000, ge=1)  # XADD MAXLEN ~ per stream
+    retention_seconds: float | None = Field(default=None, gt=0)  # also trim entries older than this (MINID ~)
+    outbox: int = Field(default=1000, ge=1)  # camera results kept per stream while Redis is away
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=5.0, gt=0)
     pubsub: bool = False
 
     @field_validator("url")
@@ -110,6 +127,7 @@ class RunConfig(_Section):
     queues: QueueSection = Field(default_factory=QueueSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    shutdown_timeout: float = Field(default=10.0, gt=0)  # SIGINT/SIGTERM: seconds to drain before giving up
     tracking: TrackingSection = Field(default_factory=TrackingSection)
 
 
@@ -118,7 +136,7 @@ def _first_error(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "config"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(raw: dict[str, Any] | None, origin: str = "config") -> RunConfig:

@@ -1,10 +1,15 @@
-"""Inference stage: Batch -> one FrameDetections per frame, through any Engine."""
+"""Inference stage: Batch -> one FrameDetections per frame, through any Engine.
+
+An engine error on one batch does not end the run: those frames go on with `error` set and no
+detections (published with an `error` field), until `max_consecutive_errors` in a row.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
 from segstream.engines.protocol import Engine
+from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import Batch, FrameDetections
 
 
@@ -12,17 +17,31 @@ class Inference:
     name = "inference"
     take = 1
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_consecutive_errors: int = 5) -> None:
         self.engine = engine
+        self.failures = ConsecutiveFailures("engine", max_consecutive_errors)
+        self.batches = 0
+        self.batched_frames = 0
 
     def process(self, items: list[Any]) -> Iterable[Any]:
+        out: list[Any] = []
         for item in items:
             if not isinstance(item, Batch):
-                yield item
+                out.append(item)
                 continue
-            detections = self.engine.infer(item.images, item.image_sizes)
-            for frame, found, scale in zip(item.frames, detections, item.scales):
-                yield FrameDetections(frame=frame, detections=found, scale=scale)
+            self.batches += 1
+            self.batched_frames += len(item.frames)
+            try:
+                detections = self.engine.infer(item.images, item.image_sizes)
+            except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
+                reason = self.failures.record(exc)
+                out.extend(FrameDetections(frame, None, scale, error=reason)
+                           for frame, scale in zip(item.frames, item.scales))
+                continue
+            self.failures.succeeded()
+            out.extend(FrameDetections(frame=frame, detections=found, scale=scale)
+                       for frame, found, scale in zip(item.frames, detections, item.scales))
+        return out
 
     def flush(self) -> Iterable[Any]:
         return ()

@@ -4,7 +4,8 @@
         Tracking --FrameResult (with track ids)--> Publish
 
 EndOfStream follows the last Frame of a file source down the same queues, so every stage sees
-it after all of that stream's frames.
+it after all of that stream's frames. StreamStatus (a camera's state changed) travels the same
+way, between the frames it separates. Stages pass both on untouched.
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ class EndOfStream:
 
 
 @dataclass
+class StreamStatus:
+    """A live stream changed state (connecting, live, reconnecting, down, ended).
+
+    since: unix seconds of the change; reconnects: re-joins so far; url: password redacted;
+    error: why the feed was lost or cannot be opened, when it was.
+    """
+
+    stream_id: str
+    status: str
+    since: float
+    reconnects: int
+    url: str
+    error: str | None = None
+
+
+@dataclass
 class Batch:
     """Frames resized, normalised and padded into one network input.
 
@@ -80,8 +97,9 @@ class FrameDetections:
     """One frame with what the engine found in it (network-input coordinates, see Detections)."""
 
     frame: Frame
-    detections: Detections
+    detections: Detections | None
     scale: tuple[float, float]
+    error: str | None = None  # the engine failed on this frame's batch: published without instances
 
 
 @dataclass
@@ -112,3 +130,4 @@ class FrameResult:
     frame: Frame
     instances: list[Instance] = field(default_factory=list)
     latency: float = 0.0  # seconds from decode to the end of postprocess
+    error: str | None = None  # why this frame has no instances (an engine or postprocess failure)

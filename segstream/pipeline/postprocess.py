@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from segstream.engines.protocol import Detections
+from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
 from segstream.pipeline.rle import encode_region
 
@@ -65,20 +66,26 @@ class Postprocess:
     name = "postprocess"
     take = 1
 
-    def __init__(self, class_names: tuple[str, ...], mask_threshold: float) -> None:
+    def __init__(self, class_names: tuple[str, ...], mask_threshold: float, max_consecutive_errors: int = 5) -> None:
         self.class_names = class_names
         self.mask_threshold = mask_threshold
+        self.failures = ConsecutiveFailures("postprocess", max_consecutive_errors)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
-        for item in items:
-            yield self.result(item) if isinstance(item, FrameDetections) else item
+        return [self.result(item) if isinstance(item, FrameDetections) else item for item in items]
 
     def flush(self) -> Iterable[Any]:
         return ()
 
     def result(self, item: FrameDetections) -> FrameResult:
         frame, found = item.frame, item.detections
-        instances = self.instances(found, item.scale, frame.height, frame.width)
+        if found is None:  # the engine failed on this frame's batch
+            return FrameResult(frame=frame, latency=time.time() - frame.time, error=item.error)
+        try:
+            instances = self.instances(found, item.scale, frame.height, frame.width)
+        except Exception as exc:  # one bad frame is published without instances
+            return FrameResult(frame=frame, latency=time.time() - frame.time, error=self.failures.record(exc))
+        self.failures.succeeded()
         return FrameResult(frame=frame, instances=instances, latency=time.time() - frame.time)
 
     def instances(self, found: Detections, scale: tuple[float, float], height: int, width: int) -> list[Instance]:

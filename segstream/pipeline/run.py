@@ -1,11 +1,15 @@
-"""A segstream run: sources -> preprocess -> inference -> postprocess -> publish, wired and run.
+"""A segstream run: the given sources through a StreamingPipeline until the last file ends
+(cameras: until stopped), with Ctrl-C / SIGTERM handled as a drain.
 
 Everything that can fail on bad input is checked before the first frame is decoded, in the order
-a user fixes things: config, sources, Redis, model, engine.
+a user fixes things: config, sources, Redis, model, engine. A camera that cannot be reached at
+start fails a single-camera run at once (unless keep_trying); with several sources it is retried
+in the background while the others run.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -13,32 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from segstream.engines.factory import open_engine
-from segstream.engines.models import LoadedModel, load_model
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import ConfigError, RunConfig
-from segstream.pipeline.inference import Inference
-from segstream.pipeline.messages import Frame
-from segstream.pipeline.postprocess import Postprocess
-from segstream.pipeline.preprocess import Preprocess, fit_size
-from segstream.pipeline.progress import Progress, StreamTally
-from segstream.pipeline.publish import Publish
+from segstream.pipeline.locations import default_stream_id
 from segstream.pipeline.runtime import Chain, StageStats
 from segstream.pipeline.sinks import Sink
-from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
-from segstream.pipeline.sinks.console import ConsoleSink
-from segstream.pipeline.sinks.redis_stream import RedisStreamSink
-from segstream.pipeline.sources import CameraSource, VideoFileSource, default_stream_id, is_live
-from segstream.pipeline.tracking import Tracking
+from segstream.pipeline.sources import SourceError, VideoFileSource
+from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
+from segstream.pipeline.streams import StreamState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunSummary:
     """What a run did, for the closing summary and for benchmarks."""
 
-    streams: dict[str, StreamTally]
+    streams: dict[str, StreamState]
     elapsed: float
     model_source: str
     placeholder: bool
@@ -62,40 +57,33 @@ class RunSummary:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
 
-Source = VideoFileSource | CameraSource
-
-
-def make_sources(locations: list[str], stream_ids: list[str] | None, config: RunConfig) -> list[Source]:
+def make_sources(locations: list[str], stream_ids: list[str] | None, config: RunConfig,
+                 kind: str = "auto") -> list[Source]:
     """One source per location, with ids from --stream-id (in order) or the file stem / URL."""
     if stream_ids and len(stream_ids) != len(locations):
         raise ConfigError(f"--stream-id: got {len(stream_ids)} ids for {len(locations)} sources")
     ids = stream_ids or [default_stream_id(loc) for loc in locations]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
-    src = config.source
-    threads = src.decoder_threads
-    if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
-        threads = 1 if config.engine.device == "cpu" else 0
-    sources: list[Source] = []
-    for location, stream_id in zip(locations, ids):
-        if is_live(location):
-            sources.append(CameraSource(location, stream_id, src.open_timeout, src.read_timeout,
-                                        src.reconnect_window, src.max_frames, threads))
-        else:
-            sources.append(VideoFileSource(location, stream_id, src.max_frames, threads))
-    return sources
+    try:
+        specs = [StreamSpec(id=i, url=loc, kind=kind) for loc, i in zip(locations, ids)]
+    except ValueError as exc:
+        raise ConfigError(f"bad stream id or source: {str(exc).splitlines()[0]}") from None
+    return [make_source(spec, config) for spec in specs]
 
 
-def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
-    m, e = config.model, config.engine
-    loaded = load_model(m.name, m.weights, m.input_size, m.allow_download)
-    if m.score_threshold is not None:
-        loaded.config = loaded.config.replace(score_threshold=m.score_threshold)
-        loaded.network.roi_heads.score_thresh = m.score_threshold
-    if e.threads:
-        torch.set_num_threads(e.threads)
-    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision)
-    return engine, loaded
+def check_sources(sources: list[Source], keep_trying: bool) -> None:
+    """Open each source once. Bad files fail the run; an unreachable camera fails it only when it
+    is the run's only source and keep_trying is off (else it is retried in the background)."""
+    for source in sources:
+        if not source.live:
+            source.check()
+            continue
+        try:
+            source.check()
+        except SourceError:
+            if len(sources) == 1 and not keep_trying:
+                raise
 
 
 def _video_fps(sources: list[Source], default: float) -> float:
@@ -118,94 +106,70 @@ def run(
     extra_sinks: list[Sink] | None = None,
     handle_signals: bool = True,
     on_start: Callable[[Chain], Any] | None = None,
+    keep_trying: bool = False,
+    kind: str = "auto",
+    on_pipeline: Callable[[StreamingPipeline], Any] | None = None,
 ) -> RunSummary:
     """Run the pipeline until every file ends (cameras: until stopped) and return a summary.
 
     engine: use this engine instead of building one from config.model/config.engine (benchmarks, tests).
+    on_start(chain) / on_pipeline(pipeline): called once everything runs (tests stop a run with them).
     Raises ConfigError/SourceError/SinkError/ModelError/EngineError for bad input before starting,
     and the first stage error after draining what was in flight.
     """
     if not locations:
         raise ConfigError("no source given")
-    sources = make_sources(locations, stream_ids, config)
-    for source in sources:
-        source.check()
-    sinks: list[Sink] = []
-    if config.redis.url:
-        r = config.redis
-        sinks.append(RedisStreamSink(r.url, r.prefix, r.maxlen, r.pubsub))
-    loaded: LoadedModel | None = None
-    if engine is None:
-        engine, loaded = make_engine(config)
-    if config.output.video:
-        fps = _video_fps(sources, config.output.video_fps)
-        sinks.append(AnnotatedVideoSink(config.output.video, fps, multiple_streams=len(sources) > 1))
-    else:  # nothing draws on the frames: decode straight to the engine's input size
-        input_size = engine.config.input_size
-        for source in sources:
-            source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
-    if config.output.console:
-        sinks.append(ConsoleSink())
-    sinks.extend(extra_sinks or [])
-
-    tallies = {
-        s.stream_id: StreamTally(s.stream_id, live=s.live, expected=getattr(s, "expected_frames", 0))
-        for s in sources
-    }
-    progress = Progress(tallies, enabled=config.output.progress, interval=config.output.status_interval)
-    publish = Publish(sinks, progress)
-    batch = config.engine.batch_size
-    any_live = any(s.live for s in sources)
-    first_queue = max(batch, config.queues.live_frames * len(sources)) if any_live else max(batch, config.queues.file_frames)
-    chain = Chain(
-        producers=sources,
-        stages=[
-            Preprocess(engine.config, engine.device, batch),
-            Inference(engine),
-            Postprocess(engine.config.class_names, engine.config.mask_threshold),
-            *([Tracking(config.tracking)] if config.tracking.enabled else []),
-            publish,
-        ],
-        queue_sizes=[first_queue, config.queues.batches, config.queues.results, config.queues.results]
-        + ([config.queues.results] if config.tracking.enabled else []),
-        droppable=lambda item: isinstance(item, Frame) and item.live,
-    )
-    if on_start is not None:
-        on_start(chain)
-    restore = _install_signal_handlers(chain) if handle_signals else None
+    sources = make_sources(locations, stream_ids, config, kind)
+    check_sources(sources, keep_trying)
+    fps = _video_fps(sources, config.output.video_fps) if config.output.video else None
+    pipeline = StreamingPipeline(config, engine, extra_sinks, keep_alive=False, video_fps=fps,
+                                 multiple_streams=len(sources) > 1)
+    stop = threading.Event()
+    restore = _install_signal_handlers(pipeline, stop) if handle_signals else None
     started = time.monotonic()
     try:
-        chain.run()
+        for source in sources:
+            pipeline.add_source(source)
+        pipeline.start()
+        if on_start is not None:
+            on_start(pipeline.chain)
+        if on_pipeline is not None:
+            on_pipeline(pipeline)
+        while not pipeline.wait(timeout=0.2):
+            if stop.is_set() or pipeline.chain.stopping.is_set():
+                pipeline.shutdown(config.shutdown_timeout)
+                break
     finally:
-        publish.close()
+        pipeline.close()
         if restore:
             restore()
     elapsed = time.monotonic() - started
-    videos = next((s.paths for s in sinks if isinstance(s, AnnotatedVideoSink)), [])
     return RunSummary(
-        streams=tallies,
+        streams={s.stream_id: s for s in pipeline.registry.all()},
         elapsed=elapsed,
-        model_source=loaded.source if loaded else "given engine",
-        placeholder=loaded.placeholder if loaded else False,
-        engine=getattr(engine, "name", type(engine).__name__),
-        stages=chain.stats,
-        videos=list(videos),
-        source_errors=[str(exc) for _, exc in chain.producer_errors],
+        engine=pipeline.engine_name,
+        stages=pipeline.chain.stats,
+        videos=list(pipeline.video.paths) if pipeline.video else [],
+        source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors],
         corrupt_skipped=sum(s.counters.corrupt for s in sources),
-        interrupted=chain.stopping.is_set(),
+        interrupted=pipeline.chain.stopping.is_set(),
+        model_source=pipeline.model_source,
+        placeholder=pipeline.placeholder,
     )
 
 
-def _install_signal_handlers(chain: Chain) -> Callable[[], None] | None:
+def _install_signal_handlers(pipeline: StreamingPipeline, stop: threading.Event) -> Callable[[], None] | None:
     """SIGINT/SIGTERM: stop reading and drain; a second one aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, _frame: Any) -> None:
-        if chain.stopping.is_set():
+        if stop.is_set():
+            pipeline.abort()
             raise KeyboardInterrupt
-        chain.stop()
+        stop.set()
+        pipeline.stop()
 
     for sig in previous:
         signal.signal(sig, handler)

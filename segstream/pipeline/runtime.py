@@ -2,21 +2,28 @@
 
 This module knows nothing about video or segmentation. A run is a chain
 
-    producers --q0--> stage 1 --q1--> stage 2 ... --> stage n
+    producer a --lane a--\\
+    producer b --lane b--- FairInbox --> stage 1 --q1--> stage 2 ... --> stage n
+    producer c --lane c--/
 
-Each producer is an iterable run on its own thread; each stage runs on its own thread, takes
-items from its inbox, and yields items for its outbox. PyAV decoding and torch release the GIL,
-so the threads overlap.
+Each producer is an iterable run on its own thread and has its own bounded lane whose policy
+is declared on that edge (`EdgePolicy`): `block` (backpressure to the producer, nothing lost) or
+`drop_oldest` (a full lane evicts its oldest droppable item, so a slow consumer sees the newest
+items and latency stays bounded; evictions are reported to the edge's `on_drop`). The first
+stage takes from the lanes round-robin, one item per lane in turn, up to `take` items, waiting
+at most `max_batch_wait` for a fuller group: so no producer starves another, a blocked lane
+never holds up the others, and with N busy producers each gets at least 1/N of the first stage.
+Items that are not `batchable` (markers) end their lane's share of a group, so per-lane order
+is kept by a stage that emits the grouped items before the markers.
 
-Queue policy: a full queue blocks its producer (backpressure, nothing lost), except for items the
-`droppable` predicate accepts: those evict the oldest droppable item already waiting, so a slow
-consumer sees the newest items and latency stays bounded. Evictions are reported to `on_drop`.
+Producers can be added and removed while the chain runs. With `keep_alive` the chain keeps
+running without producers until `stop()`; otherwise it ends when the last producer ends.
 
-Shutdown: when every producer has finished (or `stop()` was called, which asks producers to
-finish early), an END marker follows the last item through the chain; each stage flushes and
-passes it on, so everything already produced is processed. A stage that raises stops the run:
-producers are asked to stop, the failed stage discards what still reaches it, the stages after it
-finish what they hold, and `run()` raises the first error.
+Shutdown: `stop()` asks every producer to finish; an END marker follows the last item through
+the chain; each stage flushes and passes it on, so everything already produced is processed.
+`abort()` makes every stage discard what still reaches it. A stage that raises stops the run:
+producers are asked to stop, the failed stage discards what still reaches it, the stages after
+it finish what they hold, and `wait()` raises the first error.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
 
 class Stage(Protocol):
@@ -57,6 +64,20 @@ class _End:
 END = _End()
 
 
+@dataclass(frozen=True)
+class EdgePolicy:
+    """How one bounded edge behaves when full.
+
+    when_full: "block" (the producer waits) or "drop_oldest" (the oldest droppable item waiting
+    is evicted and passed to on_drop). droppable: which items may be evicted (markers never are).
+    """
+
+    capacity: int
+    when_full: Literal["block", "drop_oldest"] = "block"
+    droppable: Callable[[Any], bool] | None = None
+    on_drop: Callable[[Any], None] | None = None
+
+
 class BoundedQueue:
     """FIFO of at most `maxsize` items with the block / drop-oldest policy described above."""
 
@@ -65,6 +86,7 @@ class BoundedQueue:
         maxsize: int,
         droppable: Callable[[Any], bool] | None = None,
         on_drop: Callable[[Any], None] | None = None,
+        condition: threading.Condition | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
@@ -72,21 +94,32 @@ class BoundedQueue:
         self._droppable = droppable
         self._on_drop = on_drop
         self._items: collections.deque[Any] = collections.deque()
-        self._cond = threading.Condition()
+        self._cond = condition or threading.Condition()
         self.dropped = 0
+        self.closed = False  # no more items will be accepted (a removed producer's late items)
+
+    @classmethod
+    def for_edge(cls, policy: EdgePolicy, condition: threading.Condition | None = None) -> "BoundedQueue":
+        droppable = None
+        if policy.when_full == "drop_oldest":
+            droppable = policy.droppable or (lambda item: True)
+        return cls(policy.capacity, droppable, policy.on_drop, condition)
 
     def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
+        return len(self._items)
 
     def put(self, item: Any, force: bool = False) -> None:
         """Append, blocking while full. force=True never blocks (for END markers)."""
         evicted = None
         with self._cond:
+            if self.closed:
+                return
             if not force and len(self._items) >= self.maxsize and self._droppable and self._droppable(item):
                 evicted = self._evict_oldest_droppable()
-            while not force and len(self._items) >= self.maxsize:
+            while not force and len(self._items) >= self.maxsize and not self.closed:
                 self._cond.wait()
+            if self.closed:
+                return
             self._items.append(item)
             self._cond.notify_all()
         if evicted is not None and self._on_drop is not None:
@@ -111,6 +144,116 @@ class BoundedQueue:
             self._cond.notify_all()
             return out
 
+    def close(self) -> None:
+        """Refuse further items and wake a producer blocked on a full queue."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class FairInbox:
+    """The first stage's inbox: one lane per producer, taken round-robin (see the module doc)."""
+
+    def __init__(self, batchable: Callable[[Any], bool], max_wait: float = 0.0) -> None:
+        self._cond = threading.Condition()
+        self._lanes: dict[str, BoundedQueue] = {}
+        self._finished: set[str] = set()
+        self._next = 0
+        self._closing = False
+        self.batchable = batchable
+        self.max_wait = max_wait
+
+    def add_lane(self, name: str, policy: EdgePolicy) -> BoundedQueue:
+        with self._cond:
+            if name in self._lanes:
+                raise KeyError(f"lane {name!r} exists")
+            lane = BoundedQueue.for_edge(policy, self._cond)
+            self._lanes[name] = lane
+            self._finished.discard(name)
+            return lane
+
+    def finish_lane(self, name: str, discard: bool = False) -> None:
+        """The lane's producer is done: the lane goes once emptied (at once with discard)."""
+        with self._cond:
+            lane = self._lanes.get(name)
+            if lane is None:
+                return
+            lane.closed = True
+            if discard:
+                lane._items.clear()
+            self._finished.add(name)
+            self._drop_finished()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No lanes will be added: END follows once every lane is finished and empty."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def depths(self) -> dict[str, int]:
+        with self._cond:
+            return {name: len(lane) for name, lane in self._lanes.items()}
+
+    def _drop_finished(self) -> None:
+        for name in [n for n in self._finished if not self._lanes[n]._items]:
+            del self._lanes[name]
+            self._finished.discard(name)
+
+    def _ended(self) -> bool:
+        return self._closing and not self._lanes
+
+    def get_many(self, limit: int) -> list[Any]:
+        """Up to `limit` items round-robin over the lanes; [END] once closed and drained."""
+        with self._cond:
+            while not any(lane._items for lane in self._lanes.values()):
+                if self._ended():
+                    return [END]
+                self._cond.wait()
+            out = self._take_round(limit)
+            if self.max_wait > 0 and len(out) < limit and all(self.batchable(i) for i in out):
+                deadline = time.monotonic() + self.max_wait
+                while len(out) < limit:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    if not any(lane._items for lane in self._lanes.values()):
+                        self._cond.wait(left)
+                        continue
+                    more = self._take_round(limit - len(out))
+                    out.extend(more)
+                    if not all(self.batchable(i) for i in more):
+                        break
+            self._drop_finished()
+            self._cond.notify_all()
+            return out
+
+    def _take_round(self, limit: int) -> list[Any]:
+        """Round-robin from the lane after the one served last; a marker ends its lane's share."""
+        names = list(self._lanes)
+        if not names:
+            return []
+        start = self._next % len(names)
+        order = names[start:] + names[:start]
+        out: list[Any] = []
+        stopped: set[str] = set()
+        progress = True
+        while len(out) < limit and progress:
+            progress = False
+            for name in order:
+                if len(out) >= limit:
+                    break
+                lane = self._lanes[name]
+                if name in stopped or not lane._items:
+                    continue
+                item = lane._items.popleft()
+                out.append(item)
+                progress = True
+                self._next = names.index(name) + 1
+                if not self.batchable(item):
+                    stopped.add(name)
+        return out
+
 
 @dataclass
 class StageStats:
@@ -127,8 +270,20 @@ class StageStats:
         return 1000.0 * self.busy / self.calls if self.calls else 0.0
 
 
+@dataclass
+class _Running:
+    producer: Producer
+    stopping: threading.Event
+    thread: threading.Thread
+
+
 class Chain:
-    """Wires producers and stages with bounded queues and runs them to completion."""
+    """Wires producers and stages with bounded queues and runs them.
+
+    stages: the workers in order; queue_sizes: one capacity per stage inbox (the first one is
+    the capacity of each producer lane added with `add_producer` without a policy).
+    batchable: items the first stage may group (others are markers, see the module doc).
+    """
 
     def __init__(
         self,
@@ -137,38 +292,128 @@ class Chain:
         queue_sizes: Sequence[int],
         droppable: Callable[[Any], bool] | None = None,
         on_drop: Callable[[Any], None] | None = None,
+        batchable: Callable[[Any], bool] = lambda item: True,
+        max_batch_wait: float = 0.0,
+        keep_alive: bool = False,
     ) -> None:
         if len(queue_sizes) != len(stages):
             raise ValueError("one queue size per stage inbox")
-        self.producers = list(producers)
         self.stages = list(stages)
-        # Only the first queue drops: later queues hold work already paid for.
-        self.queues = [
-            BoundedQueue(size, droppable if i == 0 else None, on_drop if i == 0 else None)
-            for i, size in enumerate(queue_sizes)
-        ]
+        self.inbox = FairInbox(batchable, max_batch_wait)
+        self.queues: list[Any] = [self.inbox] + [BoundedQueue(size) for size in queue_sizes[1:]]
         self.stats = [StageStats(stage.name) for stage in self.stages]
         self.stopping = threading.Event()
+        self.aborting = threading.Event()
+        self.keep_alive = keep_alive
         self.errors: list[BaseException] = []
         self.producer_errors: list[tuple[str, BaseException]] = []
+        self._default_policy = EdgePolicy(
+            queue_sizes[0], "drop_oldest" if droppable else "block", droppable, on_drop
+        )
+        self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        self._stage_threads: list[threading.Thread] = []
+        self._pending = list(producers)
+        self._adding = False
 
+    # -- producers ---------------------------------------------------------------------------
+    def add_producer(self, producer: Producer, policy: EdgePolicy | None = None) -> None:
+        """Start feeding `producer`'s items into its own lane (now, or at start())."""
+        with self._lock:
+            if producer.name in self._running:
+                raise KeyError(f"producer {producer.name!r} is running")
+            self.inbox.add_lane(producer.name, policy or self._default_policy)
+            stopping = threading.Event()
+            if self.stopping.is_set():
+                stopping.set()
+            thread = threading.Thread(target=self._run_producer, args=(producer, stopping),
+                                      name=f"source:{producer.name}", daemon=True)
+            self._running[producer.name] = _Running(producer, stopping, thread)
+        thread.start()
+
+    def remove_producer(self, name: str, grace: float = 10.0) -> bool:
+        """Ask one producer to finish; its lane drains. False if it did not end within `grace`
+        (it is then abandoned: whatever it still yields is discarded)."""
+        with self._lock:
+            running = self._running.get(name)
+        if running is None:
+            return True
+        running.stopping.set()
+        running.thread.join(grace)
+        if running.thread.is_alive():
+            self._abandon(name)
+            return False
+        return True
+
+    def abandon_producers(self) -> list[str]:
+        """Give up on producers still running (e.g. stuck in a network read) after stop():
+        their lanes drain and the chain can end. Returns their names."""
+        names = self.producers()
+        for name in names:
+            self._abandon(name)
+        return names
+
+    def _abandon(self, name: str) -> None:
+        with self._lock:
+            self._running.pop(name, None)
+            last = not self._running and not self._adding
+        self.inbox.finish_lane(name)
+        if last and not self.keep_alive:
+            self.inbox.close()
+
+    def producers(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def _run_producer(self, producer: Producer, stopping: threading.Event) -> None:
+        lane = self.inbox._lanes[producer.name]
+        try:
+            for item in producer.items(stopping):
+                lane.put(item)
+                if lane.closed:
+                    break
+        except BaseException as exc:  # reported after the run; other producers go on
+            with self._lock:
+                self.producer_errors.append((producer.name, exc))
+        finally:
+            with self._lock:
+                mine = self._running.get(producer.name)
+                if mine is not None and mine.thread is threading.current_thread():
+                    del self._running[producer.name]
+                    last = not self._running and not self._adding
+                else:  # abandoned earlier; the lane may already belong to a new producer
+                    mine, last = None, False
+            if mine is not None:
+                self.inbox.finish_lane(producer.name)
+            if last and not self.keep_alive:
+                self.inbox.close()
+
+    # -- control -----------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask producers to finish early; what they already produced is still processed."""
         self.stopping.set()
+        with self._lock:
+            running = list(self._running.values())
+            empty = not running
+        for r in running:
+            r.stopping.set()
+        if empty:
+            self.inbox.close()
+
+    def abort(self) -> None:
+        """Stop at once: stages discard what still reaches them, lanes refuse new items."""
+        self.aborting.set()
+        self.stop()
+        with self._lock:
+            names = list(self._running)
+        for name in names:
+            self.inbox.finish_lane(name, discard=True)
+        self.inbox.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
             self.errors.append(exc)
-        self.stopping.set()
-
-    def _run_producer(self, producer: Producer) -> None:
-        try:
-            for item in producer.items(self.stopping):
-                self.queues[0].put(item)
-        except BaseException as exc:  # reported after the run; other producers go on
-            with self._lock:
-                self.producer_errors.append((producer.name, exc))
+        self.stop()
 
     def _run_stage(self, index: int) -> None:
         stage, stats = self.stages[index], self.stats[index]
@@ -195,7 +440,7 @@ class Chain:
                 if outbox is not None:
                     outbox.put(END, force=True)
                 return
-            if failed:
+            if failed or self.aborting.is_set():
                 continue  # keep draining so upstream never blocks on us
             try:
                 start = time.perf_counter()
@@ -208,31 +453,53 @@ class Chain:
                 failed = True
                 self._fail(exc)
 
+    def start(self) -> None:
+        """Start the stage threads and the producers given to the constructor."""
+        self._stage_threads = [
+            threading.Thread(target=self._run_stage, args=(i,), name=f"stage:{s.name}", daemon=True)
+            for i, s in enumerate(self.stages)
+        ]
+        for thread in self._stage_threads:
+            thread.start()
+        pending, self._pending = self._pending, []
+        self._adding = True  # the first producer to end must not close the inbox before the rest join
+        try:
+            for producer in pending:
+                self.add_producer(producer)
+        finally:
+            with self._lock:
+                self._adding = False
+                idle = not self._running
+        if idle and not self.keep_alive:
+            self.inbox.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for END to pass the last stage; False on timeout. Raises the first stage error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._stage_threads:
+            while thread.is_alive():
+                # A bare join() would hold off signal handlers on the main thread.
+                thread.join(timeout=0.2)
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+        if self.errors:
+            raise self.errors[0]
+        return True
+
+    def done(self) -> bool:
+        return bool(self._stage_threads) and not any(t.is_alive() for t in self._stage_threads)
+
     def run(self) -> None:
         """Run until every producer is done and END has passed the last stage.
 
         Raises the first stage error, if any. Producer errors are left in `producer_errors`.
         """
-        stage_threads = [
-            threading.Thread(target=self._run_stage, args=(i,), name=f"stage:{s.name}", daemon=True)
-            for i, s in enumerate(self.stages)
-        ]
-        producer_threads = [
-            threading.Thread(target=self._run_producer, args=(p,), name=f"source:{p.name}", daemon=True)
-            for p in self.producers
-        ]
-        for thread in stage_threads + producer_threads:
-            thread.start()
-        for thread in producer_threads:
-            _join_interruptibly(thread)
-        self.queues[0].put(END, force=True)
-        for thread in stage_threads:
-            _join_interruptibly(thread)
-        if self.errors:
-            raise self.errors[0]
+        self.start()
+        self.wait()
 
-
-def _join_interruptibly(thread: threading.Thread) -> None:
-    # A bare join() would hold off signal handlers on the main thread until the thread ends.
-    while thread.is_alive():
-        thread.join(timeout=0.2)
+    def depths(self) -> dict[str, int]:
+        """Items waiting on each edge: `lane:<producer>` and the inbox of each later stage."""
+        out = {f"lane:{name}": n for name, n in self.inbox.depths().items()}
+        for stage, queue in zip(self.stages[1:], self.queues[1:]):
+            out[stage.name] = len(queue)
+        return out

@@ -1,8 +1,9 @@
-"""Sources: video files and RTSP cameras decoded with PyAV into Frame messages.
+"""Sources: video files and live cameras decoded with PyAV into Frame messages.
 
-A file source yields every decodable frame in order and then one EndOfStream. A corrupt packet
-in the middle of a file is skipped and counted. A camera source reconnects after the feed drops
-(up to `reconnect_window` seconds of trying) and never ends on its own.
+A file source (a local path or an http(s):// URL) yields every decodable frame in order and then
+one EndOfStream. A corrupt packet in the middle of a file is skipped and counted. A camera source
+is supervised: it re-joins a lost or stalled feed with exponential backoff and jitter, for ever
+unless told to give up, and says every change of its state (StreamStatus, see `Supervision`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import av.error
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from segstream.pipeline.messages import EndOfStream, Frame
+from redis.backoff import EqualJitterBackoff
+
+from segstream.pipeline.locations import default_stream_id, is_remote, redact, redact_text, source_kind  # noqa: F401
+from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
+from segstream.pipeline.streams import StreamState
 
 log = logging.getLogger(__name__)
-
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "srt://")
 
 
 class SourceError(RuntimeError):
@@ -58,21 +61,6 @@ class PixelConverter:
             return vframe.to_ndarray(format="rgb24"), None
         rgb = self._to_rgb.reformat(vframe, format="rgb24")
         return self._scale.reformat(rgb, width=w, height=h, interpolation="AREA").to_ndarray(), size
-
-
-def is_live(location: str) -> bool:
-    return location.lower().startswith(LIVE_SCHEMES)
-
-
-def default_stream_id(location: str) -> str:
-    """File stem for files; the last path part of a URL (or the host) for cameras."""
-    if is_live(location):
-        rest = location.split("://", 1)[1].split("?", 1)[0]
-        host, _, path = rest.partition("/")
-        host = host.rsplit("@", 1)[-1].split(":")[0]
-        tail = path.strip("/").replace("/", "-")
-        return tail or host
-    return Path(location).stem
 
 
 @dataclass
@@ -111,8 +99,12 @@ class VideoFileSource:
 
     live = False
 
-    def __init__(self, path: str, stream_id: str, max_frames: int | None = None, decoder_threads: int = 0) -> None:
+    def __init__(self, path: str, stream_id: str, max_frames: int | None = None, decoder_threads: int = 0,
+                 read_timeout: float = 10.0) -> None:
         self.path = path
+        self.shown = redact(path)
+        self.read_timeout = read_timeout
+        self.state = StreamState(stream_id, self.shown, "file")
         self.decoder_threads = decoder_threads
         self.name = stream_id
         self.stream_id = stream_id
@@ -126,25 +118,31 @@ class VideoFileSource:
 
     def check(self) -> None:
         """Open once to fail fast with one clear line (missing, not a video, no video track)."""
-        if not Path(self.path).exists():
-            raise SourceError(f"video file not found: {self.path}")
-        if not Path(self.path).is_file():
-            raise SourceError(f"not a file: {self.path}")
+        if not is_remote(self.path):
+            if not Path(self.path).exists():
+                raise SourceError(f"video file not found: {self.path}")
+            if not Path(self.path).is_file():
+                raise SourceError(f"not a file: {self.path}")
         container = self._open()
         container.close()
 
     def _open(self) -> av.container.InputContainer:
+        options = {}
+        if is_remote(self.path):  # a dropped connection resumes where it was, not from the start
+            options = {"reconnect": "1", "reconnect_on_network_error": "1", "reconnect_delay_max": "5",
+                       "rw_timeout": str(int(self.read_timeout * 1e6))}
         try:
-            container = av.open(self.path, mode="r", timeout=10.0)
+            container = av.open(self.path, mode="r", options=options, timeout=(self.read_timeout, self.read_timeout))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise SourceError(f"cannot read {self.path} as a video ({_ffmpeg_message(exc)})") from None
+            reason = redact_text(_ffmpeg_message(exc), self.path)
+            raise SourceError(f"cannot read {self.shown} as a video ({reason})") from None
         if not container.streams.video:
             container.close()
-            raise SourceError(f"{self.path} has no video track")
+            raise SourceError(f"{self.shown} has no video track")
         stream = container.streams.video[0]
         if stream.codec_context is None or stream.codec_context.name is None:
             container.close()
-            raise SourceError(f"{self.path}: video codec is not supported")
+            raise SourceError(f"{self.shown}: video codec is not supported")
         self.expected_frames = int(stream.frames or 0)
         self.expected_seconds = _declared_seconds(container, stream)
         self.frame_seconds = float(1 / stream.average_rate) if stream.average_rate else 0.0
@@ -168,7 +166,7 @@ class VideoFileSource:
                 except av.error.FFmpegError as exc:
                     # Demuxing past a damaged region: keep going if the container lets us.
                     self.counters.corrupt += 1
-                    log.warning("%s: unreadable data skipped (%s)", self.path, _ffmpeg_message(exc))
+                    log.warning("%s: unreadable data skipped (%s)", self.shown, redact_text(_ffmpeg_message(exc), self.path))
                     if isinstance(exc, av.error.EOFError):
                         break
                     continue
@@ -181,13 +179,14 @@ class VideoFileSource:
             container.close()
         self.counters.decoded = index
         interrupted = stopping.is_set()
+        self.state.set_state("ended")
         if index == 0 and not interrupted:
-            raise SourceError(f"{self.path}: no decodable video frames")
+            raise SourceError(f"{self.shown}: no decodable video frames")
         limit_hit = self.max_frames is not None and index >= self.max_frames
         shortfall = None if interrupted or limit_hit else self._shortfall(index)
         yield EndOfStream(self.stream_id, index, interrupted=interrupted or shortfall is not None)
         if shortfall is not None:
-            raise SourceError(f"{self.path} is truncated or damaged: {shortfall}")
+            raise SourceError(f"{self.shown} is truncated or damaged: {shortfall}")
 
     def _shortfall(self, decoded: int) -> str | None:
         """Why the file ended before its container said it would, or None if it did not."""
@@ -204,6 +203,9 @@ class VideoFileSource:
 
     def _frame(self, vframe: av.VideoFrame, index: int) -> Frame:
         frame = _frame(vframe, self.stream_id, index, lambda _pts: time.time(), self.pixels, live=False)
+        if index == 0:
+            self.state.set_state("live")
+        self.state.frame_decoded()
         if frame.pts is not None:
             self._last_pts = frame.pts if self._last_pts is None else max(self._last_pts, frame.pts)
         return frame
@@ -247,92 +249,172 @@ class CaptureClock:
         return min(now, wall + (pts - first))
 
 
+@dataclass
+class Supervision:
+    """How a camera is kept alive (config section `source`).
+
+    open_timeout: seconds to connect; stall_timeout: seconds without a decoded frame while the
+    connection looks open before it counts as lost; backoff_initial/backoff_max: the first and the
+    largest wait between attempts (exponential, equal jitter); give_up_after: seconds of failed
+    attempts before the camera is declared `down` and left alone (None: never give up).
+    """
+
+    open_timeout: float = 10.0
+    stall_timeout: float = 10.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 5.0
+    give_up_after: float | None = None
+
+
 class CameraSource:
-    """Decodes an RTSP (or other network) stream; reconnects when the feed drops."""
+    """Decodes a live feed (RTSP, RTMP, UDP, SRT, /dev/video*) under supervision.
+
+    States (StreamState.state, and a StreamStatus message down the pipeline at each change):
+    connecting -> live -> reconnecting -> live ... ; down when `give_up_after` ran out; ended
+    when stopped. Frame numbers continue across reconnects. Every change is logged once.
+    """
 
     live = True
 
-    def __init__(
-        self,
-        url: str,
-        stream_id: str,
-        open_timeout: float = 10.0,
-        read_timeout: float = 10.0,
-        reconnect_window: float = 60.0,
-        max_frames: int | None = None,
-        decoder_threads: int = 0,
-    ) -> None:
+    def __init__(self, url: str, stream_id: str, supervision: Supervision | None = None,
+                 max_frames: int | None = None, decoder_threads: int = 0) -> None:
         self.url = url
+        self.shown = redact(url)
         self.decoder_threads = decoder_threads
         self.name = stream_id
         self.stream_id = stream_id
-        self.open_timeout = open_timeout
-        self.read_timeout = read_timeout
-        self.reconnect_window = reconnect_window
+        self.supervision = supervision or Supervision()
         self.max_frames = max_frames
         self.counters = SourceCounters()
         self.pixels = PixelConverter()
+        self.state = StreamState(stream_id, self.shown, "live")
         self._first: av.container.InputContainer | None = None
+        self._backoff = EqualJitterBackoff(cap=self.supervision.backoff_max, base=self.supervision.backoff_initial)
 
     def _open(self) -> av.container.InputContainer:
-        options = {"rtsp_transport": "tcp", "timeout": str(int(self.read_timeout * 1e6))}
-        if not self.url.lower().startswith(("rtsp://", "rtsps://")):
-            options = {"rw_timeout": str(int(self.read_timeout * 1e6))}
+        sup = self.supervision
+        stall_us = str(int(sup.stall_timeout * 1e6))
+        lowered = self.url.lower()
+        options: dict[str, str] = {}
+        fmt = None
+        if lowered.startswith(("rtsp://", "rtsps://")):
+            options = {"rtsp_transport": "tcp", "timeout": stall_us}
+        elif lowered.startswith("/dev/video"):
+            fmt = "v4l2"
+        else:
+            options = {"rw_timeout": stall_us}
         try:
-            container = av.open(self.url, mode="r", options=options, timeout=(self.open_timeout, self.read_timeout))
-        except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open camera {self.url} ({_ffmpeg_message(exc)})") from None
+            container = av.open(self.url, mode="r", format=fmt, options=options,
+                                timeout=(sup.open_timeout, sup.stall_timeout))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise SourceError(f"cannot open camera {self.shown} ({redact_text(_ffmpeg_message(exc), self.url)})") from None
         if not container.streams.video:
             container.close()
-            raise SourceError(f"camera {self.url} sends no video track")
+            raise SourceError(f"camera {self.shown} sends no video track")
         return container
 
     def check(self) -> None:
         """Connect once (kept for the run) so an unreachable camera fails before anything starts."""
         self._first = self._open()
 
-    def items(self, stopping: threading.Event) -> Iterator[Frame]:
-        container = self._first or self._open()
-        self._first = None
-        index = 0
-        while not stopping.is_set():
-            clock = CaptureClock()
-            try:
-                stream = container.streams.video[0]
-                _set_threads(stream, self.decoder_threads, "SLICE")  # frame threads would add frames of latency
-                for packet in container.demux(stream):
-                    if stopping.is_set():
-                        break
-                    for vframe in _decode(packet, self.counters):
-                        yield _frame(vframe, self.stream_id, index, clock.capture_time, self.pixels, live=True)
-                        index += 1
-                        self.counters.decoded = index
-                        if self.max_frames is not None and index >= self.max_frames:
-                            return
-            except (av.error.FFmpegError, OSError) as exc:
-                log.warning("camera %s: feed lost (%s)", self.url, _ffmpeg_message(exc))
-            finally:
-                container.close()
-            if stopping.is_set():
-                return
-            container = self._reconnect(stopping)
-            if container is None:
-                return
+    def _status(self, state: str, error: str | None = None, force: bool = False) -> StreamStatus | None:
+        """Enter `state`; the StreamStatus to publish, or None when nothing changed."""
+        if not self.state.set_state(state, error) and not force:  # type: ignore[arg-type]
+            return None
+        return StreamStatus(self.stream_id, state, self.state.since, self.state.reconnects, self.shown, error)
 
-    def _reconnect(self, stopping: threading.Event) -> av.container.InputContainer | None:
-        deadline = time.monotonic() + self.reconnect_window
-        delay = 0.5
-        last = "no answer"
+    def items(self, stopping: threading.Event) -> Iterator[Frame | StreamStatus]:
+        yield self._status("connecting", force=True)
+        yield from self._feed(stopping)
+        # Not in a `finally`: a generator closed from outside must not yield again.
+        if self.state.state != "down":
+            status = self._status("ended")
+            if status:
+                yield status
+
+    def _feed(self, stopping: threading.Event) -> Iterator[Frame | StreamStatus]:
+        container, self._first = self._first, None
+        index = 0
+        lost_at: float | None = None
+        try:
+            while not stopping.is_set():
+                if container is None:
+                    container = yield from self._connect(stopping, lost_at)
+                    if container is None:
+                        return
+                reason = None
+                clock = CaptureClock()
+                last_frame = time.monotonic()
+                try:
+                    stream = container.streams.video[0]
+                    _set_threads(stream, self.decoder_threads, "SLICE")  # frame threads add frames of latency
+                    for packet in container.demux(stream):
+                        if stopping.is_set():
+                            break
+                        for vframe in _decode(packet, self.counters):
+                            if self.state.state != "live":
+                                if lost_at is not None:
+                                    log.warning("camera %s (%s): live again after %.1f s", self.stream_id,
+                                                self.shown, time.monotonic() - lost_at)
+                                status = self._status("live")
+                                if status:
+                                    yield status
+                            yield _frame(vframe, self.stream_id, index, clock.capture_time, self.pixels, live=True)
+                            self.state.frame_decoded()
+                            last_frame = time.monotonic()
+                            index += 1
+                            self.counters.decoded = index
+                            if self.max_frames is not None and index >= self.max_frames:
+                                return
+                        # Packets without pictures (a broken encoder) look alive to the demuxer.
+                        if time.monotonic() - last_frame > self.supervision.stall_timeout:
+                            reason = f"no frame for {self.supervision.stall_timeout:g} s"
+                            break
+                    else:
+                        reason = "the feed ended"
+                except (av.error.FFmpegError, OSError) as exc:
+                    reason = redact_text(_ffmpeg_message(exc), self.url)
+                finally:
+                    container.close()
+                    container = None
+                if stopping.is_set():
+                    return
+                lost_at = time.monotonic()
+                log.warning("camera %s (%s): feed lost (%s); reconnecting", self.stream_id, self.shown, reason)
+                status = self._status("reconnecting", reason)
+                if status:
+                    yield status
+        finally:
+            if container is not None:
+                container.close()
+
+    def _connect(self, stopping: threading.Event, lost_at: float | None):
+        """Attempts until one succeeds (returns the container), stop is asked or `give_up_after`
+        runs out (returns None, state `down`). A generator: yields the StreamStatus it causes."""
+        sup = self.supervision
+        started = lost_at or time.monotonic()
+        failures = 0
         while not stopping.is_set():
             try:
                 container = self._open()
-                self.counters.reconnects += 1
-                log.warning("camera %s: reconnected", self.url)
-                return container
             except SourceError as exc:
-                last = str(exc)
-            if time.monotonic() + delay > deadline:
-                raise SourceError(f"camera {self.url} lost and not back after {self.reconnect_window:g} s ({last})")
-            stopping.wait(delay)
-            delay = min(delay * 2, 5.0)
+                failures += 1
+                if failures == 1 and lost_at is None:
+                    log.warning("%s; retrying in the background", exc)
+                    status = self._status("reconnecting", str(exc))
+                    if status:
+                        yield status
+                if sup.give_up_after is not None and time.monotonic() - started > sup.give_up_after:
+                    log.error("camera %s (%s): giving up after %g s without a connection (%s)",
+                              self.stream_id, self.shown, sup.give_up_after, exc)
+                    status = self._status("down", str(exc))
+                    if status:
+                        yield status
+                    return None
+                stopping.wait(self._backoff.compute(failures))
+                continue
+            if lost_at is not None or failures:
+                self.state.reconnects += 1
+                self.counters.reconnects += 1
+            return container
         return None

@@ -32,8 +32,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from segstream.pipeline.config import TrackingSection
-from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance
+from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 
+#: A camera in one of these states has ended (stopped, or given up on): its tracks go, as at an EndOfStream.
+FINAL_STATUSES = ("ended", "down")
 #: Motion is extrapolated at most this long: beyond a second a constant velocity is a guess.
 PREDICT_HORIZON = 1.0
 #: Overlap with which a track counts as found again in a frame whose picture changed wholesale.
@@ -243,9 +245,11 @@ class StreamTracker:
 
 
 class Tracking:
-    """The stage: keeps one StreamTracker per stream, dropped at that stream's EndOfStream.
+    """The stage: keeps one StreamTracker per stream, dropped at that stream's EndOfStream (a file)
+    or final StreamStatus (a camera `ended` or `down`).
 
-    FrameResults get `track_id` on every instance; every other message passes through untouched.
+    FrameResults get `track_id` on every instance (not those of a frame the engine failed on: it
+    has none); every message passes through untouched otherwise.
     Ids count from 1 per stream and are never reused within a run, even after an EndOfStream.
     """
 
@@ -260,8 +264,9 @@ class Tracking:
     def process(self, items: list[Any]) -> Iterable[Any]:
         for item in items:
             if isinstance(item, FrameResult):
-                self.track(item)
-            elif isinstance(item, EndOfStream):
+                if item.error is None:  # a frame the engine failed on says nothing about the objects
+                    self.track(item)
+            elif isinstance(item, EndOfStream) or (isinstance(item, StreamStatus) and item.status in FINAL_STATUSES):
                 self.trackers.pop(item.stream_id, None)
             yield item
 

@@ -5,17 +5,23 @@
                                   "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"},
                                   "track_id": n (when tracking is on)}]}
     {"schema": 1, "stream": id, "eos": true, "frames": N}
+    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
+     "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
+A frame the engine failed on carries "error": why, and no instances.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from segstream.pipeline.messages import EndOfStream, FrameResult, Instance
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, Instance, StreamStatus
+
 
 SCHEMA = 1
 
@@ -23,7 +29,7 @@ SCHEMA = 1
 def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
     """The schema-v1 object for one frame; `dropped` = frames dropped since the previous one published."""
     frame = result.frame
-    return {
+    message = {
         "schema": SCHEMA,
         "stream": frame.stream_id,
         "frame": frame.index,
@@ -35,6 +41,18 @@ def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
         "latency": round(result.latency, 4),
         "instances": [_instance(inst) for inst in result.instances],
     }
+    if result.error is not None:
+        message["error"] = result.error
+    return message
+
+
+def status_message(status: StreamStatus) -> dict[str, Any]:
+    """The schema-v1 status entry of a live stream's state change."""
+    message: dict[str, Any] = {"schema": SCHEMA, "stream": status.stream_id, "status": status.status,
+                               "since": round(status.since, 3), "reconnects": status.reconnects, "url": status.url}
+    if status.error:
+        message["error"] = status.error
+    return message
 
 
 def _instance(inst: Instance) -> dict[str, Any]:
@@ -71,12 +89,60 @@ def decode_mask(mask: dict[str, Any]) -> np.ndarray:
 
 def _track_ids(instances: list[dict[str, Any]]) -> str:
     """" #3 #7" for instances with track ids, "" without."""
-    ids = sorted(inst["track_id"] for inst in instances if inst.get("track_id") is not None)
+    ids = sorted(inst["track_id"] for inst in instances if isinstance(inst.get("track_id"), int))
     return "".join(f" #{i}" for i in ids)
+
+
+EntryKind = Literal["frame", "eos", "status", "unknown"]
+
+
+def entry_kind(message: dict[str, Any]) -> EntryKind:
+    """What a stream entry is: "frame" (has `frame` + `instances`), "eos" (`eos`), "status" (`status`:
+    {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
+    "reconnects": N, optional "url" (password redacted) and "error"}, published on live streams), or
+    "unknown" (anything else, e.g. a kind added by a newer producer: consumers skip it)."""
+    if not isinstance(message, dict):
+        return "unknown"
+    if message.get("eos"):
+        return "eos"
+    if "status" in message:
+        return "status"
+    if "frame" in message and isinstance(message.get("instances"), list):
+        return "frame"
+    return "unknown"
+
+
+def _describe_status(message: dict[str, Any]) -> str:
+    line = f"{message.get('stream', '?')} status {message.get('status')}"
+    since = message.get("since")
+    if isinstance(since, (int, float)):
+        line += f" since {time.strftime('%H:%M:%S', time.localtime(since))}"
+    reconnects = message.get("reconnects")
+    if isinstance(reconnects, int) and reconnects:
+        line += f" ({reconnects} reconnect{'s' if reconnects != 1 else ''})"
+    if message.get("url"):
+        line += f" {message['url']}"
+    if message.get("error"):
+        line += f": {message['error']}"
+    return line
+
+
+def _describe_unknown(message: Any) -> str:
+    if not isinstance(message, dict):
+        return f"? unknown entry ({type(message).__name__})"
+    detail = message.get("invalid") or "keys: " + ", ".join(sorted(str(k) for k in message))
+    return f"{message.get('stream', '?')} unknown entry ({detail})"
 
 
 def describe(message: dict[str, Any]) -> str:
     """One human line for a message (what `segstream subscribe` prints)."""
+    kind = entry_kind(message)
+    if kind == "status":
+        return _describe_status(message)
+    if kind == "unknown" or (kind == "frame" and not {"stream", "width", "height"} <= message.keys()):
+        return _describe_unknown(message)
+    if kind == "eos" and not {"stream", "frames"} <= message.keys():
+        return f"{message.get('stream', '?')} end of stream"
     if message.get("eos"):
         return f"{message['stream']} end of stream: {message['frames']} frames"
     by_label: dict[str, list[dict[str, Any]]] = {}

@@ -18,7 +18,7 @@ import pytest
 
 from segstream.pipeline.config import ConfigError, TrackingSection, parse_config
 from segstream.pipeline.evaluate import main as evaluate_main, stage_costs
-from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance
+from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks.annotated_video import annotate
 from segstream.pipeline.tracking import Tracking
@@ -180,21 +180,37 @@ def test_every_instance_gets_an_id_and_ids_are_never_reused_in_a_stream():
 
 
 def test_other_messages_pass_untouched_and_an_end_of_stream_drops_that_streams_tracks():
-    class Status:  # any message kind the stage does not know
+    class Unknown:  # any message kind the stage does not know
         pass
 
     stage = Tracking(TrackingSection())
     shape = Shape(class_id=1, cx=300, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))
     a1, _ = painted(flat((0, 0, 0)), [shape], 0, stream="a")
     b1, _ = painted(flat((0, 0, 0)), [shape], 0, stream="b")
-    status, eos = Status(), EndOfStream("a", frames=1)
-    assert list(stage.process([status, a1, b1, eos])) == [status, a1, b1, eos]
+    other, eos = Unknown(), EndOfStream("a", frames=1)
+    assert list(stage.process([other, a1, b1, eos])) == [other, a1, b1, eos]
     assert set(stage.trackers) == {"b"}
     a2, _ = painted(flat((0, 0, 0)), [shape], 1, stream="a")
     b2, _ = painted(flat((0, 0, 0)), [shape], 1, stream="b")
     track(stage, [a2, b2])
     assert b2.instances[0].track_id == b1.instances[0].track_id  # the other stream is unaffected
     assert a2.instances[0].track_id > a1.instances[0].track_id  # a stream's ids stay unique for the run
+
+
+def test_a_camera_keeps_its_tracks_while_reconnecting_and_drops_them_when_it_ends():
+    stage = Tracking(TrackingSection())
+    shape = Shape(class_id=1, cx=300, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))
+    first, _ = painted(flat((0, 0, 0)), [shape], 0, live=True, time=0.0)
+    failed = FrameResult(frame=painted(flat((0, 0, 0)), [shape], 1, live=True, time=0.03)[0].frame, error="engine failed")
+    reconnecting = StreamStatus("cam", "reconnecting", since=0.1, reconnects=1, url="rtsp://cam")
+    assert list(stage.process([first, failed, reconnecting])) == [first, failed, reconnecting]
+    assert failed.instances == []
+    again, _ = painted(flat((0, 0, 0)), [shape], 40, live=True, time=1.3)
+    track(stage, [again])
+    # Tentative after one detection; a frame the engine failed on is not a miss, so the track lives on.
+    assert again.instances[0].track_id == first.instances[0].track_id
+    track(stage, [StreamStatus("cam", "ended", since=2.0, reconnects=1, url="rtsp://cam")])
+    assert "cam" not in stage.trackers
 
 
 def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video():

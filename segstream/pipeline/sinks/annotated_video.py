@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segstream.pipeline.messages import EndOfStream, FrameResult, Instance
+from segstream.pipeline.messages import EndOfStream, FrameResult, Instance, StreamStatus
 from segstream.pipeline.sinks import SinkError
 
 PALETTE = np.array(
@@ -68,6 +69,8 @@ class AnnotatedVideoSink:
         self.multiple = multiple_streams
         self._writers: dict[str, tuple[Any, Any]] = {}
         self.paths: list[Path] = []
+        self._lock = threading.Lock()
+        self._closed = False
         if not self.path.parent.exists():
             raise SinkError(f"output video folder does not exist: {self.path.parent}")
 
@@ -95,6 +98,11 @@ class AnnotatedVideoSink:
         return self._writers[stream_id]
 
     def write(self, result: FrameResult, message: dict[str, Any]) -> None:
+        with self._lock:
+            if not self._closed:
+                self._write(result)
+
+    def _write(self, result: FrameResult) -> None:
         frame = result.frame
         container, stream = self._writer(frame.stream_id, frame.width, frame.height)
         picture = annotate(frame.image, result.instances)
@@ -105,8 +113,12 @@ class AnnotatedVideoSink:
         for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
             container.mux(packet)
 
+    def write_status(self, status: StreamStatus, message: dict[str, Any]) -> None:
+        pass
+
     def end_stream(self, eos: EndOfStream, message: dict[str, Any]) -> None:
-        self._finish(eos.stream_id)
+        with self._lock:
+            self._finish(eos.stream_id)
 
     def _finish(self, stream_id: str) -> None:
         if stream_id in self._writers:
@@ -116,5 +128,9 @@ class AnnotatedVideoSink:
             container.close()
 
     def close(self) -> None:
-        for stream_id in list(self._writers):
-            self._finish(stream_id)
+        # Under the lock: an abort closes from the main thread while publishing may be mid-frame,
+        # and a half-written frame must not break the mp4.
+        with self._lock:
+            self._closed = True
+            for stream_id in list(self._writers):
+                self._finish(stream_id)

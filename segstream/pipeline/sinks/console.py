@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from segstream.pipeline.messages import EndOfStream, FrameResult
+from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 from segstream.pipeline.wire import describe
 
 
@@ -14,6 +14,9 @@ class ConsoleSink:
         self.out = out or sys.stdout
 
     def write(self, result: FrameResult, message: dict[str, Any]) -> None:
+        print(describe(message), file=self.out, flush=True)
+
+    def write_status(self, status: StreamStatus, message: dict[str, Any]) -> None:
         print(describe(message), file=self.out, flush=True)
 
     def end_stream(self, eos: EndOfStream, message: dict[str, Any]) -> None:

@@ -1,30 +1,60 @@
-"""Redis sink: XADD one schema-v1 entry per frame (and the EOS entry), optional Pub/Sub."""
+"""Redis sink: XADD one schema-v1 entry per frame (status and EOS entries too), optional Pub/Sub,
+surviving Redis outages.
+
+Entries wait in one outbox per stream and a writer thread sends them, round-robin over streams,
+pipelined (up to `BATCH` entries a round trip). When Redis goes away the writer reconnects with
+redis-py's backoff (equal jitter, `backoff_initial` up to `backoff_max`) for as long as it takes:
+- a file's outbox is small and `write` blocks while it is full, so the pipeline backs up to the
+  decoder and nothing is lost; it resumes when Redis returns;
+- a camera's outbox keeps the newest `outbox` frame entries; older ones are dropped, counted,
+  and added to the `dropped` field of that camera's next published frame.
+Exactly once: an XADD whose reply was lost with the connection may or may not have landed. After
+reconnecting, the writer reads the newest entries of each stream it had in flight (XREVRANGE) and
+resends only those whose exact `data` is not there. Every entry's data is unique (frame index,
+capture time, status time), and this writer is the only one writing a stream, so an entry is
+never published twice and never skipped. Entries are in order per stream.
+Redis itself may lose the last second or two of entries it acknowledged when it is killed
+(`appendfsync everysec` writes its log in the background): so the writer also keeps the entries
+of the last `RECENT_SECONDS` that Redis acknowledged, and after an outage re-sends those that the
+restarted Redis no longer has (they were lost, so this cannot duplicate them).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
 
-from segstream.pipeline.messages import EndOfStream, FrameResult
+from segstream.pipeline.locations import redact
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.wire import dumps
 
+if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
+    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+log = logging.getLogger(__name__)
+
+BATCH = 64  # entries per pipelined round trip
+RECENT_SECONDS = 5.0  # acknowledged entries kept to repair what a killed Redis did not persist
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A checked connection (PING answered); redis://, rediss:// and unix:// URLs with user/password."""
+def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
+    """A checked connection (PING answered); redis://, rediss:// and unix:// URLs with user/password.
+
+    retry=False turns off redis-py's transparent retry of a command whose connection broke: right
+    for reads, wrong for XADD, whose first attempt may have landed (see the module doc).
+    """
+    extra = {} if retry else {"retry": Retry(NoBackoff(), 0)}
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
         client.ping()
     except redis.AuthenticationError as exc:
         raise SinkError(f"Redis at {redact(url)} refused the credentials ({exc})") from None
@@ -42,33 +72,272 @@ def stream_key(prefix: str, stream_id: str) -> str:
     return f"{prefix}{stream_id}"
 
 
-class RedisStreamSink:
-    """Publishes to `<prefix><stream-id>` with XADD MAXLEN ~ maxlen."""
+@dataclass(eq=False)  # entries are removed by identity
+class _Entry:
+    stream_id: str
+    message: dict[str, Any]
+    droppable: bool  # a camera's frame entry (status and EOS entries are never dropped)
+    data: str = ""  # the exact JSON sent, fixed at the first send
+    acked: float = 0.0  # monotonic time Redis acknowledged it (0: not yet)
 
-    def __init__(self, url: str, prefix: str = "segstream:", maxlen: int = 10000, pubsub: bool = False) -> None:
+
+class _Outbox:
+    """One stream's waiting entries. Files block when full; cameras evict their oldest frame."""
+
+    def __init__(self, capacity: int, live: bool) -> None:
+        self.capacity = capacity
+        self.live = live
+        self.entries: collections.deque[_Entry] = collections.deque()
+        self.evicted = 0  # frames dropped since the last published frame of this stream
+        self.recent: collections.deque[_Entry] = collections.deque()  # acknowledged, newest last
+
+
+class RedisStreamSink:
+    """Publishes to `<prefix><stream-id>` with XADD MAXLEN ~ maxlen (and MINID ~ for retention).
+
+    on_published(stream_id, message): after an entry landed (from the writer thread).
+    on_dropped(stream_id, count): camera frames dropped from a full outbox.
+    """
+
+    def __init__(self, url: str, prefix: str = "segstream:", maxlen: int = 10000, pubsub: bool = False,
+                 retention_seconds: float | None = None, outbox: int = 1000, file_outbox: int = 32,
+                 backoff_initial: float = 0.5, backoff_max: float = 5.0,
+                 on_published: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_dropped: Callable[[str, int], None] | None = None) -> None:
         self.url = url
         self.prefix = prefix
         self.maxlen = maxlen
         self.pubsub = pubsub
-        self.client = connect(url)
+        self.retention = retention_seconds
+        self.outbox_size = outbox
+        self.file_outbox = file_outbox
+        self.on_published = on_published
+        self.on_dropped = on_dropped
+        self.client = connect(url, retry=False)
         self.entries = 0
+        self.up = True
+        self.down_since: float | None = None
+        self.error: SinkError | None = None
+        self._backoff = EqualJitterBackoff(cap=backoff_max, base=backoff_initial)
+        self._outboxes: dict[str, _Outbox] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._aborted = False
+        self._busy = False
+        self._trimmed: dict[str, float] = {}
+        self._writer = threading.Thread(target=self._write_loop, name="redis-writer", daemon=True)
+        self._writer.start()
 
-    def _publish(self, stream_id: str, message: dict[str, Any]) -> None:
-        key = stream_key(self.prefix, stream_id)
-        data = dumps(message)
-        try:
-            self.client.xadd(key, {"data": data}, maxlen=self.maxlen, approximate=True)
-            if self.pubsub:
-                self.client.publish(key, data)
-        except redis.RedisError as exc:
-            raise SinkError(f"publishing to Redis at {redact(self.url)} failed ({exc})") from None
-        self.entries += 1
-
+    # -- the pipeline's side -----------------------------------------------------------------
     def write(self, result: FrameResult, message: dict[str, Any]) -> None:
-        self._publish(result.frame.stream_id, message)
+        self._enqueue(_Entry(result.frame.stream_id, message, droppable=result.frame.live), live=result.frame.live)
+
+    def write_status(self, status: StreamStatus, message: dict[str, Any]) -> None:
+        self._enqueue(_Entry(status.stream_id, message, droppable=False), live=True)
 
     def end_stream(self, eos: EndOfStream, message: dict[str, Any]) -> None:
-        self._publish(eos.stream_id, message)
+        self._enqueue(_Entry(eos.stream_id, message, droppable=False), live=False)
 
-    def close(self) -> None:
+    def _enqueue(self, entry: _Entry, live: bool) -> None:
+        dropped = 0
+        with self._cond:
+            if self.error is not None:
+                raise self.error
+            box = self._outboxes.get(entry.stream_id)
+            if box is None:
+                box = self._outboxes[entry.stream_id] = _Outbox(self.outbox_size if live else self.file_outbox, live)
+            if box.live:
+                while len(box.entries) >= box.capacity and self._evict_oldest_frame(box):
+                    dropped += 1
+            else:
+                while len(box.entries) >= box.capacity and not self._aborted:
+                    self._cond.wait(0.5)  # backpressure: the decoder waits for Redis
+            if self._aborted:
+                return
+            box.entries.append(entry)
+            self._cond.notify_all()
+        if dropped and self.on_dropped is not None:
+            self.on_dropped(entry.stream_id, dropped)
+
+    @staticmethod
+    def _evict_oldest_frame(box: _Outbox) -> bool:
+        for i, queued in enumerate(box.entries):
+            if queued.droppable and not queued.data:
+                del box.entries[i]
+                box.evicted += 1
+                return True
+        return False
+
+    def pending(self) -> int:
+        """Entries not yet on Redis."""
+        with self._cond:
+            return sum(len(b.entries) for b in self._outboxes.values()) + (1 if self._busy else 0)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Publish what waits (for up to `timeout` s; None: until done or abort()), then stop.
+        Returns False when entries were left unpublished."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while (self._busy or any(b.entries for b in self._outboxes.values())) and not self._aborted:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(0.2 if left is None else min(0.2, left))
+            left_over = sum(len(b.entries) for b in self._outboxes.values())
+            self._aborted = True
+            self._cond.notify_all()
+        self._writer.join(5)
         self.client.close()
+        if left_over:
+            log.error("Redis at %s: %d entries not published (shutdown while Redis was unreachable)",
+                      redact(self.url), left_over)
+        return left_over == 0
+
+    def abort(self) -> None:
+        """Stop waiting for Redis now (a second Ctrl-C)."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _take(self) -> list[_Entry]:
+        """Up to BATCH entries, round-robin over streams, left at the head of their outboxes."""
+        boxes = [b for b in self._outboxes.values() if b.entries]
+        taken: list[_Entry] = []
+        depth = 0
+        while len(taken) < BATCH:
+            added = False
+            for box in boxes:
+                if depth < len(box.entries) and len(taken) < BATCH:
+                    taken.append(box.entries[depth])
+                    added = True
+            if not added:
+                break
+            depth += 1
+        return taken
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._aborted and not any(b.entries for b in self._outboxes.values()):
+                    self._cond.wait()
+                if self._aborted:
+                    return
+                batch = self._take()
+                for entry in batch:
+                    if not entry.data:
+                        box = self._outboxes[entry.stream_id]
+                        if entry.droppable and box.evicted and "dropped" in entry.message:
+                            entry.message["dropped"] += box.evicted
+                            box.evicted = 0
+                        entry.data = dumps(entry.message)
+                self._busy = True
+            try:
+                self._send(batch)
+                self._done(batch)
+            except CONNECTION_ERRORS as exc:
+                self._outage(exc)
+                self._recover(batch)
+            except redis.RedisError as exc:  # Redis answered with an error: not an outage
+                with self._cond:
+                    self.error = SinkError(f"publishing to Redis at {redact(self.url)} failed ({exc})")
+                    self._aborted = True
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, batch: list[_Entry]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        now = time.time()
+        for entry in batch:
+            key = stream_key(self.prefix, entry.stream_id)
+            pipe.xadd(key, {"data": entry.data}, maxlen=self.maxlen, approximate=True)
+            if self.pubsub:
+                pipe.publish(key, entry.data)
+            if self.retention and now - self._trimmed.get(key, 0.0) > 1.0:
+                self._trimmed[key] = now
+                pipe.xtrim(key, minid=f"{int((now - self.retention) * 1000)}-0", approximate=True)
+        pipe.execute()
+
+    def _done(self, published: list[_Entry]) -> None:
+        now = time.monotonic()
+        first_time = [e for e in published if not e.acked]
+        with self._cond:
+            for entry in published:
+                box = self._outboxes[entry.stream_id]
+                box.entries.remove(entry)
+                entry.acked = now
+                box.recent.append(entry)
+                while box.recent and (now - box.recent[0].acked > RECENT_SECONDS or len(box.recent) > 4 * BATCH):
+                    box.recent.popleft()
+        self.entries += len(first_time)
+        if self.on_published is not None:
+            for entry in first_time:  # an entry re-sent after Redis lost it was counted already
+                self.on_published(entry.stream_id, entry.message)
+
+    def _outage(self, exc: BaseException) -> None:
+        """Reconnect with backoff until PING answers (or abort)."""
+        self.up = False
+        self.down_since = time.time()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("Redis at %s unreachable (%s); results wait in the outbox, retrying", redact(self.url), reason)
+        failures = 0
+        while True:
+            with self._cond:
+                if self._aborted:
+                    return
+            failures += 1
+            time.sleep(self._backoff.compute(failures))
+            try:
+                self.client.connection_pool.disconnect()
+                self.client.ping()
+            except CONNECTION_ERRORS:
+                continue
+            except redis.RedisError:  # e.g. LOADING while it reads its append-only file
+                continue
+            break
+        log.warning("Redis at %s reachable again after %.1f s", redact(self.url), time.time() - self.down_since)
+        self.up = True
+        self.down_since = None
+
+    def _recover(self, batch: list[_Entry]) -> None:
+        """After an outage: which in-flight entries landed, and which acknowledged ones Redis lost."""
+        in_flight = collections.defaultdict(list)
+        for entry in batch:
+            in_flight[entry.stream_id].append(entry)
+        with self._cond:
+            streams = {sid for sid, box in self._outboxes.items() if box.recent} | set(in_flight)
+        for stream_id in streams:
+            box = self._outboxes[stream_id]
+            with self._cond:
+                recent = list(box.recent)
+            count = len(recent) + len(in_flight[stream_id])
+            while True:
+                try:
+                    newest = self.client.xrevrange(stream_key(self.prefix, stream_id), count=count)
+                    break
+                except CONNECTION_ERRORS as exc:
+                    with self._cond:
+                        if self._aborted:
+                            return
+                    self._outage(exc)
+            present = set()
+            for _, fields in newest:
+                raw = fields.get(b"data", b"")
+                present.add(raw.decode() if isinstance(raw, bytes) else raw)
+            lost = [e for e in recent if e.data not in present]
+            if lost:
+                log.warning("Redis lost %d acknowledged entries of %s when it went down; publishing them again",
+                            len(lost), stream_id)
+                with self._cond:
+                    for entry in lost:
+                        box.recent.remove(entry)
+                    box.entries.extendleft(reversed(lost))  # before the in-flight ones, in order
+            self._done([e for e in in_flight[stream_id] if e.data in present])

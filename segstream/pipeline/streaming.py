@@ -1,0 +1,281 @@
+"""The pipeline as a long-lived object: one loaded engine, one chain of stages, one set of sinks,
+and streams added and removed while it runs (`segstream run` adds its sources at start and ends
+with the last file; `segstream serve` adds and removes cameras over HTTP).
+
+    StreamingPipeline(config).start(); .add_stream(StreamSpec(id="cam1", url="rtsp://...")); ...
+
+Each stream has its own lane into the first stage, with the policy its kind needs (files block,
+cameras drop their oldest frame, `queues.live_frames` per camera), and its own StreamState in
+`registry`. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from segstream.engines.factory import open_engine
+from segstream.engines.models import LoadedModel, load_model
+from segstream.engines.protocol import Engine
+from segstream.pipeline.config import RunConfig
+from segstream.pipeline.inference import Inference
+from segstream.pipeline.locations import default_stream_id, source_kind
+from segstream.pipeline.messages import Frame, FrameResult
+from segstream.pipeline.postprocess import Postprocess
+from segstream.pipeline.preprocess import Preprocess, fit_size
+from segstream.pipeline.progress import Progress
+from segstream.pipeline.publish import Publish
+from segstream.pipeline.runtime import Chain, EdgePolicy, StageStats
+from segstream.pipeline.sinks import Sink
+from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
+from segstream.pipeline.sinks.console import ConsoleSink
+from segstream.pipeline.sinks.redis_stream import RedisStreamSink
+from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
+from segstream.pipeline.streams import StreamRegistry, StreamState
+from segstream.pipeline.tracking import Tracking
+
+log = logging.getLogger(__name__)
+
+Source = VideoFileSource | CameraSource
+
+
+class StreamSpec(BaseModel):
+    """One stream to add: what `POST /streams` takes. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    url: str = Field(min_length=1)
+    kind: Literal["auto", "file", "live"] = "auto"
+    max_frames: int | None = Field(default=None, ge=1)
+
+
+class StreamExists(Exception):
+    """A stream with this id is already running."""
+
+
+class UnknownStream(KeyError):
+    """No stream with this id."""
+
+
+def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
+    m, e = config.model, config.engine
+    loaded = load_model(m.name, m.weights, m.input_size, m.allow_download)
+    if m.score_threshold is not None:
+        loaded.config = loaded.config.replace(score_threshold=m.score_threshold)
+        loaded.network.roi_heads.score_thresh = m.score_threshold
+    if e.threads:
+        torch.set_num_threads(e.threads)
+    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision)
+    return engine, loaded
+
+
+def make_source(spec: StreamSpec, config: RunConfig) -> Source:
+    """A file or camera source for `spec` (kind from the URL unless the spec says)."""
+    src = config.source
+    threads = src.decoder_threads
+    if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
+        threads = 1 if config.engine.device == "cpu" else 0
+    max_frames = spec.max_frames or src.max_frames
+    if source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live":
+        supervision = Supervision(src.open_timeout, src.stall_timeout, src.backoff_initial, src.backoff_max,
+                                  src.give_up_after)
+        return CameraSource(spec.url, spec.id, supervision, max_frames, threads)
+    return VideoFileSource(spec.url, spec.id, max_frames, threads, read_timeout=src.read_timeout)
+
+
+class StreamingPipeline:
+    """Sources -> preprocess -> inference -> postprocess -> publish, with streams added at will.
+
+    Raises SinkError (Redis unreachable at start), ModelError/EngineError (bad model) here, so a
+    service fails before it listens. keep_alive: run without streams until stop() (a service);
+    otherwise the chain ends with its last stream (a `segstream run`).
+    """
+
+    def __init__(self, config: RunConfig, engine: Engine | None = None, extra_sinks: list[Sink] | None = None,
+                 keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True) -> None:
+        self.config = config
+        sinks: list[Sink] = []
+        self.redis: RedisStreamSink | None = None
+        if config.redis.url:
+            r = config.redis
+            self.redis = RedisStreamSink(r.url, r.prefix, r.maxlen, r.pubsub, r.retention_seconds, r.outbox,
+                                         backoff_initial=r.backoff_initial, backoff_max=r.backoff_max)
+            sinks.append(self.redis)
+        self.model_loads = 0
+        self.model_source = "given engine"
+        self.placeholder = False
+        if engine is None:
+            engine, loaded = make_engine(config)
+            self.model_loads += 1
+            self.model_source, self.placeholder = loaded.source, loaded.placeholder
+        self.engine = engine
+        self.engine_name = getattr(engine, "name", type(engine).__name__)
+        self.video: AnnotatedVideoSink | None = None
+        if config.output.video:
+            self.video = AnnotatedVideoSink(config.output.video, video_fps or config.output.video_fps,
+                                            multiple_streams=multiple_streams)
+            sinks.append(self.video)
+        if config.output.console:
+            sinks.append(ConsoleSink())
+        sinks.extend(extra_sinks or [])
+        self.sinks = sinks
+        self.registry = StreamRegistry()
+        self.progress = Progress(self.registry, enabled=config.output.progress,
+                                 interval=config.output.status_interval,
+                                 redis_down_since=lambda: self.redis_down_since)
+        self.publish = Publish(sinks, self.registry, self.progress)
+        self.inference = Inference(engine, config.engine.max_consecutive_errors)
+        batch, q = config.engine.batch_size, config.queues
+        self.chain = Chain(
+            producers=[],
+            stages=[
+                Preprocess(engine.config, engine.device, batch),
+                self.inference,
+                Postprocess(engine.config.class_names, engine.config.mask_threshold,
+                            config.engine.max_consecutive_errors),
+                *([Tracking(config.tracking)] if config.tracking.enabled else []),
+                self.publish,
+            ],
+            queue_sizes=[max(batch, q.file_frames), q.batches, q.results, q.results]
+            + ([q.results] if config.tracking.enabled else []),
+            batchable=lambda item: isinstance(item, Frame),
+            max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
+            keep_alive=keep_alive,
+        )
+        self.sources: dict[str, Source] = {}
+        self._lock = threading.Lock()
+        self._ticker = threading.Event()
+        self.started: float | None = None
+
+    # -- streams -------------------------------------------------------------------------------
+    def spec(self, location: str, stream_id: str | None = None, kind: str = "auto") -> StreamSpec:
+        return StreamSpec(id=stream_id or default_stream_id(location), url=location, kind=kind)
+
+    def add_stream(self, spec: StreamSpec) -> StreamState:
+        """Start a stream; never waits for a camera (an unreachable one is retried in the background)."""
+        return self.add_source(make_source(spec, self.config))
+
+    def add_source(self, source: Source) -> StreamState:
+        with self._lock:
+            if source.stream_id in self.sources or source.stream_id in self.registry:
+                raise StreamExists(source.stream_id)
+            self.sources[source.stream_id] = source
+            self.registry.add(source.state)
+        if self.video is None:  # nothing draws on the frames: decode straight to the engine's input size
+            input_size = self.engine.config.input_size
+            source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
+        state = source.state
+        if source.live:
+            policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
+                                droppable=lambda item: isinstance(item, Frame),
+                                on_drop=lambda _frame: state.frames_dropped(1, "queue"))
+        else:
+            state.expected_frames = getattr(source, "expected_frames", 0)
+            policy = EdgePolicy(max(self.config.engine.batch_size, self.config.queues.file_frames), "block")
+        self.chain.add_producer(source, policy)
+        return state
+
+    def remove_stream(self, stream_id: str, timeout: float | None = None) -> None:
+        """Stop one stream and wait until what it produced is published (a file gets its EOS)."""
+        with self._lock:
+            source = self.sources.get(stream_id)
+        if source is None:
+            raise UnknownStream(stream_id)
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        grace = getattr(source, "supervision", Supervision()).stall_timeout if source.live else timeout
+        self.chain.remove_producer(stream_id, grace=min(grace, timeout))
+        while time.monotonic() < deadline and not self._drained(stream_id):
+            time.sleep(0.05)
+        with self._lock:
+            self.sources.pop(stream_id, None)
+            self.registry.remove(stream_id)
+
+    def _drained(self, stream_id: str) -> bool:
+        if f"lane:{stream_id}" in self.chain.depths():
+            return False
+        state = self.registry.get(stream_id)
+        if state is None:
+            return True
+        if state.live:
+            return state.state in ("ended", "down") and (self.redis is None or self.redis.pending() == 0)
+        return state.eos_frames is not None or state.finished is not None
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.chain.start()
+        threading.Thread(target=self._tick, name="status-lines", daemon=True).start()
+
+    def _tick(self) -> None:
+        # Status lines keep coming when no frame does (every camera dark, Redis away).
+        while not self._ticker.wait(1.0):
+            self.progress.tick()
+
+    def stop(self) -> None:
+        """Ask every stream to finish; what is in flight is still published."""
+        self.chain.stop()
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """stop(), then drain for at most `timeout` s (default `shutdown_timeout`); past it, abort.
+        Returns True when everything in flight was published."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.stop()
+        # A camera stuck in a network read cannot be interrupted: stop waiting for it.
+        while self.chain.producers() and time.monotonic() < deadline - timeout / 2:
+            time.sleep(0.05)
+        self.chain.abandon_producers()
+        self.publish.close_timeout = max(0.1, deadline - time.monotonic() - 0.5)
+        done = self.chain.wait(max(0.1, deadline - time.monotonic()))
+        if not done:
+            self.abort()
+        return done
+
+    def abort(self) -> None:
+        """Stop now: stages discard what they hold, Redis is no longer waited for."""
+        if self.redis is not None:
+            self.redis.abort()
+        self.chain.abort()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the chain to end (raises the first stage error); False on timeout."""
+        return self.chain.wait(timeout)
+
+    def close(self) -> None:
+        """Close the sinks (idempotent; the publish stage normally did it at the end)."""
+        self._ticker.set()
+        self.publish.close(self.publish.close_timeout)
+
+    # -- read by the service -------------------------------------------------------------------
+    @property
+    def redis_up(self) -> bool:
+        return self.redis is None or self.redis.up
+
+    @property
+    def redis_down_since(self) -> float | None:
+        return None if self.redis is None else self.redis.down_since
+
+    def ready(self) -> bool:
+        return self.started is not None and self.redis_up and not self.chain.done()
+
+    def stage_stats(self) -> list[StageStats]:
+        return self.chain.stats
+
+    def queue_depths(self) -> dict[str, int]:
+        return self.chain.depths()
+
+    def batch_sizes(self) -> tuple[int, int]:
+        return self.inference.batches, self.inference.batched_frames
+
+    def watch(self, callback: Callable[[FrameResult], None]) -> Callable[[], None]:
+        return self.publish.watch(callback)
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"model_source": self.model_source, "placeholder": self.placeholder, "engine": self.engine_name}
