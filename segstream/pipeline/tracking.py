@@ -12,14 +12,16 @@ tentative track. Every instance gets an id (a tentative track's id too, never No
 
 Overlap is box IoU against the track's box moved by its velocity, averaged with mask IoU where
 both masks are at hand (the track's last mask moved the same way; `mask_weight`): boxes of two
-crossing objects overlap a lot, their masks much less. Each pass is one optimal assignment
-(scipy's `linear_sum_assignment`) on 1 - overlap, pairs under the pass's minimum overlap excluded.
+crossing objects overlap a lot, their masks much less. The overlaps of all tracks with all
+instances are computed once a frame; each pass is one optimal assignment within its part of them
+(scipy's `linear_sum_assignment` on 1 - overlap, pairs under the pass's minimum excluded).
 
 Time is the stream's own clock: pts for files (media seconds), capture time for cameras, so
 `max_age` means seconds of video and a camera that reconnects within it keeps its ids.
 Scene cut: the frame's colour thumbnail changes wholesale (mean absolute change >= `cut_change`)
-and fewer than `cut_matched` of the tracks seen in the previous frame find a detection; then no
-identity is carried over: every track ends and every detection starts a new one.
+and fewer than `cut_matched` of the tracks seen in the previous frame find a strong detection
+with overlap >= 0.5; then no identity is carried over: every track ends and every detection
+starts a new one. The class is not used: the id follows the object if the detector's class flips.
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ def stream_clock(frame: Frame) -> float:
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """float32 [18, 32, 3] in 0..1: block means of a uint8 [H, W, 3] RGB frame of any size.
 
-    Each block's mean is taken over a 4 x 4 grid of its pixels: a fraction of the cost of every
+    Each block's mean is taken over a 2 x 2 grid of its pixels: a fraction of the cost of every
     pixel (this runs once a frame), and plenty to tell one picture from another.
     """
-    (rows, cols), k = THUMBNAIL_SHAPE, 4
+    (rows, cols), k = THUMBNAIL_SHAPE, 2
     h, w = image.shape[:2]
     sy, sx = max(1, h // (rows * k)), max(1, w // (cols * k))
     grid = image[: sy * rows * k : sy, : sx * cols * k : sx].astype(np.float32)
@@ -149,31 +151,41 @@ class StreamTracker:
         boxes = np.array([inst.box for inst in instances], dtype=np.float64).reshape(-1, 4)
         scores = np.array([inst.score for inst in instances], dtype=np.float64)
         areas = [int(np.count_nonzero(inst.region)) if inst.region is not None else 0 for inst in instances]
+        # One overlap matrix [tracks, instances] for the frame; each step below matches within a part of it.
+        overlap = self.overlap(self.tracks, instances, boxes, areas, now) if self.tracks and instances else None
+        row = {id(t): r for r, t in enumerate(self.tracks)}
         confirmed = [t for t in self.tracks if t.confirmed]
         tentative = [t for t in self.tracks if not t.confirmed]
         owner: dict[int, Track] = {}  # instance index -> track
         free = set(range(len(instances)))
 
+        def associate(tracks: list[Track], candidates: list[int], minimum: float) -> dict[int, Track]:
+            """Optimal one-to-one matching of tracks and candidate instances: {instance index: track}."""
+            if overlap is None or not tracks or not candidates:
+                return {}
+            part = overlap[np.ix_([row[id(t)] for t in tracks], candidates)]
+            rows, cols = linear_sum_assignment(np.where(part >= minimum, 1.0 - part, 1e6))
+            return {candidates[c]: tracks[r] for r, c in zip(rows, cols) if part[r, c] >= minimum}
+
         high = [i for i in range(len(instances)) if scores[i] >= s.high_score]
-        first, overlaps = self._associate(confirmed, high, instances, boxes, areas, now, s.match_overlap)
+        first = associate(confirmed, high, s.match_overlap)
         owner.update(first)
         free -= first.keys()
         # Across a changed picture only a close match says "the same object": a new object of
         # the next scene may well sit where an old one was, but rarely on top of it.
-        carried = sum(1 for i, t in first.items() if id(t) in recent and overlaps[i] >= CUT_SAME_OVERLAP)
+        carried = sum(1 for i, t in first.items() if id(t) in recent and overlap[row[id(t)], i] >= CUT_SAME_OVERLAP)
         if changed and (not recent or carried < s.cut_matched * len(recent)):
             # Scene cut: the picture changed wholesale and most of what was there is gone.
             self.cuts += bool(self.tracks)
             self.tracks, owner, free = [], {}, set(range(len(instances)))
-            confirmed, tentative = [], []
         else:
             taken = {id(t) for t in owner.values()}
             alive = [t for t in confirmed if id(t) in recent and id(t) not in taken]
             weak = [i for i in sorted(free) if s.low_score <= scores[i] < s.high_score]
-            second, _ = self._associate(alive, weak, instances, boxes, areas, now, s.low_match_overlap)
+            second = associate(alive, weak, s.low_match_overlap)
             owner.update(second)
             free -= second.keys()
-            third, _ = self._associate(tentative, sorted(free), instances, boxes, areas, now, s.tentative_overlap)
+            third = associate(tentative, sorted(free), s.tentative_overlap)
             owner.update(third)
             free -= third.keys()
 
@@ -207,21 +219,6 @@ class StreamTracker:
         track.strong = track.strong or score >= self.settings.high_score
         if not track.confirmed and track.strong and track.hits >= self.settings.min_hits:
             track.confirmed = True
-
-    def _associate(self, tracks: list[Track], candidates: list[int], instances: list[Instance], boxes: np.ndarray,
-                   areas: list[int], now: float, minimum: float) -> tuple[dict[int, Track], dict[int, float]]:
-        """Optimal one-to-one matching of tracks and candidate instances.
-
-        Returns {instance index: track} and {instance index: overlap with its track}.
-        """
-        if not tracks or not candidates:
-            return {}, {}
-        overlap = self.overlap(tracks, [instances[i] for i in candidates], boxes[candidates],
-                               [areas[i] for i in candidates], now)
-        cost = np.where(overlap >= minimum, 1.0 - overlap, 1e6)
-        rows, cols = linear_sum_assignment(cost)
-        pairs = [(candidates[c], r, c) for r, c in zip(rows, cols) if overlap[r, c] >= minimum]
-        return {i: tracks[r] for i, r, _ in pairs}, {i: float(overlap[r, c]) for i, r, c in pairs}
 
     def overlap(self, tracks: list[Track], instances: list[Instance], boxes: np.ndarray, areas: list[int],
                 now: float) -> np.ndarray:
