@@ -146,10 +146,23 @@ def tracking_accumulators(gt_json_path: str | Path, frame_results: Iterable[Fram
                                             [0] * len(instances))).reshape(len(objects), len(instances))
         distance = np.where(iou >= 0.5, 1.0 - iou, np.nan)
         tracker.update(objects, [int(i.get("track_id", -1)) for i in instances], distance, frameid=image_id)
-        best = iou.argmax(axis=0) if objects else np.zeros(len(instances), dtype=int)
-        ideal = [objects[b] if objects and iou[b, k] >= 0.5 else next(spare) for k, b in enumerate(best)]
-        oracle.update(objects, ideal, distance, frameid=image_id)
+        oracle.update(objects, _ideal_identities(objects, iou, spare), distance, frameid=image_id)
     return (tracker, oracle) if any_ids else None
+
+
+def _ideal_identities(objects: list[int], iou: np.ndarray, spare: Iterator[int]) -> list[int]:
+    """Per detection (columns of iou [objects, detections]), the identity of the object it overlaps
+    most (IoU >= 0.5), each object given once a frame (to its best detection); others a spare id."""
+    ideal = [next(spare) for _ in range(iou.shape[1])]
+    given: set[int] = set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        row, col = divmod(int(flat), iou.shape[1])
+        if iou[row, col] < 0.5:
+            break
+        if row not in given and ideal[col] < 0:
+            ideal[col] = objects[row]
+            given.add(row)
+    return ideal
 
 
 def summarize_tracking(accumulators: list[tuple[Any, Any]]) -> dict[str, float]:
