@@ -3,7 +3,8 @@
 Run with the SYSTEM python (/usr/bin/python3), not the venv:
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mount /cam --width 320 --height 240 --fps 30
 Serves a live H.264 test pattern (a moving ball) at rtsp://127.0.0.1:PORT/MOUNT over TCP/UDP.
-Prints "ready" on stdout once listening.
+With --mounts N it also serves N more cameras at MOUNT1 .. MOUNTN (e.g. /cam1 .. /cam8), each
+its own live encoder. Prints "ready" on stdout once listening.
 """
 
 import argparse
@@ -24,6 +25,7 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--mounts", type=int, default=0, help="also serve MOUNT1 .. MOUNTN")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -39,6 +41,11 @@ def main() -> int:
     )
     factory.set_shared(True)
     server.get_mount_points().add_factory(args.mount, factory)
+    for i in range(1, args.mounts + 1):  # more cameras: one factory (one encoder) per mount
+        more = GstRtspServer.RTSPMediaFactory()
+        more.set_launch(factory.get_launch())
+        more.set_shared(True)
+        server.get_mount_points().add_factory(f"{args.mount}{i}", more)
     if server.attach(None) == 0:
         print("cannot listen", flush=True)
         return 1

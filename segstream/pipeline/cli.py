@@ -49,6 +49,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pubsub", action="store_true", help="also PUBLISH each message")
     p.add_argument("--console", action="store_true", help="print one line per frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status lines")
+    p.add_argument("--http", metavar="HOST:PORT", help="while running, serve GET /streams, /metrics, /livez, /readyz "
+                   "and the live viewer here (read-only; $SEGSTREAM_TOKEN, when set, is required)")
     p.add_argument("--keep-trying", action="store_true",
                    help="a single camera unreachable at start is retried instead of failing the run")
     kind = p.add_mutually_exclusive_group()
@@ -106,8 +108,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segstream.pipeline.run import run
 
     config = config_from_args(args)
-    summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
-                  kind=args.kind or "auto")
+    endpoints = None
+    if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
+        from segstream.service.command import Endpoints
+
+        endpoints = Endpoints(args.http, os.environ.get("SEGSTREAM_TOKEN") or None, read_only=True)
+    try:
+        summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                      kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+    finally:
+        if endpoints is not None:
+            endpoints.close()
     print_summary(summary)
     for error in summary.source_errors:
         print(f"segstream: error: {error}", file=sys.stderr)

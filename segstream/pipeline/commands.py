@@ -15,6 +15,7 @@ DELEGATED = {
     "eval": ("segstream.pipeline.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
     "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
     "export": ("segstream.engines.export:main", "export onnx|tensorrt"),
+    "serve": ("segstream.service.command:main", "run the camera service: HTTP control API, /metrics, probes, live viewer"),
 }
 
 

@@ -98,6 +98,14 @@ class OutputSection(_Section):
     status_interval: float = Field(default=5.0, gt=0)
 
 
+class ViewerSection(_Section):
+    """`segstream serve`'s live viewer: a bounded cost, whatever the cameras do."""
+
+    fps: float = Field(default=5.0, gt=0, le=30)  # most frames per second drawn per watched stream
+    max_width: int = Field(default=640, ge=64, le=1920)  # frames are drawn at most this wide
+    jpeg_quality: int = Field(default=75, ge=10, le=95)
+
+
 class TrackingSection(_Section):
     """Track ids across frames (pipeline/tracking.py); overlaps are 0..1 (box IoU averaged with mask IoU)."""
 
@@ -128,6 +136,10 @@ class RunConfig(_Section):
     redis: RedisSection = Field(default_factory=RedisSection)
     output: OutputSection = Field(default_factory=OutputSection)
     shutdown_timeout: float = Field(default=10.0, gt=0)  # SIGINT/SIGTERM: seconds to drain before giving up
+    viewer: ViewerSection = Field(default_factory=ViewerSection)
+    # `segstream serve`: streams added at start, each {id, url, kind?, max_frames?}; validated by
+    # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
+    streams: list[dict[str, Any]] = Field(default_factory=list)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
 
 

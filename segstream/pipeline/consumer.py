@@ -27,7 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.sinks.redis_stream import connect, redact, stream_key
+from segstream.pipeline.sinks.redis_stream import answered_error, connect, redact, stream_key
 from segstream.pipeline.wire import decode_mask, entry_kind  # noqa: F401  (part of the consumer API)
 
 log = logging.getLogger("segstream.consumer")
@@ -118,12 +118,8 @@ class Subscriber:
 
         try:
             result = self._retry.call_with_retry(do, self._on_failure, is_retryable=is_retryable)
-        except redis.AuthenticationError as exc:
-            raise SinkError(f"Redis at {redact(self.url)} refused the credentials ({exc})") from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise SinkError(f"Redis at {redact(self.url)} refused the credentials ({exc})") from None
-            raise SinkError(f"Redis at {redact(self.url)} answered with an error on {self.key} ({exc})") from None
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            raise answered_error(self.url, exc, f" on {self.key}") from None
         if self.unreachable_since is not None:
             log.warning("Redis at %s reachable again after %.1f s; continuing after entry %s",
                         redact(self.url), time.time() - self.unreachable_since, self.last_id)

@@ -106,6 +106,8 @@ class Publish:
         elif message.get("eos"):
             state.finish(message["frames"])
             self.progress.end(state)
+        elif message.get("status") in ("ended", "down"):  # a camera's last entry: it is drained
+            state.finish()
 
     def _outbox_dropped(self, stream_id: str, count: int) -> None:
         state = self.registry.get(stream_id)

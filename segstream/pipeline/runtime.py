@@ -358,8 +358,12 @@ class Chain:
             self._running.pop(name, None)
             last = not self._running and not self._adding
         self.inbox.finish_lane(name)
-        if last and not self.keep_alive:
+        if last and self._ends_without_producers():
             self.inbox.close()
+
+    def _ends_without_producers(self) -> bool:
+        """Whether the last producer ending ends the chain: always once stop() was asked."""
+        return not self.keep_alive or self.stopping.is_set()
 
     def producers(self) -> list[str]:
         with self._lock:
@@ -385,7 +389,7 @@ class Chain:
                     mine, last = None, False
             if mine is not None:
                 self.inbox.finish_lane(producer.name)
-            if last and not self.keep_alive:
+            if last and self._ends_without_producers():
                 self.inbox.close()
 
     # -- control -----------------------------------------------------------------------------

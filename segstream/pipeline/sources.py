@@ -22,7 +22,7 @@ from av.video.reformatter import VideoReformatter
 
 from redis.backoff import EqualJitterBackoff
 
-from segstream.pipeline.locations import default_stream_id, is_remote, redact, redact_text, source_kind  # noqa: F401
+from segstream.pipeline.locations import is_remote, redact, redact_text
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
 from segstream.pipeline.streams import StreamState
 

@@ -203,9 +203,9 @@ class StreamingPipeline:
         state = self.registry.get(stream_id)
         if state is None:
             return True
-        if state.live:
-            return state.state in ("ended", "down") and (self.redis is None or self.redis.pending() == 0)
-        return state.eos_frames is not None or state.finished is not None
+        # A stream's last entry (a file's EOS, a camera's final status) follows its frames through
+        # every stage; once it is published, so is everything before it.
+        return state.finished is not None
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:

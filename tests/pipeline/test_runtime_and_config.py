@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from segstream.pipeline.config import ConfigError, load_config, parse_config
-from segstream.pipeline.runtime import BoundedQueue, Chain
+from segstream.pipeline.runtime import BoundedQueue, Chain, EdgePolicy, FairInbox
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,70 @@ class Step:
 
     def flush(self):
         return ()
+
+
+def test_lanes_are_served_round_robin_so_a_full_lane_never_starves_another():
+    inbox = FairInbox(batchable=lambda item: not item.endswith("!"))
+    busy = inbox.add_lane("busy", EdgePolicy(100))
+    quiet = inbox.add_lane("quiet", EdgePolicy(100))
+    for i in range(50):
+        busy.put(f"b{i}")
+    quiet.put("q0")
+    quiet.put("q1")
+    assert inbox.get_many(4) == ["b0", "q0", "b1", "q1"]
+    assert inbox.get_many(3) == ["b2", "b3", "b4"]
+
+
+def test_a_marker_ends_its_lanes_share_of_a_group_so_order_per_lane_is_kept():
+    inbox = FairInbox(batchable=lambda item: not item.endswith("!"))
+    a = inbox.add_lane("a", EdgePolicy(10))
+    b = inbox.add_lane("b", EdgePolicy(10))
+    for item in ("a0", "end-a!", "a1"):
+        a.put(item)
+    for item in ("b0", "b1", "b2"):
+        b.put(item)
+    assert inbox.get_many(8) == ["a0", "b0", "end-a!", "b1", "b2"]
+    assert inbox.get_many(8) == ["a1"]
+
+
+def test_a_blocking_lane_that_is_full_does_not_hold_up_a_dropping_one():
+    inbox = FairInbox(batchable=lambda item: True)
+    dropped = []
+    file_lane = inbox.add_lane("file", EdgePolicy(2))
+    camera = inbox.add_lane("camera", EdgePolicy(2, "drop_oldest", on_drop=dropped.append))
+    file_lane.put("f0")
+    file_lane.put("f1")
+    blocked = threading.Event()
+    threading.Thread(target=lambda: (file_lane.put("f2"), blocked.set()), daemon=True).start()
+    for i in range(5):
+        camera.put(f"c{i}")  # never waits, even while the file's decoder does
+    assert not blocked.is_set() and dropped == ["c0", "c1", "c2"]
+    assert inbox.get_many(4) == ["f0", "c3", "f1", "c4"]
+    assert blocked.wait(2)
+
+
+def test_a_producer_added_while_the_chain_runs_is_served_and_the_chain_ends_on_stop():
+    seen = []
+    chain = Chain([], [Step("sink", seen.append)], [4], keep_alive=True)
+    chain.start()
+    chain.add_producer(Numbers(5))
+    deadline = time.monotonic() + 5
+    while len(seen) < 5 and time.monotonic() < deadline:
+        threading.Event().wait(0.02)
+    assert seen == [0, 1, 2, 3, 4] and not chain.done(), "keep_alive: the chain outlives its producers"
+    chain.stop()
+    assert chain.wait(5)
+
+
+def test_stopping_a_kept_alive_chain_ends_it_once_its_producers_finish():
+    seen = []
+    chain = Chain([], [Step("sink", seen.append)], [4], keep_alive=True)
+    chain.start()
+    chain.add_producer(Numbers(10**9))
+    while not seen:
+        time.sleep(0.01)
+    chain.stop()
+    assert chain.wait(5), "END follows the producer that stopped"
 
 
 def test_chain_delivers_everything_in_order_with_backpressure():

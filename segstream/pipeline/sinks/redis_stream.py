@@ -56,16 +56,19 @@ def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
         client.ping()
-    except redis.AuthenticationError as exc:
-        raise SinkError(f"Redis at {redact(url)} refused the credentials ({exc})") from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SinkError(f"Redis at {redact(url)} refused the credentials ({exc})") from None
-        raise SinkError(f"Redis at {redact(url)} answered with an error ({exc})") from None
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        raise answered_error(url, exc) from None
     except (redis.RedisError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SinkError(f"cannot reach Redis at {redact(url)} ({reason})") from None
     return client
+
+
+def answered_error(url: str, exc: redis.RedisError, doing: str = "") -> SinkError:
+    """The one-line SinkError for a Redis that refused the credentials or answered with an error."""
+    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+        return SinkError(f"Redis at {redact(url)} refused the credentials ({exc})")
+    return SinkError(f"Redis at {redact(url)} answered with an error{doing} ({exc})")
 
 
 def stream_key(prefix: str, stream_id: str) -> str:

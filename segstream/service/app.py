@@ -1,0 +1,147 @@
+"""The service's HTTP side: control API, metrics, probes and the live viewer, as one ASGI app.
+
+Starlette on uvicorn: a small, well-kept ASGI toolkit with exactly the parts needed (routing,
+JSON and streaming responses, static files, a thread pool for blocking calls) and nothing else;
+the request bodies are validated by the pipeline's own pydantic model (StreamSpec), so FastAPI's
+extra layer would add little. uvicorn serves it on a thread of the service process, next to the
+pipeline's threads.
+
+    GET    /                      the live viewer (static page + MJPEG of the chosen stream)
+    GET    /streams               every stream: id, url (password redacted), kind, state, fps, counters, latency
+    POST   /streams               {"id", "url", "kind"?, "max_frames"?} -> 201 | 400 | 409 | 422
+    GET    /streams/{id}          one stream -> 200 | 404
+    DELETE /streams/{id}          stop it, drained (a file gets its EOS entry) -> 200 + its final counters | 404
+    GET    /metrics               Prometheus text format
+    GET    /livez                 200 while the process answers
+    GET    /readyz                200 when the model is loaded and Redis answers, else 503
+    GET    /viewer/streams/{id}.mjpg  the viewer's frames (multipart/x-mixed-replace JPEGs)
+    GET    /viewer/status         the viewer's own counters (watchers, frames drawn, seconds spent)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.service.auth import TokenAuth
+from segstream.service.control import StreamControl
+from segstream.service.viewer import Viewer
+
+log = logging.getLogger("segstream.service")
+STATIC = Path(__file__).parent / "static"
+BOUNDARY = "segstreamframe"
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _validation_error(exc: ValidationError) -> JSONResponse:
+    """422 naming the first bad field, e.g. {"error": "url: Field required", "field": "url"}."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+    return _error(422, f"{where}: {message}", field=where,
+                  errors=[{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()])
+
+
+def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry, token: str | None = None,
+              metrics_public: bool = False, secure_cookie: bool = False, read_only: bool = False) -> TokenAuth:
+    """The whole HTTP side; `token` None/empty leaves every endpoint open. read_only (`segstream
+    run --http`): no POST/DELETE, streams come from the command line."""
+    pipeline = control.pipeline
+
+    async def list_streams(request: Request) -> Response:
+        return JSONResponse(control.list())
+
+    async def add_stream(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the body is not JSON: send a JSON object like {\"id\": \"cam1\", \"url\": \"rtsp://...\"}")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object like {\"id\": \"cam1\", \"url\": \"rtsp://...\"}")
+        try:
+            spec = StreamSpec.model_validate(body)
+        except ValidationError as exc:
+            return _validation_error(exc)
+        try:
+            snapshot = await run_in_threadpool(control.add, spec)
+        except StreamExists:
+            return _error(409, f"stream {spec.id!r} exists already: DELETE /streams/{spec.id} first", field="id")
+        except ValidationError as exc:
+            return _validation_error(exc)
+        except (ValueError, OSError, RuntimeError) as exc:  # the source was refused (SourceError: e.g. a missing file)
+            return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, field="url")
+        log.info("stream %s added over the API (%s)", spec.id, snapshot.get("url"))
+        return JSONResponse(snapshot, status_code=201, headers={"location": f"/streams/{spec.id}"})
+
+    async def get_stream(request: Request) -> Response:
+        stream_id = request.path_params["stream_id"]
+        try:
+            return JSONResponse(control.get(stream_id))
+        except UnknownStream:
+            return _error(404, f"no stream {stream_id!r}")
+
+    async def delete_stream(request: Request) -> Response:
+        stream_id = request.path_params["stream_id"]
+        try:
+            snapshot = await run_in_threadpool(control.remove, stream_id)
+        except UnknownStream:
+            return _error(404, f"no stream {stream_id!r}")
+        log.info("stream %s removed over the API", stream_id)
+        return JSONResponse(snapshot)
+
+    async def scrape(request: Request) -> Response:
+        body = await run_in_threadpool(generate_latest, metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        ready = bool(pipeline.ready())
+        body = {"status": "ready" if ready else "not ready", "redis": bool(pipeline.redis_up),
+                "redis_down_since": pipeline.redis_down_since, "model": pipeline.model_source}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def viewer_page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
+
+    async def viewer_frames(request: Request) -> Response:
+        stream_id = request.path_params["stream_id"]
+        if pipeline.registry.get(stream_id) is None:
+            return _error(404, f"no stream {stream_id!r}")
+        exists = lambda sid: pipeline.registry.get(sid) is not None  # noqa: E731
+        return StreamingResponse(viewer.mjpeg(stream_id, BOUNDARY, exists), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    async def viewer_status(request: Request) -> Response:
+        return JSONResponse(viewer.status())
+
+    routes = [
+        Route("/", viewer_page, methods=["GET"]),
+        Route("/streams", list_streams, methods=["GET"]),
+        *([] if read_only else [Route("/streams", add_stream, methods=["POST"])]),
+        Route("/streams/{stream_id}", get_stream, methods=["GET"]),
+        *([] if read_only else [Route("/streams/{stream_id}", delete_stream, methods=["DELETE"])]),
+        Route("/metrics", scrape, methods=["GET"]),
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/viewer/streams/{stream_id}.mjpg", viewer_frames, methods=["GET"]),
+        Route("/viewer/status", viewer_status, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    return TokenAuth(app, token, metrics_public=metrics_public, secure_cookie=secure_cookie)
