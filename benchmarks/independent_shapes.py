@@ -16,7 +16,9 @@ The spec it follows:
   * varied backgrounds (flat, gradient, noise, clutter, texture, photo-like); a scene cut
     every 15-30 frames to a new background and a new set of 1-6 objects;
   * 640x360, 30 fps, H.264 yuv420p (libx264 crf 23);
-  * COCO instances JSON with compressed RLE of each visible mask of >= 40 pixels.
+  * COCO instances JSON with compressed RLE of each visible mask of >= 40 pixels, and each
+    object's identity in the extra field `track` (unique within the clip, kept while the object
+    stays in its scene; a scene cut brings new identities).
 
     .venv/bin/python benchmarks/independent_shapes.py OUT.mp4 OUT.json --seed 5 --frames 200
 """
@@ -257,6 +259,7 @@ class Shape:
     spin: float
     colour: np.ndarray
     star_inner: float  # inner/outer radius ratio, stars only
+    track: int = -1  # identity within the clip, for tracking ground truth
 
     def step(self) -> None:
         self.cx += self.vx
@@ -348,12 +351,15 @@ def render(out_video: Path, out_json: Path, seed: int, frames: int, crf: int = 2
     pan = np.zeros(2)
     pan_v = np.zeros(2)
     next_cut = 0
+    tracks = 0
     for f in range(frames):
         if f == next_cut:  # scene cut: everything new
             next_cut = f + int(rng.integers(15, 31))
             recipe = BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))]
             bg = recipe(rng, HEIGHT + 2 * PAN_MARGIN, WIDTH + 2 * PAN_MARGIN)
             shapes = [new_shape(rng, bg) for _ in range(int(rng.integers(1, 7)))]
+            for sh in shapes:  # numbered after drawing, so the random stream (and the clip) is unchanged
+                sh.track, tracks = tracks, tracks + 1
             pan = rng.uniform(0, 2 * PAN_MARGIN, size=2)
             pan_v = rng.uniform(-0.8, 0.8, size=2) * (rng.random() < 0.5)  # half the scenes pan
         else:
@@ -365,7 +371,7 @@ def render(out_video: Path, out_json: Path, seed: int, frames: int, crf: int = 2
 
         px, py = int(round(pan[0])), int(round(pan[1]))
         frame = bg[py:py + HEIGHT, px:px + WIDTH].copy()
-        masks: list[tuple[int, np.ndarray]] = []
+        masks: list[tuple[int, int, np.ndarray]] = []
         for sh in shapes:  # list order is draw order: later hides earlier
             cov = coverage(sh)
             if cov is None:
@@ -378,7 +384,7 @@ def render(out_video: Path, out_json: Path, seed: int, frames: int, crf: int = 2
             frame[y0:y0 + h, x0:x0 + w] = region * (1 - a) + fill * a
             full = np.zeros((HEIGHT, WIDTH), dtype=bool)
             full[y0:y0 + h, x0:x0 + w] = c >= 0.5
-            masks.append((sh.category, full))
+            masks.append((sh.category, sh.track, full))
         frame += rng.normal(0.0, 0.012, size=frame.shape).astype(np.float32)  # sensor noise
 
         image_id = f + 1
@@ -386,7 +392,7 @@ def render(out_video: Path, out_json: Path, seed: int, frames: int, crf: int = 2
                        "width": WIDTH, "height": HEIGHT})
         covered = np.zeros((HEIGHT, WIDTH), dtype=bool)
         frame_anns: list[dict] = []
-        for category, full in reversed(masks):  # top-most first, so `covered` is what hides
+        for category, track, full in reversed(masks):  # top-most first, so `covered` is what hides
             visible = full & ~covered
             covered |= full
             area = int(visible.sum())
@@ -396,7 +402,7 @@ def render(out_video: Path, out_json: Path, seed: int, frames: int, crf: int = 2
             frame_anns.append({"image_id": image_id, "category_id": category,
                                "segmentation": {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode("ascii")},
                                "area": float(area), "bbox": [float(v) for v in coco_mask.toBbox(rle)],
-                               "iscrowd": 0})
+                               "iscrowd": 0, "track": track})
         for ann in reversed(frame_anns):  # ids in draw order, bottom to top
             annotations.append({"id": len(annotations) + 1, **ann})
 

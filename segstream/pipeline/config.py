@@ -123,6 +123,28 @@ class ViewerSection(_Section):
     jpeg_quality: int = Field(default=75, ge=10, le=95)
 
 
+class TrackingSection(_Section):
+    """Track ids across frames (pipeline/tracking.py); overlaps are 0..1 (box IoU averaged with mask IoU)."""
+
+    enabled: bool = True
+    min_hits: int = Field(default=2, ge=1)  # detections before a track is confirmed (it survives misses)
+    max_age: float = Field(default=2.0, gt=0)  # seconds unseen (stream clock) before a track ends
+    high_score: float = Field(default=0.5, ge=0.0, le=1.0)  # detections that may find lost tracks and confirm
+    low_score: float = Field(default=0.1, ge=0.0, le=1.0)  # weaker ones may only continue a track seen last frame
+    match_overlap: float = Field(default=0.2, ge=0.0, le=1.0)  # minimum overlap, strong detections
+    low_match_overlap: float = Field(default=0.5, ge=0.0, le=1.0)  # minimum overlap, weak detections
+    tentative_overlap: float = Field(default=0.3, ge=0.0, le=1.0)  # minimum overlap, tentative tracks
+    mask_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # share of mask IoU in the overlap
+    cut_change: float = Field(default=0.1, gt=0.0, le=1.0)  # mean colour change of the frame at a scene cut
+    cut_matched: float = Field(default=0.5, ge=0.0, le=1.0)  # ...with fewer than this share of tracks found
+
+    @model_validator(mode="after")
+    def _scores_ordered(self) -> "TrackingSection":
+        if self.low_score > self.high_score:
+            raise ValueError(f"low_score ({self.low_score}) must not exceed high_score ({self.high_score})")
+        return self
+
+
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
@@ -136,6 +158,7 @@ class RunConfig(_Section):
     # `segstream serve`: streams added at start, each {id, url, kind?, max_frames?}; validated by
     # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
     streams: list[dict[str, Any]] = Field(default_factory=list)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -150,7 +173,7 @@ def parse_config(raw: dict[str, Any] | None, origin: str = "config") -> RunConfi
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: must be a mapping of sections (model, engine, source, queues, redis, output)")
+        raise ConfigError(f"{origin}: must be a mapping of sections (model, engine, source, queues, redis, output, tracking)")
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -1,8 +1,10 @@
-"""`segstream eval VIDEO GT.json`: COCO mask/box AP of the whole pipeline, read back from Redis.
+"""`segstream eval VIDEO GT.json`: COCO mask/box AP and tracking figures of the whole pipeline, read back from Redis.
 
 The clip goes through the same run as `segstream run` (decode, preprocess, engine, postprocess,
-publish to Redis); the published entries are read back with the consumer API and scored with
-pycocotools against the ground truth. Redis: --redis URL, or a private server started for the run.
+tracking, publish to Redis); the published entries are read back with the consumer API and scored
+against the ground truth: mask and box AP with pycocotools; IDF1, MOTA and identity switches of the
+track ids with motmetrics (instances of score >= 0.5, when the ground truth has a `track` per
+object and tracking is on). Redis: --redis URL, or a private server started for the run.
 """
 
 from __future__ import annotations
@@ -21,9 +23,27 @@ from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import RunSummary, run
 
 
+#: Tracking is scored over the instances a consumer would act on.
+TRACKING_MIN_SCORE = 0.5
+
+
+def stage_costs(summary: RunSummary) -> dict[str, float]:
+    """Mean busy milliseconds per published frame of the engine and the tracker, from the run's stage timings.
+
+    `tracking_cost` is the tracker's time as a fraction of the engine's (absent when tracking is off).
+    """
+    frames = max(summary.frames, 1)
+    busy = {s.name: s.busy for s in summary.stages}
+    out = {"engine_ms": 1000.0 * busy.get("inference", 0.0) / frames}
+    if "tracking" in busy:
+        out["tracking_ms"] = 1000.0 * busy["tracking"] / frames
+        out["tracking_cost"] = out["tracking_ms"] / out["engine_ms"] if out["engine_ms"] > 0 else 0.0
+    return out
+
+
 def evaluate_through_redis(video: str, gt_json: str, config: RunConfig) -> tuple[dict[str, float], RunSummary]:
     """Run `video` through the pipeline into config.redis.url, read it back, score it."""
-    from segstream.shapes.evaluate import coco_metrics, error_breakdown
+    from segstream.shapes.evaluate import coco_metrics, error_breakdown, tracking_metrics
 
     if not Path(gt_json).is_file():
         from segstream.pipeline.config import ConfigError
@@ -34,6 +54,10 @@ def evaluate_through_redis(video: str, gt_json: str, config: RunConfig) -> tuple
     entries = Subscriber(config.redis.url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
     metrics = coco_metrics(gt_json, entries)
     metrics.update(error_breakdown(gt_json, entries))
+    tracking = tracking_metrics(gt_json, entries, min_score=TRACKING_MIN_SCORE)
+    if tracking is not None:
+        metrics.update({f"tracking_{k}": v for k, v in tracking.items()})
+    metrics.update(stage_costs(summary))
     metrics["fps"] = summary.fps
     metrics["published"] = float(sum(1 for e in entries if not e.get("eos")))
     return metrics, summary
@@ -77,7 +101,22 @@ def report(metrics: dict[str, Any], summary: RunSummary, video: str) -> str:
             f"box AP {metrics['box_ap']:.3f}  box AP50 {metrics['box_ap50']:.3f}\n"
             f"errors: {metrics['found']:.1%} of {int(metrics['objects'])} objects found (mask IoU >= 0.5, any class), "
             f"{metrics['wrong_class']:.1%} of those with the wrong class; {int(metrics['background'])} confident "
-            f"detections on the background; class-agnostic mask AP50 {metrics['class_agnostic_mask_ap50']:.3f}")
+            f"detections on the background; class-agnostic mask AP50 {metrics['class_agnostic_mask_ap50']:.3f}\n"
+            + tracking_report(metrics))
+
+
+def tracking_report(metrics: dict[str, Any]) -> str:
+    """The tracking lines of the report: identities, and the tracker's cost next to the engine's."""
+    if "tracking_ms" not in metrics:
+        return "tracking: off (tracking.enabled: false)"
+    cost = (f"tracker {metrics['tracking_ms']:.2f} ms/frame = {metrics['tracking_cost']:.1%} of the engine's "
+            f"{metrics['engine_ms']:.1f} ms")
+    if "tracking_idf1" not in metrics:
+        return f"tracking: no identities in the ground truth (no `track` per object); {cost}"
+    return (f"tracking (score >= {TRACKING_MIN_SCORE}): IDF1 {metrics['tracking_idf1']:.3f} "
+            f"(perfect identities would give {metrics['tracking_idf1_oracle']:.3f})  MOTA {metrics['tracking_mota']:.3f}  "
+            f"ID switches {int(metrics['tracking_switches'])} = {metrics['tracking_switches_per_100']:.1f} per 100 of "
+            f"{int(metrics['tracking_gt_tracks'])} ground-truth tracks\n{cost}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The typed messages that travel on the queues between stages.
 
-    Source --Frame--> Preprocess --Batch--> Inference --FrameDetections--> Postprocess --FrameResult--> Publish
+    Source --Frame--> Preprocess --Batch--> Inference --FrameDetections--> Postprocess --FrameResult-->
+        Tracking --FrameResult (with track ids)--> Publish
 
 EndOfStream follows the last Frame of a file source down the same queues, so every stage sees
 it after all of that stream's frames. StreamStatus (a camera's state changed) travels the same
@@ -109,6 +110,7 @@ class Instance:
     rle: COCO compressed RLE of the full-frame, column-major mask: {"size": [H, W], "counts": str}.
     region: bool [y1r - y0r, x1r - x0r] the mask inside `region_box`, kept for drawing.
     region_box: (x0, y0, x1, y1) integer frame pixels, the pasted box region (end exclusive).
+    track_id: the object's identity in its stream (tracking stage), None when tracking is off.
     """
 
     class_id: int
@@ -118,6 +120,7 @@ class Instance:
     rle: dict
     region: np.ndarray | None = None
     region_box: tuple[int, int, int, int] | None = None
+    track_id: int | None = None
 
 
 @dataclass

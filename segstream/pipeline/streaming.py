@@ -37,6 +37,7 @@ from segstream.pipeline.sinks.console import ConsoleSink
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
 from segstream.pipeline.streams import StreamRegistry, StreamState
+from segstream.pipeline.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,11 @@ class StreamingPipeline:
                 self.inference,
                 Postprocess(engine.config.class_names, engine.config.mask_threshold,
                             config.engine.max_consecutive_errors),
+                *([Tracking(config.tracking)] if config.tracking.enabled else []),
                 self.publish,
             ],
-            queue_sizes=[max(batch, q.file_frames), q.batches, q.results, q.results],
+            queue_sizes=[max(batch, q.file_frames), q.batches, q.results, q.results]
+            + ([q.results] if config.tracking.enabled else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
             keep_alive=keep_alive,

@@ -2,7 +2,8 @@
 
     {"schema": 1, "stream": id, "frame": n, "pts": s|null, "time": unix s, "width": W, "height": H,
      "dropped": k, "instances": [{"class_id", "label", "score", "box": [x1,y1,x2,y2],
-                                  "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"}}]}
+                                  "mask": {"size": [H, W], "counts": "<COCO compressed RLE>"},
+                                  "track_id": n (when tracking is on)}]}
     {"schema": 1, "stream": id, "eos": true, "frames": N}
     {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
      "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
-    from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
+    from segstream.pipeline.messages import EndOfStream, FrameResult, Instance, StreamStatus
 
 
 SCHEMA = 1
@@ -38,16 +39,7 @@ def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
         "height": frame.height,
         "dropped": dropped,
         "latency": round(result.latency, 4),
-        "instances": [
-            {
-                "class_id": inst.class_id,
-                "label": inst.label,
-                "score": round(inst.score, 4),
-                "box": [round(v, 2) for v in inst.box],
-                "mask": inst.rle,
-            }
-            for inst in result.instances
-        ],
+        "instances": [_instance(inst) for inst in result.instances],
     }
     if result.error is not None:
         message["error"] = result.error
@@ -61,6 +53,19 @@ def status_message(status: StreamStatus) -> dict[str, Any]:
     if status.error:
         message["error"] = status.error
     return message
+
+
+def _instance(inst: Instance) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "class_id": inst.class_id,
+        "label": inst.label,
+        "score": round(inst.score, 4),
+        "box": [round(v, 2) for v in inst.box],
+        "mask": inst.rle,
+    }
+    if inst.track_id is not None:  # tracking off: no key at all (never null)
+        out["track_id"] = inst.track_id
+    return out
 
 
 def eos_message(eos: EndOfStream) -> dict[str, Any]:
@@ -80,6 +85,12 @@ def decode_mask(mask: dict[str, Any]) -> np.ndarray:
 
     rle = {"size": list(mask["size"]), "counts": mask["counts"].encode("ascii")}
     return coco_mask.decode(rle)
+
+
+def _track_ids(instances: list[dict[str, Any]]) -> str:
+    """" #3 #7" for instances with track ids, "" without."""
+    ids = sorted(inst["track_id"] for inst in instances if isinstance(inst.get("track_id"), int))
+    return "".join(f" #{i}" for i in ids)
 
 
 EntryKind = Literal["frame", "eos", "status", "unknown"]
@@ -134,10 +145,10 @@ def describe(message: dict[str, Any]) -> str:
         return f"{message.get('stream', '?')} end of stream"
     if message.get("eos"):
         return f"{message['stream']} end of stream: {message['frames']} frames"
-    counts: dict[str, int] = {}
+    by_label: dict[str, list[dict[str, Any]]] = {}
     for inst in message["instances"]:
-        counts[inst["label"]] = counts.get(inst["label"], 0) + 1
-    found = ", ".join(f"{n} {label}" for label, n in sorted(counts.items())) or "nothing"
+        by_label.setdefault(inst["label"], []).append(inst)
+    found = ", ".join(f"{len(insts)} {label}{_track_ids(insts)}" for label, insts in sorted(by_label.items())) or "nothing"
     pts = f" t={message['pts']:.2f}s" if message.get("pts") is not None else ""
     dropped = f" dropped={message['dropped']}" if message.get("dropped") else ""
     return f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: {found}{dropped}"

@@ -29,8 +29,8 @@ from PIL import Image, ImageDraw
 
 from segstream.pipeline.messages import FrameResult, Instance
 
-#: Mask/box colours by class id (RGB); the same palette as the annotated-video sink, so a class
-#: looks the same in both.
+#: Mask/box colours by track id, or class id without tracking (RGB); the same palette and rule as
+#: the annotated-video sink, so an object looks the same in both.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
@@ -41,8 +41,9 @@ MASK_ALPHA = 0.55
 Watch = Callable[[Callable[[FrameResult], None]], Callable[[], None]]
 
 
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    return PALETTE[class_id % len(PALETTE)]
+def class_colour(class_id: int, track_id: int | None = None) -> tuple[int, int, int]:
+    """An instance's colour: by track when the tracker gave it one (an object keeps its colour), else by class."""
+    return PALETTE[(track_id if track_id is not None else class_id) % len(PALETTE)]
 
 
 def display_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -70,7 +71,7 @@ def draw(result: FrameResult, max_width: int) -> np.ndarray:
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     pen = ImageDraw.Draw(picture)
     for inst in result.instances:
-        colour = class_colour(inst.class_id)
+        colour = class_colour(inst.class_id, getattr(inst, "track_id", None))
         x1, y1, x2, y2 = (inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy)
         pen.rectangle((x1, y1, x2, y2), outline=colour, width=2)
         track = getattr(inst, "track_id", None)
@@ -95,7 +96,8 @@ def _blend_mask(canvas: np.ndarray, inst: Instance, sx: float, sy: float) -> Non
     if region.shape != (dy1 - dy0, dx1 - dx0):  # nearest neighbour keeps the mask binary
         region = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize((dx1 - dx0, dy1 - dy0), Image.NEAREST)) > 127
     view = canvas[dy0:dy1, dx0:dx1]
-    view[region] = (1.0 - MASK_ALPHA) * view[region] + MASK_ALPHA * np.asarray(class_colour(inst.class_id), np.float32)
+    colour = np.asarray(class_colour(inst.class_id, getattr(inst, "track_id", None)), np.float32)
+    view[region] = (1.0 - MASK_ALPHA) * view[region] + MASK_ALPHA * colour
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

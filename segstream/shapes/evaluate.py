@@ -16,10 +16,11 @@ import argparse
 import contextlib
 import copy
 import io
+import itertools
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -103,6 +104,81 @@ def error_breakdown(gt_json_path: str | Path, frame_results: Iterable[FrameResul
         agnostic = float(_coco_stats(agnostic_gt, merged, "segm", by_frame.values())[1])
     return {"objects": float(objects), "found": found / max(objects, 1), "wrong_class": wrong / max(found, 1),
             "background": float(background), "class_agnostic_mask_ap50": agnostic}
+
+
+def tracking_metrics(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
+                     min_score: float = 0.5) -> dict[str, float] | None:
+    """IDF1, MOTA and identity switches of the published track ids (motmetrics' CLEAR MOT / ID measures).
+
+    Hypotheses: the instances scoring >= `min_score`, identified by `track_id`; ground truth: the
+    annotations, identified by their `track` field. A hypothesis and an object may match when their
+    mask IoU is >= 0.5 (motmetrics then keeps matches across frames, as CLEAR MOT says). Frames
+    without a result count as frames where nothing was found.
+    Returns idf1, mota, switches, gt_tracks, switches_per_100 (per 100 ground-truth tracks), and
+    idf1_oracle: the IDF1 the same detections would reach with perfect identities (each takes the
+    identity of the object it overlaps most, IoU >= 0.5); None when the ground truth has no `track`
+    or no instance carries a `track_id` (tracking off).
+    """
+    accumulators = tracking_accumulators(gt_json_path, frame_results, min_score)
+    return None if accumulators is None else summarize_tracking([accumulators])
+
+
+def tracking_accumulators(gt_json_path: str | Path, frame_results: Iterable[FrameResult],
+                          min_score: float = 0.5) -> tuple[Any, Any] | None:
+    """motmetrics accumulators (tracker, perfect identities) of one clip; see tracking_metrics."""
+    import motmetrics
+
+    gt, by_frame = _load_ground_truth(gt_json_path)
+    if not gt.dataset["annotations"] or any("track" not in a for a in gt.dataset["annotations"]):
+        return None
+    results = {image_id: instances for image_id, instances in _frames_with_ground_truth(frame_results, by_frame)}
+    tracker, oracle = motmetrics.MOTAccumulator(), motmetrics.MOTAccumulator()
+    any_ids = False
+    spare = itertools.count(-1, -1)  # oracle identities of detections that match no object
+    for image_id in sorted(by_frame.values()):
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+        instances = [i for i in results.get(image_id, []) if float(i["score"]) >= min_score]
+        any_ids = any_ids or any("track_id" in i for i in instances)
+        objects = [int(a["track"]) for a in anns]
+        iou = np.zeros((len(objects), len(instances)))
+        if anns and instances:
+            iou = np.asarray(mask_utils.iou([gt.annToRLE(a) for a in anns], [_coco_rle(i["mask"]) for i in instances],
+                                            [0] * len(instances))).reshape(len(objects), len(instances))
+        distance = np.where(iou >= 0.5, 1.0 - iou, np.nan)
+        tracker.update(objects, [int(i.get("track_id", -1)) for i in instances], distance, frameid=image_id)
+        oracle.update(objects, _ideal_identities(objects, iou, spare), distance, frameid=image_id)
+    return (tracker, oracle) if any_ids else None
+
+
+def _ideal_identities(objects: list[int], iou: np.ndarray, spare: Iterator[int]) -> list[int]:
+    """Per detection (columns of iou [objects, detections]), the identity of the object it overlaps
+    most (IoU >= 0.5), each object given once a frame (to its best detection); others a spare id."""
+    ideal = [next(spare) for _ in range(iou.shape[1])]
+    given: set[int] = set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        row, col = divmod(int(flat), iou.shape[1])
+        if iou[row, col] < 0.5:
+            break
+        if row not in given and ideal[col] < 0:
+            ideal[col] = objects[row]
+            given.add(row)
+    return ideal
+
+
+def summarize_tracking(accumulators: list[tuple[Any, Any]]) -> dict[str, float]:
+    """tracking_metrics' figures over one or more clips (their identities kept apart)."""
+    import motmetrics
+
+    host = motmetrics.metrics.create()
+    wanted = ["idf1", "mota", "num_switches", "num_unique_objects"]
+    names = [f"clip{k}" for k in range(len(accumulators))]
+    scored = host.compute_many([a for a, _ in accumulators], metrics=wanted, names=names, generate_overall=True)
+    ideal = host.compute_many([o for _, o in accumulators], metrics=["idf1"], names=names, generate_overall=True)
+    row = scored.loc["OVERALL"]
+    gt_tracks, switches = int(row["num_unique_objects"]), int(row["num_switches"])
+    return {"idf1": float(row["idf1"]), "mota": float(row["mota"]), "switches": float(switches),
+            "gt_tracks": float(gt_tracks), "switches_per_100": 100.0 * switches / max(gt_tracks, 1),
+            "idf1_oracle": float(ideal.loc["OVERALL"]["idf1"])}
 
 
 def _frames_with_ground_truth(frame_results: Iterable[FrameResult], by_frame: dict[int, int]) -> Iterator[tuple[int, list[dict]]]:

@@ -346,7 +346,7 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
         inner[:max(0, y1 + 14)] = False  # the label sits on the box's top edge
         if inner.sum() < 50:
             continue
-        expected = (1 - MASK_ALPHA) * original[inner].mean(0) + MASK_ALPHA * np.array(class_colour(inst["class_id"]))
+        expected = (1 - MASK_ALPHA) * original[inner].mean(0) + MASK_ALPHA * np.array(class_colour(inst["class_id"], inst.get("track_id")))
         seen = screen[inner].mean(0)
         assert np.abs(seen - expected).max() < 30, (inst["label"], seen, expected)
         checked += 1

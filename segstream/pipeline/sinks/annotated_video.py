@@ -21,23 +21,38 @@ PALETTE = np.array(
 )
 
 
+def instance_colour(inst: Instance) -> np.ndarray:
+    """float32 [3] RGB: one colour per track (an object keeps its colour), per class without tracking."""
+    key = inst.track_id if inst.track_id is not None else inst.class_id
+    return PALETTE[key % len(PALETTE)]
+
+
+def instance_text(inst: Instance) -> str:
+    """The label drawn on an instance: "#7 star 0.93" with tracking, "star 0.93" without."""
+    text = f"{inst.label} {inst.score:.2f}"
+    return text if inst.track_id is None else f"#{inst.track_id} {text}"
+
+
 def annotate(image: np.ndarray, instances: list[Instance]) -> np.ndarray:
-    """A copy of `image` (uint8 [H, W, 3] RGB) with masks blended in and boxes + labels drawn."""
+    """A copy of `image` (uint8 [H, W, 3] RGB) with masks blended in and boxes + labels drawn.
+
+    Colours follow the track id (class id when tracking is off); labels start with the track id.
+    """
     canvas = image.astype(np.float32)
     for inst in instances:
         if inst.region is None or inst.region_box is None or not inst.region.any():
             continue
         x0, y0, x1, y1 = inst.region_box
         view = canvas[y0:y1, x0:x1]
-        color = PALETTE[inst.class_id % len(PALETTE)]
+        color = instance_colour(inst)
         view[inst.region] = 0.45 * view[inst.region] + 0.55 * color
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     for inst in instances:
-        color = tuple(int(c) for c in PALETTE[inst.class_id % len(PALETTE)])
+        color = tuple(int(c) for c in instance_colour(inst))
         x1, y1, x2, y2 = inst.box
         draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
-        text = f"{inst.label} {inst.score:.2f}"
+        text = instance_text(inst)
         left, top, right, bottom = draw.textbbox((x1, y1), text)
         ty = max(0.0, y1 - (bottom - top) - 2)
         draw.rectangle((x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2), fill=color)
