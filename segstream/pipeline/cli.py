@@ -194,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("segstream: interrupted", file=sys.stderr)
+        if args.command in ("run", "serve", "worker"):
+            # An abort leaves worker threads inside native code (decoders, torch); interpreter
+            # teardown under them can end in a C++ `terminate`. Sinks are closed by now: leave at once.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except Exception as exc:  # one line for the user, never a traceback
         if debug:

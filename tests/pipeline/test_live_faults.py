@@ -369,6 +369,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_leaves_a_playable_video(tmp_path):
         server.stop()
     assert "Traceback" not in stderr, stderr
     assert "interrupted" in stderr and took < 5, (took, stderr)
+    assert process.returncode == 130 and "terminate called" not in stderr, (process.returncode, stderr)
     with av.open(str(video)) as container:
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded >= 10, "the mp4 was closed properly"
