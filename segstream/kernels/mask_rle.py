@@ -39,8 +39,9 @@ class MaskRLE(NamedTuple):
 
 
 def default_cap(width: int) -> int:
-    """Counts per instance kept: two changes per column of the widest frame, four times over."""
-    return 8 * int(width) + 64
+    """Counts per instance kept: four changes per column of the widest frame (a mask with a hole
+    across its whole width), plus slack. A row that needs more is reported, not cut."""
+    return 4 * int(width) + 64
 
 
 def mask_rle_counts(

@@ -61,3 +61,30 @@ def test_pasted_regions_equal_torchvision_paste_thresholded(size):
         ours = np.zeros((height, width), dtype=bool)
         ours[y0:y1, x0:x1] = region
         assert np.array_equal(ours, reference[i].numpy()), i
+
+
+def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes():
+    """The path taken for GPU detections (one paste+RLE kernel, one copy), here on its C++ build."""
+    from segstream.engines.protocol import Detections
+    from segstream.pipeline.messages import Frame, FrameDetections
+    from segstream.pipeline.postprocess import Postprocess
+
+    g = torch.Generator().manual_seed(4)
+    items = []
+    for index, (height, width, k) in enumerate([(360, 640, 12), (180, 320, 0), (720, 1280, 7)]):
+        xy = torch.rand((k, 2), generator=g) * torch.tensor([500.0, 260.0])
+        boxes = torch.cat([xy, xy + 10 + torch.rand((k, 2), generator=g) * 200], 1)
+        masks = torch.nn.functional.interpolate(torch.rand((k, 1, 6, 6), generator=g), size=(28, 28), mode="bilinear")[:, 0]
+        found = Detections(boxes, torch.rand(k, generator=g).sort(descending=True).values,
+                           torch.randint(1, 5, (k,), generator=g), masks)
+        frame = Frame("s", index, None, 0.0, np.zeros((height, width, 3), dtype=np.uint8))
+        items.append(FrameDetections(frame, found, (384 / 720, 640 / 1280) if width == 1280 else (1.0, 1.0)))
+    names = ("__background__", "a", "b", "c", "d")
+    want = Postprocess(names, 0.5).process(items)
+    got = Postprocess(names, 0.5, take=3, regions=False, device_path=True).process(items)
+    assert sum(len(r.instances) for r in want) == 19
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.error is None and len(mine.instances) == len(theirs.instances)
+        for a, b in zip(mine.instances, theirs.instances):
+            assert (a.class_id, a.label, a.score, a.rle) == (b.class_id, b.label, b.score, b.rle)
+            assert a.box == pytest.approx(b.box, abs=1e-4)
