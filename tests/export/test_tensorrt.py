@@ -40,7 +40,7 @@ def test_engine_tensorrt_without_tensorrt_says_what_to_install_in_one_line(model
 
 @without_tensorrt
 def test_export_tensorrt_without_tensorrt_fails_before_exporting(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path)
     assert export_main(["tensorrt", "--model", "shapes", "--input-size", "256x320", "-o", str(tmp_path / "m.plan")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("segstream export tensorrt:") and "install TensorRT" in err and "\n" not in err
@@ -48,14 +48,31 @@ def test_export_tensorrt_without_tensorrt_fails_before_exporting(capsys, tmp_pat
 
 
 def test_engine_cache_name_changes_with_every_key_field():
-    base = ("0123456789abcdef", (384, 640), 1, "fp32", "NVIDIA H100 80GB HBM3", "10.13.0.35")
+    base = ("0123456789abcdef", (384, 640), 1, "fp32", "NVIDIA H100 80GB HBM3", "10.13.0.35", "a1b2c3d4e5f6")
     names = {engine_cache_name(*base)}
-    for index, other in enumerate(["fedcba9876543210", (384, 672), 2, "fp16", "NVIDIA L4", "10.9.0.34"]):
+    for index, other in enumerate(["fedcba9876543210", (384, 672), 2, "fp16", "NVIDIA L4", "10.9.0.34", "ffffffffffff"]):
         changed = list(base)
         changed[index] = other
         names.add(engine_cache_name(*changed))
-    assert len(names) == 7
-    assert engine_cache_name(*base) == "0123456789abcdef-384x640-b1-fp32-nvidia-h100-80gb-hbm3-trt10.13.0.35.plan"
+    assert len(names) == 8
+    assert engine_cache_name(*base) == (
+        "0123456789abcdef-384x640-b1-fp32-nvidia-h100-80gb-hbm3-trt10.13.0.35-ka1b2c3d4e5f6.plan"
+    )
+
+
+def test_engine_cache_key_follows_the_kernel_sources(tmp_path, monkeypatch):
+    """An edited kernel source must rebuild the engine: its PTX is compiled into the plan."""
+    from segstream.engines import artifacts
+    from segstream.kernels import sources
+
+    before = artifacts.kernels_digest()
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    for name in (*sources.HEADERS, sources.DEVICE_SOURCE, sources.HOST_SOURCE):
+        (csrc / name).write_bytes((sources.CSRC / name).read_bytes())
+    (csrc / "nms.cuh").write_bytes((csrc / "nms.cuh").read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(sources, "CSRC", csrc)
+    assert artifacts.kernels_digest() != before
 
 
 def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_file):
@@ -110,7 +127,7 @@ def test_plugin_module_imports_without_tensorrt():
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engine_matches_torch_on_gpu(model, precision, tmp_path, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path)
     from segstream.engines.torch_engine import TorchEngine
 
     engine = open_engine("tensorrt", model, "cuda", 2, precision=precision)
