@@ -30,6 +30,7 @@ from onnx import helper
 from segstream.engines import artifacts, custom_ops
 from segstream.engines.artifacts import engine_cache_name, onnx_digest  # noqa: F401 (re-exported)
 from segstream.engines.models import LoadedModel
+from segstream.kernels.tensorrt_plugins import roi_align_plugin_name
 
 MIN_VERSION = (10, 9)
 INSTALL_HINT = (
@@ -64,8 +65,9 @@ def version_tuple(text: str) -> tuple[int, ...]:
 def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
     """The ONNX model as TensorRT's parser should see it: segstream nodes marked as plugins.
 
-    Adds `plugin_namespace` = "segstream" to each segstream-domain node, and `aot` = 1 to
-    MultilevelRoIAlign when `aot` (BatchedNMS has no AOT implementation and gets none).
+    Adds `plugin_namespace` = "segstream" to each segstream-domain node; MultilevelRoIAlign becomes
+    the plugin of its level count (`MultilevelRoIAlign_<L>L`) and gets `aot` = 1 when `aot`
+    (BatchedNMS has no AOT implementation and gets none).
     """
     model = onnx.load_from_string(onnx_bytes)
     for node in model.graph.node:
@@ -75,9 +77,12 @@ def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.append(helper.make_attribute("plugin_namespace", custom_ops.DOMAIN))
-        # Only where it applies: a TensorRT without AOT plugins would hand `aot` to the plugin as a field.
-        if aot and node.op_type == custom_ops.ROI_ALIGN_NODE:
-            node.attribute.append(helper.make_attribute("aot", 1))
+        if node.op_type.startswith(custom_ops.ROI_ALIGN_NODE):
+            # One plugin per number of pooled levels (boxes, counts, then the maps).
+            node.op_type = roi_align_plugin_name(len(node.input) - 2)
+            # Only where it applies: a TensorRT without AOT plugins would hand `aot` to the plugin as a field.
+            if aot:
+                node.attribute.append(helper.make_attribute("aot", 1))
     return model.SerializeToString()
 
 

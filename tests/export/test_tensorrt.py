@@ -84,14 +84,15 @@ def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_fi
         attrs = {a.name: helper.get_attribute_value(a) for a in mine.attribute}
         if mine.domain == "segstream":
             assert attrs["plugin_namespace"] == b"segstream"
-            aot = mine.op_type == "MultilevelRoIAlign"
+            aot = theirs.op_type == "MultilevelRoIAlign"
+            assert mine.op_type == ("MultilevelRoIAlign_4L" if aot else theirs.op_type)
             assert attrs.get("aot") == (1 if aot else None)
             assert len(mine.attribute) == len(theirs.attribute) + 1 + aot
         else:
             assert mine == theirs
     # Twice gives the same as once (no duplicate attributes).
     again = onnx.load_from_string(prepare_onnx(prepared.SerializeToString(), aot=False))
-    nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign"]
+    nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign_4L"]
     assert nodes and not any(a.name == "aot" for n in nodes for a in n.attribute)
     assert all(sum(a.name == "plugin_namespace" for a in n.attribute) == 1 for n in nodes)
 
@@ -227,3 +228,56 @@ def test_aot_roi_align_kernel_with_tensorrt_arguments_equals_the_op(tmp_path):
     status = lib.seg_emulate_aot(grid[0], grid[1], block, len(args), ctypes.addressof(sizes), ctypes.addressof(pointers))
     assert status == 0, "the TensorRT argument list does not match the AOT kernel's parameters"
     torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+
+
+def test_a_two_level_model_exports_and_maps_onto_the_two_level_plugin(tmp_path):
+    """The bundled shapes model pools two FPN levels; its graph must reach a plugin that takes two maps."""
+    from segstream.engines.export import export_onnx
+    from export_models import small_model
+
+    options = {"box_levels": ["p4", "p5"], "mask_levels": ["p3", "p4"]}
+    path = export_onnx(small_model(seed=5, options=options), tmp_path / "two.onnx", 1)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    pools = [n for n in model.graph.node if n.op_type == "MultilevelRoIAlign"]
+    assert [len(n.input) for n in pools] == [4, 4]  # boxes, counts, two maps
+    scales = [list(helper.get_attribute_value(a)) for n in pools for a in n.attribute if a.name == "spatial_scales"]
+    assert scales == [[0.0625, 0.03125], [0.125, 0.0625]]
+    prepared = onnx.load_from_string(prepare_onnx(path.read_bytes(), aot=True))
+    assert [n.op_type for n in prepared.graph.node if n.domain == "segstream" and "RoIAlign" in n.op_type] == [
+        "MultilevelRoIAlign_2L", "MultilevelRoIAlign_2L"
+    ]
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 5])
+def test_roi_align_plugin_callbacks_have_one_parameter_per_map(levels):
+    """tensorrt.plugin reads the callbacks' signatures: they must name every map, with TensorRT's types."""
+    import inspect
+    from types import SimpleNamespace
+    from typing import Tuple, Union
+
+    import numpy as np
+    import numpy.typing as npt
+
+    trtp = SimpleNamespace(TensorDesc=type("TensorDesc", (), {}), KernelLaunchParams=object, SymExprs=object)
+    seen = {}
+    scope = {"trtp": trtp, "npt": npt, "np": np, "Tuple": Tuple, "Union": Union,
+             "_roi_align_desc": lambda boxes, features, size: seen.setdefault("desc", len(features)),
+             "_roi_align_formats": lambda n: seen.setdefault("formats", n),
+             "_roi_align_run": lambda *a: seen.setdefault("run", len(a[2])),
+             "_roi_align_aot": lambda boxes, features, *a: seen.setdefault("aot", len(features))}
+    callbacks = tensorrt_plugins.roi_align_callbacks(levels, scope)
+    maps = [f"feature_{i}" for i in range(levels)]
+    attrs = ["output_size", "spatial_scales", "sampling_ratio", "aligned", "canonical_scale", "canonical_level"]
+    desc = inspect.signature(callbacks["desc"])
+    assert list(desc.parameters) == ["boxes", "counts", *maps, *attrs]
+    assert desc.parameters["feature_0"].annotation is trtp.TensorDesc
+    assert list(inspect.signature(callbacks["aot"]).parameters) == ["boxes", "counts", *maps, *attrs, "outputs", "tactic"]
+    assert list(inspect.signature(callbacks["run"]).parameters) == ["boxes", "counts", *maps, *attrs, "outputs", "stream"]
+    tensors = [object()] * (2 + levels)
+    callbacks["desc"](*tensors, 7, None, 2, 0, 224.0, 4)
+    callbacks["formats"](*tensors, None)
+    callbacks["run"](*tensors, 7, None, 2, 0, 224.0, 4, None, None)
+    callbacks["aot"](*tensors, 7, None, 2, 0, 224.0, 4, None, 0)
+    assert seen == {"desc": levels, "formats": levels, "run": levels, "aot": levels}
+    assert tensorrt_plugins.roi_align_plugin_name(levels) == f"MultilevelRoIAlign_{levels}L"
