@@ -89,3 +89,28 @@ def test_no_instances_and_bad_shapes():
     assert empty.counts.shape == (0, 8)
     with pytest.raises(ValueError, match=r"\[N, M, M\]"):
         mask_rle_counts(torch.zeros((2, 28, 14)), torch.zeros((2, 4)), torch.zeros((2, 2)), THRESHOLD, 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_build_equals_the_host_build_without_a_host_sync_and_in_a_cuda_graph():
+    masks, boxes = random_instances(40, 720, 1280, 11)
+    sizes = torch.tensor([[720, 1280]] * 40)
+    cap = default_cap(1280)
+    host = mask_rle_counts(masks, boxes, sizes, THRESHOLD, cap)
+    args = (masks.cuda(), boxes.cuda(), sizes.cuda())
+    mask_rle_counts(*args, THRESHOLD, cap)  # compile and load outside the checks
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = mask_rle_counts(*args, THRESHOLD, cap)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = mask_rle_counts(*args, THRESHOLD, cap)
+    graph.replay()
+    torch.cuda.synchronize()
+    for result in (got, replayed):
+        assert torch.equal(result.num.cpu(), host.num) and torch.equal(result.regions.cpu(), host.regions)
+        counts = result.counts.cpu()
+        for i, k in enumerate(host.num.tolist()):
+            assert torch.equal(counts[i, :k], host.counts[i, :k]), f"instance {i}"

@@ -63,8 +63,10 @@ def test_pasted_regions_equal_torchvision_paste_thresholded(size):
         assert np.array_equal(ours, reference[i].numpy()), i
 
 
-def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes():
-    """The path taken for GPU detections (one paste+RLE kernel, one copy), here on its C++ build."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU on this machine"))])
+def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device):
+    """The path taken for GPU detections (one paste+RLE kernel, one copy); on the CPU, its C++ build."""
     from segstream.engines.protocol import Detections
     from segstream.pipeline.messages import Frame, FrameDetections
     from segstream.pipeline.postprocess import Postprocess
@@ -81,7 +83,8 @@ def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes():
         items.append(FrameDetections(frame, found, (384 / 720, 640 / 1280) if width == 1280 else (1.0, 1.0)))
     names = ("__background__", "a", "b", "c", "d")
     want = Postprocess(names, 0.5).process(items)
-    got = Postprocess(names, 0.5, take=3, regions=False, device_path=True).process(items)
+    on_device = [FrameDetections(i.frame, i.detections.to(device), i.scale) for i in items]
+    got = Postprocess(names, 0.5, take=3, regions=False, device_path=True if device == "cpu" else None).process(on_device)
     assert sum(len(r.instances) for r in want) == 19
     for mine, theirs in zip(got, want, strict=True):
         assert mine.error is None and len(mine.instances) == len(theirs.instances)
