@@ -299,18 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(text, flush=True)  # noqa: E731
     # Streams first: the acceptance figure, kept if a time limit cuts the sweep below short.
     model = make_model(args.stream_model, (height, width), args.detections)
+    engine = make_engine("static", model, device, args.stream_batch, args.stream_precision)
+    engine.warm_up()  # every graph captured before the first frame
     for streams in args.streams:
-        engine = make_engine("static", model, device, args.stream_batch, args.stream_precision)
         frames = int(args.stream_seconds * 30)
         producers = [MemoryFrames(f"cam{i}", pool, frames, 30.0, live=True) for i in range(streams)]
         result = run_chain(engine, producers, args.stream_batch, live=True)
-        engine.close()
         result.update(streams=streams, offered=streams * frames,
                       peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0)
         report["streams"].append(result)
         dump()
         say(f"streams {streams}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
             f"{result['dropped']} dropped of {result['offered']}")
+    engine.close()
     for name in args.models:
         model = make_model(name, (height, width), args.detections)
         say(f"# {name}: {model.source}")
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{case['static']['detections_per_frame']:.0f} detections/frame")
                 for kind in ("torch", "static"):
                     engine = make_engine(kind, model, device, batch, precision)
+                    if kind == "static":
+                        engine.warm_up()
                     producer = MemoryFrames("bench", pool, args.pipeline_frames, None, live=False)
                     result = run_chain(engine, [producer], batch, live=False)
                     engine.close()

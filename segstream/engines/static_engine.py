@@ -6,7 +6,8 @@ size and nothing reads a value back to the host, so on CUDA one forward pass per
 captured as a CUDA graph (torch.cuda.CUDAGraph) and then replayed: one launch of the whole
 network per batch instead of some hundreds of kernel launches from Python.
 
-    batch B (<= max_batch) -> copy into the static input of graph[B] -> replay -> read counts
+    batch B (<= max_batch) -> copy into the static input of graph[G] (G = B rounded up to a power
+    of two, at most max_batch; padding rows zero) -> replay -> read counts
 
 How the capture follows torch's documented recipe (torch.cuda.graph, "CUDA Graphs" notes):
   - warm-up passes run on a side stream first (cuDNN/cuBLAS pick their algorithms, the kernels'
@@ -99,18 +100,33 @@ class StaticEngine:
             raise ValueError(f"batch of {count} exceeds max_batch {self.max_batch}")
         if tuple(images.shape[-2:]) != tuple(self.config.input_size):
             raise ValueError(f"images are {tuple(images.shape[-2:])}, the engine takes {self.config.input_size}")
-        sizes = padded_image_sizes(image_sizes, count, self.config.input_size)
         if not self.cuda_graphs:
-            num, boxes, scores, classes, masks = self._forward(images, sizes.to(self.device))
+            sizes = padded_image_sizes(image_sizes, count, self.config.input_size)
+            num, boxes, scores, classes, masks = self._forward(images, sizes.to(self.device, non_blocking=True))
             return split_detections(num.tolist(), boxes, scores, classes, masks)
+        graph_batch = self.graph_batch(count)
+        sizes = padded_image_sizes(image_sizes, graph_batch, self.config.input_size)
         with self._lock:
-            captured = self._captured.get(count) or self._capture(count)
-            captured.images.copy_(images, non_blocking=True)
+            captured = self._captured.get(graph_batch) or self._capture(graph_batch)
+            captured.images[:count].copy_(images, non_blocking=True)
+            if count < graph_batch:  # padding rows: any valid image; their detections are dropped
+                captured.images[count:].zero_()
             captured.sizes.copy_(sizes, non_blocking=True)
             captured.graph.replay()
             num, boxes, scores, classes, masks = captured.outputs
-            counts = num.tolist()  # the one host read; split_detections copies out of the static outputs
+            counts = num[:count].tolist()  # the one host read; split_detections copies out of the static outputs
             return split_detections(counts, boxes, scores, classes, masks)
+
+    def graph_batch(self, count: int) -> int:
+        """The captured batch size a batch of `count` runs in: the next power of two, at most max_batch.
+
+        One graph per power of two instead of one per size: a live pipeline's partial batches take
+        every size from 1 to max_batch, and each capture costs a few forward passes.
+        """
+        size = 1
+        while size < count:
+            size *= 2
+        return min(size, self.max_batch)
 
     # -- CUDA graphs --------------------------------------------------------------------------
     def _capture(self, batch: int) -> _Captured:
@@ -132,6 +148,19 @@ class StaticEngine:
         captured = _Captured(graph, images, sizes, tuple(outputs))
         self._captured[batch] = captured
         return captured
+
+    def warm_up(self) -> None:
+        """Capture every graph the engine can need now (a capture mid-stream delays those frames)."""
+        if self.cuda_graphs:
+            with self._lock, torch.inference_mode():
+                size = 1
+                while True:
+                    size = min(size, self.max_batch)
+                    if size not in self._captured:
+                        self._capture(size)
+                    if size == self.max_batch:
+                        break
+                    size *= 2
 
     def captured_batches(self) -> list[int]:
         """Batch sizes with a captured graph (for tests and the benchmark)."""

@@ -45,6 +45,12 @@ def test_static_engine_equals_torch_engine_on_full_and_partial_batches(model):
     engine.close()  # idempotent
 
 
+def test_partial_batches_share_power_of_two_graphs(model):
+    engine = StaticEngine(model, "cpu", 16)
+    assert [engine.graph_batch(n) for n in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    assert StaticEngine(model, "cpu", 6).graph_batch(5) == 6
+
+
 def test_static_engine_refuses_what_it_cannot_run(model):
     with pytest.raises(EngineError, match="bf16 is for --engine static"):
         open_engine("onnxruntime", model, "cpu", 1, precision="bf16")
@@ -120,9 +126,14 @@ def test_cuda_graph_replay_equals_eager_static_graph(model, precision, atol):
     first = graphed.infer(images, sizes)
     again = graphed.infer(images, sizes)  # a replay: same static buffers, same answer
     assert graphed.captured_batches() == [2]
-    graphed.infer(images[:1], sizes[:1])
+    (single,) = graphed.infer(images[:1], sizes[:1])
     assert graphed.captured_batches() == [1, 2]
     assert_same(again, first, atol=0)
+    assert_same([single], first[:1], atol=1e-3)
+    three = StaticEngine(model, "cuda", 3, precision=precision)
+    three.warm_up()
+    assert three.captured_batches() == [1, 2, 3]
+    assert_same(three.infer(images, sizes), first, atol=1e-3 if atol else 5e-2)
     if atol is not None:
         assert_same(first, eager.infer(images, sizes), atol=atol)
         assert_same(first, TorchEngine(model, "cuda", 2).infer(images, sizes), atol=atol)
