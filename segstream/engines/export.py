@@ -28,6 +28,10 @@ from segstream.engines.artifacts import GRAPH_VERSION, cache_root, model_digest,
 from segstream.engines.models import LoadedModel, ModelError, apply_test_thresholds, load_model
 from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES, StaticMaskRCNN
 
+class ExportError(RuntimeError):
+    """An export cannot be done; the message is one line for the user."""
+
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
