@@ -130,13 +130,13 @@ def test_nms_kernels_with_no_candidates(emulated) -> None:
 
 @pytest.mark.parametrize("height, width, n, seed", [(180, 320, 24, 1), (37, 53, 20, 2), (1, 1, 4, 3), (720, 1280, 6, 0)])
 def test_mask_rle_kernel_equals_the_host_build_and_pycocotools(emulated, height, width, n, seed) -> None:
-    from segstream.kernels.mask_rle import default_cap, mask_rle_counts
-    from test_mask_rle import THRESHOLD, kernel_strings, random_instances, reference_strings
+    from segstream.kernels.mask_rle import mask_rle_counts
+    from test_mask_rle import THRESHOLD, kernel_strings, random_instances, reference_strings, roomy_cap
 
     launch, calls = emulated
     masks, boxes = random_instances(n, height, width, seed)
     sizes = torch.tensor([[height, width]] * n)
-    cap = default_cap(width)
+    cap = roomy_cap(width)
 
     got = mask_rle_counts(masks, boxes, sizes, THRESHOLD, cap, _launch=launch)
 

@@ -14,10 +14,16 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from segstream.kernels.mask_rle import compress_counts, default_cap, mask_rle_counts
+from segstream.kernels.mask_rle import compress_counts, mask_rle_counts
 from segstream.pipeline.postprocess import paste_regions
 
 THRESHOLD = 0.5
+
+
+def roomy_cap(width: int) -> int:
+    """The random masks here carry pixel noise, so their edges are far more ragged than a network's
+    masks (default_cap is sized for those): room for every count, so the strings can be compared."""
+    return 16 * width + 64
 
 
 def random_instances(n: int, height: int, width: int, seed: int, m: int = 28):
@@ -59,7 +65,7 @@ CASES = [(720, 1280, 40, 0), (180, 320, 60, 1), (37, 53, 60, 2), (1, 1, 8, 3), (
 def test_host_build_is_byte_identical_to_pycocotools_on_the_pasted_masks(height, width, n, seed):
     masks, boxes = random_instances(n, height, width, seed)
     sizes = torch.tensor([[height, width]] * n)
-    result = mask_rle_counts(masks, boxes, sizes, THRESHOLD, default_cap(width))
+    result = mask_rle_counts(masks, boxes, sizes, THRESHOLD, roomy_cap(width))
     assert kernel_strings(result) == reference_strings(masks, boxes, height, width)
     regions = [box for _, box in paste_regions(masks, boxes, height, width, THRESHOLD)]
     assert [tuple(r) for r in result.regions.tolist()] == regions
@@ -69,7 +75,7 @@ def test_instances_of_different_frames_in_one_call():
     a_masks, a_boxes = random_instances(6, 180, 320, 7)
     b_masks, b_boxes = random_instances(5, 360, 640, 8)
     sizes = torch.tensor([[180, 320]] * 6 + [[360, 640]] * 5)
-    result = mask_rle_counts(torch.cat([a_masks, b_masks]), torch.cat([a_boxes, b_boxes]), sizes, THRESHOLD, default_cap(640))
+    result = mask_rle_counts(torch.cat([a_masks, b_masks]), torch.cat([a_boxes, b_boxes]), sizes, THRESHOLD, roomy_cap(640))
     want = reference_strings(a_masks, a_boxes, 180, 320) + reference_strings(b_masks, b_boxes, 360, 640)
     assert kernel_strings(result) == want
 
@@ -95,7 +101,7 @@ def test_no_instances_and_bad_shapes():
 def test_cuda_build_equals_the_host_build_without_a_host_sync_and_in_a_cuda_graph():
     masks, boxes = random_instances(40, 720, 1280, 11)
     sizes = torch.tensor([[720, 1280]] * 40)
-    cap = default_cap(1280)
+    cap = roomy_cap(1280)
     host = mask_rle_counts(masks, boxes, sizes, THRESHOLD, cap)
     args = (masks.cuda(), boxes.cuda(), sizes.cuda())
     mask_rle_counts(*args, THRESHOLD, cap)  # compile and load outside the checks

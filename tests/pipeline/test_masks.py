@@ -91,3 +91,20 @@ def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device)
         for a, b in zip(mine.instances, theirs.instances):
             assert (a.class_id, a.label, a.score, a.rle) == (b.class_id, b.label, b.score, b.rle)
             assert a.box == pytest.approx(b.box, abs=1e-4)
+
+
+def test_kernel_postprocess_encodes_masks_too_ragged_for_their_row_on_the_cpu():
+    from segstream.engines.protocol import Detections
+    from segstream.pipeline.messages import Frame, FrameDetections
+    from segstream.pipeline.postprocess import Postprocess
+
+    g = torch.Generator().manual_seed(5)
+    masks = (torch.rand((3, 28, 28), generator=g) > 0.5).float()  # salt and pepper: thousands of runs
+    boxes = torch.tensor([[0.0, 0.0, 300.0, 170.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 310.0, 175.0]])
+    found = Detections(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 2, 3]), masks)
+    item = FrameDetections(Frame("s", 0, None, 0.0, np.zeros((180, 320, 3), dtype=np.uint8)), found, (1.0, 1.0))
+    names = ("__background__", "a", "b", "c")
+    want = Postprocess(names, 0.5).process([item])[0]
+    got = Postprocess(names, 0.5, regions=False, device_path=True).process([item])[0]
+    assert [i.rle for i in got.instances] == [i.rle for i in want.instances]
+    assert got.instances[0].region is not None  # this one did not fit its row and took the CPU path
