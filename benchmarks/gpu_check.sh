@@ -27,7 +27,7 @@ PACKAGES="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-i
 
 if [ "${1:-}" = "prepare" ]; then
     mkdir -p "$WHEELS"
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> "$(git rev-parse --git-path info/exclude)"
+    # .gpu/ is git-ignored (.gitignore): it travels to the GPU machine only when named in the device tool's carry.
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$WHEELS" $PACKAGES || exit 2
