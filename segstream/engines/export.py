@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import os
 import sys
 import warnings
@@ -25,39 +24,15 @@ from pathlib import Path
 import torch
 
 from segstream.engines import custom_ops
-from segstream.engines.checkpoint import tensors_digest
+from segstream.engines.artifacts import GRAPH_VERSION, cache_root, model_digest, onnx_cache_path  # noqa: F401 (re-exported)
 from segstream.engines.models import LoadedModel, ModelError, apply_test_thresholds, load_model
 from segstream.engines.static_graph import INPUT_NAMES, OUTPUT_NAMES, StaticMaskRCNN
-
-#: Bump when the exported graph changes for the same weights, so stale cached files are not reused.
-GRAPH_VERSION = "1"
-
 
 class ExportError(RuntimeError):
     """An export cannot be done; the message is one line for the user."""
 
 
-def cache_root() -> Path:
-    """$SEGSTREAM_CACHE or ~/.cache/segstream (shared with segstream.kernels' build cache)."""
-    return Path(os.environ.get("SEGSTREAM_CACHE") or Path.home() / ".cache" / "segstream")
-
-
-def model_digest(model: LoadedModel) -> str:
-    """SHA-256 (hex, 16 chars) over the weights and the model config: what makes two graphs the same."""
-    digest = hashlib.sha256()
-    digest.update(tensors_digest(model.network.state_dict()).encode())
-    digest.update(model.config.to_json().encode())
-    digest.update(GRAPH_VERSION.encode())
-    return digest.hexdigest()[:16]
-
-
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def onnx_cache_path(model: LoadedModel, batch: int, precision: str = "fp32") -> Path:
-    height, width = model.config.input_size
-    suffix = "" if precision == "fp32" else f"-{precision}"
-    return cache_root() / "onnx" / f"{model_digest(model)}-{height}x{width}-b{batch}{suffix}.onnx"
 
 
 def export_onnx(model: LoadedModel, path: str | Path, batch: int, precision: str = "fp32") -> Path:

@@ -1,17 +1,15 @@
-"""Opening an engine of a given kind: torch, onnxruntime or tensorrt, all behind the Engine protocol."""
+"""Opening an engine of a given kind: torch, static, onnxruntime or tensorrt, all behind the Engine protocol."""
 
 from __future__ import annotations
 
 import torch
 
 from segstream.engines.models import LoadedModel
-from segstream.engines.protocol import Engine
+from segstream.engines.protocol import Engine, EngineError
 
-ENGINE_KINDS = ("torch", "onnxruntime", "tensorrt")
+__all__ = ["ENGINE_KINDS", "EngineError", "open_engine", "resolve_device"]  # EngineError re-exported: older imports
 
-
-class EngineError(RuntimeError):
-    """An engine cannot be created; the message is one line for the user."""
+ENGINE_KINDS = ("torch", "static", "onnxruntime", "tensorrt")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,6 +32,12 @@ def open_engine(
         from segstream.engines.torch_engine import TorchEngine
 
         return TorchEngine(model, target, max_batch)
+    if kind == "static":
+        from segstream.engines.static_engine import StaticEngine
+
+        return StaticEngine(model, target, max_batch, precision=precision)
+    if precision == "bf16" and kind != "static":
+        raise EngineError(f"--precision bf16 is for --engine static, not {kind}")
     if kind == "onnxruntime":
         try:
             from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine

@@ -188,7 +188,7 @@ class OnnxRuntimeEngine:
         self, model: LoadedModel, device: str | torch.device = "cpu", max_batch: int = 1, onnx_path: str | None = None,
         threads: int = 0,
     ) -> None:
-        from segstream.engines.factory import EngineError
+        from segstream.engines.protocol import EngineError
 
         self.config = model.config
         self.device = torch.device(device)
@@ -231,3 +231,6 @@ class OnnxRuntimeEngine:
         out = {k: torch.from_numpy(v) for k, v in self.graph.run({"images": feed, "image_sizes": sizes}).items()}
         counts = out["num_detections"][:count].tolist()
         return split_detections(counts, out["boxes"], out["scores"], out["classes"], out["masks"])
+
+    def close(self) -> None:
+        """Nothing to release early: the ONNX Runtime sessions go with the engine object."""

@@ -1,4 +1,4 @@
-"""The one protocol every inference backend (torch, onnxruntime, tensorrt) implements."""
+"""The one protocol every inference backend (torch, static, onnxruntime, tensorrt) implements, and its error."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from segstream.engines.model_config import ModelConfig
+
+
+class EngineError(RuntimeError):
+    """An engine cannot be created or used; the message is one line for the user."""
 
 
 @dataclass
@@ -37,14 +41,21 @@ class Detections:
 class Engine(Protocol):
     """A Mask R-CNN behind a fixed-size input.
 
+    name: the engine kind as the user names it (`--engine NAME`).
     config: the model's description (class names, input size, normalisation, thresholds).
     device: where `infer` expects its input and leaves its output.
     max_batch: the largest batch `infer` accepts.
     """
 
+    name: str
     config: ModelConfig
     device: torch.device
     max_batch: int
+
+    def close(self) -> None:
+        """Release what the engine holds beyond its Python objects (captured graphs, sessions,
+        TensorRT contexts). Idempotent; the pipeline calls it when it is done with the engine."""
+        ...
 
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """Run the model.

@@ -20,8 +20,9 @@ Outputs: num_detections i32 [B], boxes f32 [B, K, 4] (x1, y1, x2, y2 network-inp
          scores f32 [B, K] (descending), classes i32 [B, K] (1..C), masks f32 [B, K, 28, 28]
          (probabilities over each box); rows at or past num_detections are zero.
 
-With trunk_dtype float16 (the fp16 export for TensorRT) the convolutional trunk and heads run in
-half precision on copies of their modules; everything from box decoding on stays float32.
+With trunk_dtype float16 (the fp16 export for TensorRT) or bfloat16 (the static engine's bf16) the
+convolutional trunk and heads run in that dtype on copies of their modules; everything from box
+decoding on stays float32.
 
 RoIAlign uses the feature strides (scale 1/stride). torchvision's MultiScaleRoIAlign instead infers
 its scales from the tallest frame of the first batch it sees and keeps them; the two agree when that
@@ -68,9 +69,15 @@ class _Pooler(nn.Module):
         self.canonical_level = int(getattr(mapper, "lvl0", 4))
 
     def forward(self, features: list[Tensor], boxes: Tensor, counts: Tensor) -> Tensor:
-        """boxes f32 [B,R,4] input pixels, counts i32 [B] -> f32 [B,R,C,S,S]."""
+        """boxes f32 [B,R,4] input pixels, counts i32 [B] -> f32 [B,R,C,S,S] (f16 for f16 maps).
+
+        The kernels read float32 or float16 maps; bfloat16 maps (a bf16 trunk) are pooled in float32.
+        """
+        maps = [features[i] for i in self.indices]
+        if maps[0].dtype == torch.bfloat16:
+            maps = [m.float() for m in maps]
         return torch.ops.segstream.multilevel_roi_align(
-            [features[i] for i in self.indices], boxes, counts, self.output_size, self.scales,
+            maps, boxes, counts, self.output_size, self.scales,
             self.sampling_ratio, False, self.canonical_scale, self.canonical_level,
         )
 
@@ -110,8 +117,8 @@ class StaticMaskRCNN(nn.Module):
         super().__init__()
         if network.roi_heads.mask_roi_pool is None:
             raise ValueError("the static graph needs a network with a mask head")
-        if trunk_dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"trunk_dtype must be float32 or float16, not {trunk_dtype}")
+        if trunk_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"trunk_dtype must be float32, float16 or bfloat16, not {trunk_dtype}")
         self.config = config
         self.trunk_dtype = trunk_dtype
         roi = network.roi_heads

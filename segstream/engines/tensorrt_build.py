@@ -3,7 +3,9 @@
 An engine is specific to its weights, input size, batch, precision, GPU and TensorRT version, so
 all of them are in the cache key:
 
-    $SEGSTREAM_CACHE/tensorrt/<model digest>-<H>x<W>-b<B>-<precision>-<gpu>-trt<version>.plan
+    $SEGSTREAM_CACHE/tensorrt/<model digest>-<H>x<W>-b<B>-<precision>-<gpu>-trt<version>-k<kernels>.plan
+
+(names and paths in segstream/engines/artifacts.py; k<kernels> is the kernel sources' digest).
 
 Build steps: the segstream plugins are registered (segstream/kernels/tensorrt_plugins.py); the
 ONNX nodes of domain `segstream` get the `plugin_namespace` attribute the parser's plugin fallback
@@ -18,7 +20,6 @@ project is developed on (TensorRT's builder does not install there); the steps b
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -26,8 +27,10 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from segstream.engines import custom_ops
+from segstream.engines import artifacts, custom_ops
+from segstream.engines.artifacts import engine_cache_name, onnx_digest  # noqa: F401 (re-exported)
 from segstream.engines.models import LoadedModel
+from segstream.kernels.tensorrt_plugins import roi_align_plugin_name
 
 MIN_VERSION = (10, 9)
 INSTALL_HINT = (
@@ -59,20 +62,12 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
-def engine_cache_name(
-    model_digest: str, input_size: tuple[int, int], batch: int, precision: str, gpu_name: str, trt_version: str
-) -> str:
-    """File name of a cached engine; every field that makes two engines differ is in it."""
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
-    height, width = input_size
-    return f"{model_digest}-{height}x{width}-b{batch}-{precision}-{gpu}-trt{trt_version}.plan"
-
-
 def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
     """The ONNX model as TensorRT's parser should see it: segstream nodes marked as plugins.
 
-    Adds `plugin_namespace` = "segstream" to each segstream-domain node, and `aot` = 1 to
-    MultilevelRoIAlign when `aot` (BatchedNMS has no AOT implementation and gets none).
+    Adds `plugin_namespace` = "segstream" to each segstream-domain node; MultilevelRoIAlign becomes
+    the plugin of its level count (`MultilevelRoIAlign_<L>L`) and gets `aot` = 1 when `aot`
+    (BatchedNMS has no AOT implementation and gets none).
     """
     model = onnx.load_from_string(onnx_bytes)
     for node in model.graph.node:
@@ -82,14 +77,13 @@ def prepare_onnx(onnx_bytes: bytes, aot: bool) -> bytes:
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.append(helper.make_attribute("plugin_namespace", custom_ops.DOMAIN))
-        # Only where it applies: a TensorRT without AOT plugins would hand `aot` to the plugin as a field.
-        if aot and node.op_type == custom_ops.ROI_ALIGN_NODE:
-            node.attribute.append(helper.make_attribute("aot", 1))
+        if node.op_type.startswith(custom_ops.ROI_ALIGN_NODE):
+            # One plugin per number of pooled levels (boxes, counts, then the maps).
+            node.op_type = roi_align_plugin_name(len(node.input) - 2)
+            # Only where it applies: a TensorRT without AOT plugins would hand `aot` to the plugin as a field.
+            if aot:
+                node.attribute.append(helper.make_attribute("aot", 1))
     return model.SerializeToString()
-
-
-def onnx_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _logger(trt):
@@ -146,17 +140,10 @@ def gpu_name() -> str:
 
 
 def engine_cache_path(model: LoadedModel | None, onnx_path: Path, batch: int, precision: str) -> Path:
-    """Where the engine for these inputs is cached (the ONNX file's digest stands in without a model)."""
-    from segstream.engines.export import cache_root, model_digest, onnx_cache_path
-
+    """Where the engine for these inputs is cached (see segstream.engines.artifacts)."""
     trt = require_tensorrt()
-    if model is not None and Path(onnx_path) == onnx_cache_path(model, batch, precision):
-        digest = model_digest(model)
-    else:
-        digest = onnx_digest(Path(onnx_path))
     input_size = tuple(model.config.input_size) if model is not None else _onnx_input_size(Path(onnx_path))
-    name = engine_cache_name(digest, input_size, batch, precision, gpu_name(), trt.__version__)
-    return cache_root() / "tensorrt" / name
+    return artifacts.engine_cache_path(model, Path(onnx_path), input_size, batch, precision, gpu_name(), trt.__version__)
 
 
 def _onnx_input_size(path: Path) -> tuple[int, int]:

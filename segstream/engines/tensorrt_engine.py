@@ -22,7 +22,7 @@ from segstream.engines.tensorrt_build import TensorRTBuildError, TensorRTUnavail
 
 
 def _engine_error(message: str) -> Exception:
-    from segstream.engines.factory import EngineError
+    from segstream.engines.protocol import EngineError
 
     return EngineError(message)
 
@@ -82,6 +82,12 @@ class TensorRTEngine:
         if (height, width) != tuple(self.config.input_size) or batch < max_batch:
             raise _engine_error(f"--engine tensorrt: {self.plan_path} takes batch {batch} of {height}x{width}")
         self.max_batch = batch
+
+    def close(self) -> None:
+        """Release the execution context, the engine and the bound buffers (idempotent)."""
+        self._context = None
+        self._engine = None
+        self.buffers = {}
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:

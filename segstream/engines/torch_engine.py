@@ -64,3 +64,6 @@ class TorchEngine:
                 masks = masks[:, 0]
             out.append(Detections(result["boxes"], result["scores"], result["labels"], masks))
         return out
+
+    def close(self) -> None:
+        """Nothing to release beyond the network, which the caller's LoadedModel still holds."""

@@ -25,6 +25,7 @@ KERNEL_NAMES = (
     "segstream_nms_rank",
     "segstream_nms_mask",
     "segstream_nms_select",
+    "segstream_mask_rle",
 )
 # No fast math: the arithmetic must round as the CPU build does (see portable.cuh).
 NVRTC_OPTIONS = ("--std=c++17",)

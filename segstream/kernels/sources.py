@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-HEADERS = ("portable.cuh", "roi_align.cuh", "nms.cuh", "rle.h")
+HEADERS = ("portable.cuh", "roi_align.cuh", "nms.cuh", "mask_rle.cuh", "rle.h")
 DEVICE_SOURCE = "kernels.cu"
 HOST_SOURCE = "host.cpp"
 

@@ -1,6 +1,7 @@
 """TensorRT plugins for the two `segstream` ONNX nodes, on TensorRT's Python plugin API (`tensorrt.plugin`).
 
-    segstream::MultilevelRoIAlign   inputs boxes f32 [B,R,4], counts i32 [B], feature_0..3 f32|f16 [B,C,H_l,W_l]
+    segstream::MultilevelRoIAlign   inputs boxes f32 [B,R,4], counts i32 [B], feature_0..L-1 f32|f16 [B,C,H_l,W_l]
+                                    (L = 1..5: registered as MultilevelRoIAlign_<L>L, one plugin per L)
                                     -> f32|f16 [B,R,C,S,S]
                                     attributes output_size, spatial_scales, sampling_ratio, aligned,
                                     canonical_scale, canonical_level
@@ -42,13 +43,54 @@ from segstream.kernels.roi_align import _OUTPUTS_PER_BLOCK, _TABLE_TAPS, _TAP_BY
 NAMESPACE = "segstream"
 ROI_ALIGN = "MultilevelRoIAlign"
 NMS = "BatchedNMS"
-#: Feature maps the RoIAlign plugin takes: the four FPN levels Mask R-CNN pools from.
-PLUGIN_LEVELS = 4
+#: Feature-map counts the RoIAlign plugin comes in (the kernels take 1..5). TensorRT's Python
+#: plugins have a fixed signature, so there is one plugin per count, `MultilevelRoIAlign_<L>L`;
+#: tensorrt_build gives each ONNX node the name of its count in the parser's view of the file.
+PLUGIN_LEVELS = (1, 2, 3, 4, 5)
 AOT_KERNEL = "segstream_trt_multilevel_roi_align"
 
 
 class PluginError(RuntimeError):
     """A plugin cannot be defined or compiled; the message says why in one line."""
+
+
+def roi_align_plugin_name(levels: int) -> str:
+    """Op type of the RoIAlign plugin for `levels` feature maps (the ONNX node's, as the parser sees it)."""
+    if levels not in PLUGIN_LEVELS:
+        raise PluginError(f"RoIAlign takes 1..5 feature maps, not {levels}")
+    return f"{ROI_ALIGN}_{levels}L"
+
+
+def roi_align_callbacks_source(levels: int) -> str:
+    """Python source of the four RoIAlign plugin callbacks for `levels` maps.
+
+    tensorrt.plugin reads each callback's parameters and annotations, so each level count needs
+    functions with feature_0..feature_{L-1} spelled out; they forward to the shared _roi_align_*
+    implementations with the maps as a tuple. Evaluated with trtp, npt, np, Tuple and Union in scope.
+    """
+    feats = ", ".join(f"feature_{i}" for i in range(levels))
+    typed = ", ".join(f"feature_{i}: trtp.TensorDesc" for i in range(levels))
+    attrs = ("output_size: int, spatial_scales: npt.NDArray[np.float32], sampling_ratio: int, aligned: int, "
+             "canonical_scale: float, canonical_level: int")
+    names = "output_size, spatial_scales, sampling_ratio, aligned, canonical_scale, canonical_level"
+    return (
+        f"def desc(boxes: trtp.TensorDesc, counts: trtp.TensorDesc, {typed}, {attrs}) -> trtp.TensorDesc:\n"
+        f"    return _roi_align_desc(boxes, ({feats},), output_size)\n\n"
+        f"def formats(boxes, counts, {feats}, outputs):\n"
+        f"    return _roi_align_formats({levels})\n\n"
+        f"def run(boxes, counts, {feats}, {names}, outputs, stream) -> None:\n"
+        f"    _roi_align_run(boxes, counts, ({feats},), {names}, outputs, stream)\n\n"
+        f"def aot(boxes: trtp.TensorDesc, counts: trtp.TensorDesc, {typed}, {attrs}, outputs: Tuple[trtp.TensorDesc],\n"
+        f"        tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:\n"
+        f"    return _roi_align_aot(boxes, ({feats},), {names})\n"
+    )
+
+
+def roi_align_callbacks(levels: int, scope: dict) -> dict:
+    """The callbacks of roi_align_callbacks_source(levels), defined in a copy of `scope`."""
+    namespace = dict(scope)
+    exec(compile(roi_align_callbacks_source(levels), f"<segstream RoIAlign plugin, {levels} levels>", "exec"), namespace)
+    return {name: namespace[name] for name in ("desc", "formats", "run", "aot")}
 
 
 # ---------------------------------------------------------------- AOT RoIAlign: source, launch, PTX
@@ -208,26 +250,16 @@ def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
     import numpy.typing as npt
     import tensorrt as trt
 
-    @trtp.register(f"{NAMESPACE}::{ROI_ALIGN}")
-    def roi_align_desc(
-        boxes: trtp.TensorDesc, counts: trtp.TensorDesc, feature_0: trtp.TensorDesc, feature_1: trtp.TensorDesc,
-        feature_2: trtp.TensorDesc, feature_3: trtp.TensorDesc, output_size: int,
-        spatial_scales: npt.NDArray[np.float32], sampling_ratio: int, aligned: int, canonical_scale: float,
-        canonical_level: int,
-    ) -> trtp.TensorDesc:
-        shape = (boxes.shape_expr[0], boxes.shape_expr[1], feature_0.shape_expr[1], output_size, output_size)
-        return trtp.from_shape_expr(shape, dtype=feature_0.dtype)
+    def _roi_align_desc(boxes, features, output_size):
+        shape = (boxes.shape_expr[0], boxes.shape_expr[1], features[0].shape_expr[1], output_size, output_size)
+        return trtp.from_shape_expr(shape, dtype=features[0].dtype)
 
-    @trtp.autotune(f"{NAMESPACE}::{ROI_ALIGN}")
-    def roi_align_formats(boxes, counts, feature_0, feature_1, feature_2, feature_3, outputs):
+    def _roi_align_formats(levels):
         # Maps and output share one dtype; boxes stay float32 (pixel coordinates need the mantissa).
-        return [trtp.AutoTuneCombination("FP32, INT32, FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
+        return [trtp.AutoTuneCombination(", ".join(["FP32", "INT32"] + ["FP32|FP16"] * (levels + 1)), "LINEAR")]
 
-    @trtp.impl(f"{NAMESPACE}::{ROI_ALIGN}")
-    def roi_align_run(
-        boxes, counts, feature_0, feature_1, feature_2, feature_3, output_size, spatial_scales, sampling_ratio,
-        aligned, canonical_scale, canonical_level, outputs, stream,
-    ) -> None:
+    def _roi_align_run(boxes, counts, features, output_size, spatial_scales, sampling_ratio, aligned,
+                       canonical_scale, canonical_level, outputs, stream) -> None:
         import torch
 
         from segstream.kernels import multilevel_roi_align
@@ -235,41 +267,45 @@ def _define(trtp) -> None:  # noqa: C901 - one place for both plugins' callbacks
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             view = lambda t: torch.as_tensor(t, device="cuda")  # noqa: E731
             pooled = multilevel_roi_align(
-                [view(f) for f in (feature_0, feature_1, feature_2, feature_3)], view(boxes), int(output_size),
+                [view(f) for f in features], view(boxes), int(output_size),
                 [float(s) for s in spatial_scales], sampling_ratio=int(sampling_ratio), aligned=bool(aligned),
                 canonical_scale=float(canonical_scale), canonical_level=int(canonical_level), counts=view(counts),
             )
             view(outputs[0]).copy_(pooled)
 
-    if hasattr(trtp, "aot_impl"):
+    def _roi_align_aot(boxes, features, output_size, spatial_scales, sampling_ratio, aligned, canonical_scale,
+                       canonical_level):
+        # The graph is static: every extent is a build-time constant.
+        batch, rois = _constant(boxes.shape_expr[0]), _constant(boxes.shape_expr[1])
+        channels = _constant(features[0].shape_expr[1])
+        sizes = [(_constant(f.shape_expr[2]), _constant(f.shape_expr[3])) for f in features]
+        grid, block, shared, extra_ints = aot_launch(batch, rois, channels, sizes, int(output_size), int(sampling_ratio))
+        defines = aot_defines(
+            [float(s) for s in spatial_scales], int(output_size), int(sampling_ratio), bool(aligned),
+            float(canonical_scale), int(canonical_level),
+        )
+        half = features[0].dtype == trt.float16
+        ptx = compile_aot_ptx(len(features), half, _device_arch(), tuple(sorted(defines.items())))
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x, launch.grid_y = grid
+        launch.block_x = block
+        launch.shared_mem = shared
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in extra_ints])
+        return AOT_KERNEL, ptx, launch, extra
 
-        @trtp.aot_impl(f"{NAMESPACE}::{ROI_ALIGN}")
-        def roi_align_aot(
-            boxes: trtp.TensorDesc, counts: trtp.TensorDesc, feature_0: trtp.TensorDesc, feature_1: trtp.TensorDesc,
-            feature_2: trtp.TensorDesc, feature_3: trtp.TensorDesc, output_size: int,
-            spatial_scales: npt.NDArray[np.float32], sampling_ratio: int, aligned: int, canonical_scale: float,
-            canonical_level: int, outputs: Tuple[trtp.TensorDesc], tactic: int,
-        ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-            features = (feature_0, feature_1, feature_2, feature_3)
-            # The graph is static: every extent is a build-time constant.
-            batch, rois = _constant(boxes.shape_expr[0]), _constant(boxes.shape_expr[1])
-            channels = _constant(feature_0.shape_expr[1])
-            sizes = [(_constant(f.shape_expr[2]), _constant(f.shape_expr[3])) for f in features]
-            grid, block, shared, extra_ints = aot_launch(batch, rois, channels, sizes, int(output_size), int(sampling_ratio))
-            defines = aot_defines(
-                [float(s) for s in spatial_scales], int(output_size), int(sampling_ratio), bool(aligned),
-                float(canonical_scale), int(canonical_level),
-            )
-            half = feature_0.dtype == trt.float16
-            ptx = compile_aot_ptx(PLUGIN_LEVELS, half, _device_arch(), tuple(sorted(defines.items())))
-            launch = trtp.KernelLaunchParams()
-            launch.grid_x, launch.grid_y = grid
-            launch.block_x = block
-            launch.shared_mem = shared
-            extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in extra_ints])
-            return AOT_KERNEL, ptx, launch, extra
-
-        aot_available = True
+    scope = {"trtp": trtp, "npt": npt, "np": np, "Tuple": Tuple, "Union": Union, "_roi_align_desc": _roi_align_desc,
+             "_roi_align_formats": _roi_align_formats, "_roi_align_run": _roi_align_run,
+             "_roi_align_aot": _roi_align_aot}
+    has_aot = hasattr(trtp, "aot_impl")
+    for levels in PLUGIN_LEVELS:
+        name = f"{NAMESPACE}::{roi_align_plugin_name(levels)}"
+        callbacks = roi_align_callbacks(levels, scope)
+        trtp.register(name)(callbacks["desc"])
+        trtp.autotune(name)(callbacks["formats"])
+        trtp.impl(name)(callbacks["run"])
+        if has_aot:
+            trtp.aot_impl(name)(callbacks["aot"])
+    aot_available = has_aot
 
     @trtp.register(f"{NAMESPACE}::{NMS}")
     def nms_desc(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import torch
+
 from segstream.engines.protocol import Engine
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import Batch, FrameDetections
@@ -32,6 +34,8 @@ class Inference:
             self.batches += 1
             self.batched_frames += len(item.frames)
             try:
+                if item.ready is not None:  # the batch was made on the preprocess stream
+                    torch.cuda.current_stream(item.images.device).wait_event(item.ready)
                 detections = self.engine.infer(item.images, item.image_sizes)
             except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
                 reason = self.failures.record(exc)

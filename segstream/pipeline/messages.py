@@ -90,6 +90,7 @@ class Batch:
     images: torch.Tensor
     image_sizes: list[tuple[int, int]]
     scales: list[tuple[float, float]]
+    ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the preprocess stream after `images` is made
 
 
 @dataclass

@@ -4,6 +4,12 @@ Masks are pasted the way torchvision's `paste_masks_in_image` does (the 28x28 pr
 padded by one cell, resized bilinearly onto the integer box grown by the same margin), but only
 the box region is computed and thresholded: the frame-sized mask is never materialised, and the
 RLE is computed from the region (see rle.py).
+
+When the engine leaves its detections on a GPU (and nothing needs the mask regions for drawing),
+the stage takes every frame waiting (up to `take`), and one kernel pastes, thresholds and
+run-length encodes all their instances on the device (segstream.kernels.mask_rle); boxes, scores,
+classes and RLE counts come back in one copy per batch into a reused pinned buffer, and only the
+compression of the counts into COCO's string runs on the host. The CPU path is the one above.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from segstream.engines.protocol import Detections
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
 from segstream.pipeline.rle import encode_region
+
+#: Columns before the counts in the packed per-instance row copied back from the device:
+#: num counts, region x0 y0 x1 y1, box x1 y1 x2 y2 (float32 bits), score (float32 bits), class.
+_HEADER = 11
 
 
 def frame_boxes(boxes: torch.Tensor, scale: tuple[float, float], height: int, width: int) -> torch.Tensor:
@@ -63,16 +73,118 @@ def paste_regions(
 
 
 class Postprocess:
-    name = "postprocess"
-    take = 1
+    """FrameDetections -> FrameResult. take: frames handled together (the device path encodes them
+    in one launch and one copy). regions: keep each mask's box region (drawing needs it), which
+    keeps the CPU path. device_path: None uses the kernel path for detections on a GPU; True also
+    for CPU detections (the kernels' C++ build: how the path is tested without a GPU)."""
 
-    def __init__(self, class_names: tuple[str, ...], mask_threshold: float, max_consecutive_errors: int = 5) -> None:
+    name = "postprocess"
+
+    def __init__(self, class_names: tuple[str, ...], mask_threshold: float, max_consecutive_errors: int = 5,
+                 take: int = 1, regions: bool = True, device_path: bool | None = None) -> None:
         self.class_names = class_names
         self.mask_threshold = mask_threshold
         self.failures = ConsecutiveFailures("postprocess", max_consecutive_errors)
+        self.take = take
+        self.regions = regions
+        self.device_path = device_path
+        self._pinned: torch.Tensor | None = None  # reused host buffer of the device path
 
     def process(self, items: list[Any]) -> Iterable[Any]:
-        return [self.result(item) if isinstance(item, FrameDetections) else item for item in items]
+        on_device = [i for i, item in enumerate(items) if self._device_path(item)]
+        encoded: dict[int, list[Instance] | Exception] = {}
+        if on_device:
+            try:
+                for index, found in zip(on_device, self.device_instances([items[i] for i in on_device])):
+                    encoded[index] = found
+            except Exception as exc:  # the whole batch failed on the device: each frame reports it
+                encoded = {i: exc for i in on_device}
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, FrameDetections):
+                out.append(item)
+            elif i in encoded:
+                out.append(self._finish(item, encoded[i]))
+            else:
+                out.append(self.result(item))
+        return out
+
+    def _device_path(self, item: Any) -> bool:
+        if self.regions or self.device_path is False or not isinstance(item, FrameDetections) or item.detections is None:
+            return False
+        return self.device_path is True or item.detections.masks.device.type == "cuda"
+
+    def _finish(self, item: FrameDetections, found: list[Instance] | Exception) -> FrameResult:
+        frame = item.frame
+        if isinstance(found, Exception):
+            return FrameResult(frame=frame, latency=time.time() - frame.time, error=self.failures.record(found))
+        self.failures.succeeded()
+        return FrameResult(frame=frame, instances=found, latency=time.time() - frame.time)
+
+    def device_instances(self, items: list[FrameDetections]) -> list[list[Instance]]:
+        """Instances of frames whose detections are on a GPU: one kernel launch, one copy back.
+
+        Same instances as `instances` (same paste, same threshold, byte-identical RLE), without
+        `region`/`region_box` for rows whose counts fit (the drawing sink keeps the CPU path).
+        """
+        from segstream.kernels.mask_rle import compress_counts, default_cap, mask_rle_counts
+
+        device = items[0].detections.masks.device
+        boxes, masks, scores, classes, sizes, per_frame = [], [], [], [], [], []
+        for item in items:
+            found, frame = item.detections, item.frame
+            boxes.append(frame_boxes(found.boxes.float(), item.scale, frame.height, frame.width))
+            masks.append(found.masks.float())
+            scores.append(found.scores.float())
+            classes.append(found.classes.to(torch.int32))
+            sizes.extend([(frame.height, frame.width)] * len(found))
+            per_frame.append(len(found))
+        total = sum(per_frame)
+        if total == 0:
+            return [[] for _ in items]
+        boxes_t, masks_t = torch.cat(boxes), torch.cat(masks)
+        cap = default_cap(max(width for _, width in sizes))
+        frame_sizes = torch.tensor(sizes, dtype=torch.int32).to(device, non_blocking=True)
+        rle = mask_rle_counts(masks_t, boxes_t, frame_sizes, self.mask_threshold, cap)
+        packed = torch.cat([
+            rle.num[:, None], rle.regions, boxes_t.view(torch.int32), torch.cat(scores).view(torch.int32)[:, None],
+            torch.cat(classes)[:, None], rle.counts,
+        ], dim=1)
+        host = self._host_buffer(packed.shape)
+        host.copy_(packed, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # the one wait of the batch
+        rows = host.numpy()
+        out: list[list[Instance]] = []
+        start = 0
+        for item, count in zip(items, per_frame):
+            frame = item.frame
+            instances = []
+            for r in range(start, start + count):
+                row = rows[r]
+                n, region_box = int(row[0]), tuple(int(v) for v in row[1:5])
+                box = tuple(float(v) for v in row[5:9].view(np.float32))
+                score, class_id = float(row[9:10].view(np.float32)[0]), int(row[10])
+                region = None
+                if n <= cap:
+                    rle_dict = {"size": [frame.height, frame.width], "counts": compress_counts(row[_HEADER:_HEADER + n])}
+                else:  # a mask too ragged for its row: the CPU path for this one instance
+                    ((region, region_box),) = paste_regions(masks_t[r:r + 1], boxes_t[r:r + 1], frame.height,
+                                                            frame.width, self.mask_threshold)
+                    rle_dict = encode_region(region, region_box[0], region_box[1], frame.height, frame.width)
+                label = self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
+                instances.append(Instance(class_id=class_id, label=label, score=score, box=box, rle=rle_dict,
+                                          region=region, region_box=region_box if region is not None else None))
+            out.append(instances)
+            start += count
+        return out
+
+    def _host_buffer(self, shape: torch.Size) -> torch.Tensor:
+        """A pinned int32 host tensor of `shape`, a view of one buffer grown as needed."""
+        size = int(np.prod(shape))
+        if self._pinned is None or self._pinned.numel() < size:
+            self._pinned = torch.empty(max(size, 1 << 16), dtype=torch.int32, pin_memory=torch.cuda.is_available())
+        return self._pinned[:size].view(shape)
 
     def flush(self) -> Iterable[Any]:
         return ()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segstream.engines.model_config import ModelConfig
+from segstream.pipeline.device_frames import PinnedUpload
 from segstream.pipeline.messages import Batch, Frame
 
 
@@ -25,7 +26,10 @@ class Preprocess:
 
     On the CPU the arithmetic runs in numpy, single-threaded: the engine's thread pool owns the
     cores, and a second torch thread pool contending with it costs more than it gains. On a GPU
-    each frame is uploaded once (pinned, non-blocking) and everything after stays on the device.
+    each frame is uploaded once from a reused pinned buffer (device_frames.PinnedUpload) and the
+    colour conversion, resize and normalisation run on the device, on the stage's own CUDA stream;
+    the Batch carries an event recorded after its last kernel, which the inference stage's stream
+    waits for (no default stream, no host wait).
     """
 
     name = "preprocess"
@@ -39,6 +43,8 @@ class Preprocess:
         # uint8 pixel p -> (p / 255 - mean) / std == p * scale + shift
         self._scale = (1.0 / (255.0 * np.asarray(config.std, dtype=np.float32))).astype(np.float32)
         self._shift = (-np.asarray(config.mean, dtype=np.float32) / np.asarray(config.std, dtype=np.float32)).astype(np.float32)
+        self.upload = PinnedUpload(device)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         frames = [item for item in items if isinstance(item, Frame)]
@@ -51,6 +57,18 @@ class Preprocess:
         return ()
 
     def batch(self, frames: list[Frame]) -> Batch:
+        if self.stream is None:
+            return self._batch(frames)
+        with torch.cuda.stream(self.stream):
+            batch = self._batch(frames)
+            batch.ready = torch.cuda.Event()
+            batch.ready.record(self.stream)
+            # The images are used on the inference thread's (default) stream: the allocator must not
+            # hand their memory to this stream's next batch before that use is done.
+            batch.images.record_stream(torch.cuda.default_stream(self.device))
+        return batch
+
+    def _batch(self, frames: list[Frame]) -> Batch:
         height, width = self.input_size
         shape = (len(frames), 3, height, width)
         if self.device.type == "cpu":  # numpy's zeros come from calloc: no pass over the memory
@@ -79,11 +97,8 @@ class Preprocess:
 
     def _on_device(self, image: np.ndarray, h: int, w: int) -> torch.Tensor:
         """image: uint8 [h0, w0, 3] -> float32 [3, h, w] normalised, on the engine's device."""
-        pixels = torch.from_numpy(image)
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()
-        # One upload per frame; the resize and normalisation run where the engine is.
-        tensor = pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
+        # One upload per frame (a reused pinned buffer); the resize and normalisation run where the engine is.
+        tensor = self.upload(image).permute(2, 0, 1).float().div_(255.0)
         if (h, w) != tuple(tensor.shape[1:]):
             tensor = F.interpolate(tensor[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         return (tensor - self.mean) / self.std

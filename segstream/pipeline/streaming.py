@@ -109,6 +109,7 @@ class StreamingPipeline:
             self.redis = RedisStreamSink(r.url, r.prefix, r.maxlen, r.pubsub, r.retention_seconds, r.outbox,
                                          backoff_initial=r.backoff_initial, backoff_max=r.backoff_max)
             sinks.append(self.redis)
+        self._owns_engine = engine is None
         self.model_loads = 0
         self.model_source = "given engine"
         self.placeholder = False
@@ -139,8 +140,11 @@ class StreamingPipeline:
             stages=[
                 Preprocess(engine.config, engine.device, batch),
                 self.inference,
+                # GPU detections are encoded a batch at a time on the device, unless something needs the
+                # mask regions: drawing (video, the service's viewer) or the tracker's mask IoU.
                 Postprocess(engine.config.class_names, engine.config.mask_threshold,
-                            config.engine.max_consecutive_errors),
+                            config.engine.max_consecutive_errors, take=batch,
+                            regions=self.video is not None or config.tracking.enabled or keep_alive),
                 *([Tracking(config.tracking)] if config.tracking.enabled else []),
                 self.publish,
             ],
@@ -256,6 +260,8 @@ class StreamingPipeline:
         """Close the sinks (idempotent; the publish stage normally did it at the end)."""
         self._ticker.set()
         self.publish.close(self.publish.close_timeout)
+        if self._owns_engine and hasattr(self.engine, "close"):  # a given engine is its owner's to close
+            self.engine.close()
 
     # -- read by the service -------------------------------------------------------------------
     @property

@@ -76,7 +76,7 @@ def test_graph_has_no_control_flow_or_data_dependent_shapes(onnx_file):
 
 
 def test_export_command_writes_the_graph_for_a_checkpoint(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path / "cache")
     model = small_model(seed=7)
     checkpoint = save_checkpoint(tmp_path / "random.safetensors", model.network.state_dict(), model.config)
     out = tmp_path / "exported.onnx"

@@ -82,7 +82,7 @@ def test_onnxruntime_engine_refuses_cuda_and_mismatched_files(model, onnx_file):
 
 
 def test_open_engine_builds_and_caches_the_onnx_file(model, tmp_path, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path)
     engine = open_engine("onnxruntime", model, "cpu", 1)
     assert engine.onnx_path.parent == tmp_path / "onnx" and engine.onnx_path.is_file()
     stamp = engine.onnx_path.stat().st_mtime_ns

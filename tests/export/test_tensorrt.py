@@ -40,7 +40,7 @@ def test_engine_tensorrt_without_tensorrt_says_what_to_install_in_one_line(model
 
 @without_tensorrt
 def test_export_tensorrt_without_tensorrt_fails_before_exporting(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path)
     assert export_main(["tensorrt", "--model", "shapes", "--input-size", "256x320", "-o", str(tmp_path / "m.plan")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("segstream export tensorrt:") and "install TensorRT" in err and "\n" not in err
@@ -48,14 +48,31 @@ def test_export_tensorrt_without_tensorrt_fails_before_exporting(capsys, tmp_pat
 
 
 def test_engine_cache_name_changes_with_every_key_field():
-    base = ("0123456789abcdef", (384, 640), 1, "fp32", "NVIDIA H100 80GB HBM3", "10.13.0.35")
+    base = ("0123456789abcdef", (384, 640), 1, "fp32", "NVIDIA H100 80GB HBM3", "10.13.0.35", "a1b2c3d4e5f6")
     names = {engine_cache_name(*base)}
-    for index, other in enumerate(["fedcba9876543210", (384, 672), 2, "fp16", "NVIDIA L4", "10.9.0.34"]):
+    for index, other in enumerate(["fedcba9876543210", (384, 672), 2, "fp16", "NVIDIA L4", "10.9.0.34", "ffffffffffff"]):
         changed = list(base)
         changed[index] = other
         names.add(engine_cache_name(*changed))
-    assert len(names) == 7
-    assert engine_cache_name(*base) == "0123456789abcdef-384x640-b1-fp32-nvidia-h100-80gb-hbm3-trt10.13.0.35.plan"
+    assert len(names) == 8
+    assert engine_cache_name(*base) == (
+        "0123456789abcdef-384x640-b1-fp32-nvidia-h100-80gb-hbm3-trt10.13.0.35-ka1b2c3d4e5f6.plan"
+    )
+
+
+def test_engine_cache_key_follows_the_kernel_sources(tmp_path, monkeypatch):
+    """An edited kernel source must rebuild the engine: its PTX is compiled into the plan."""
+    from segstream.engines import artifacts
+    from segstream.kernels import sources
+
+    before = artifacts.kernels_digest()
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    for name in (*sources.HEADERS, sources.DEVICE_SOURCE, sources.HOST_SOURCE):
+        (csrc / name).write_bytes((sources.CSRC / name).read_bytes())
+    (csrc / "nms.cuh").write_bytes((csrc / "nms.cuh").read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(sources, "CSRC", csrc)
+    assert artifacts.kernels_digest() != before
 
 
 def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_file):
@@ -67,14 +84,15 @@ def test_parser_view_marks_segstream_nodes_as_plugins_and_keeps_the_rest(onnx_fi
         attrs = {a.name: helper.get_attribute_value(a) for a in mine.attribute}
         if mine.domain == "segstream":
             assert attrs["plugin_namespace"] == b"segstream"
-            aot = mine.op_type == "MultilevelRoIAlign"
+            aot = theirs.op_type == "MultilevelRoIAlign"
+            assert mine.op_type == ("MultilevelRoIAlign_4L" if aot else theirs.op_type)
             assert attrs.get("aot") == (1 if aot else None)
             assert len(mine.attribute) == len(theirs.attribute) + 1 + aot
         else:
             assert mine == theirs
     # Twice gives the same as once (no duplicate attributes).
     again = onnx.load_from_string(prepare_onnx(prepared.SerializeToString(), aot=False))
-    nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign"]
+    nodes = [n for n in again.graph.node if n.op_type == "MultilevelRoIAlign_4L"]
     assert nodes and not any(a.name == "aot" for n in nodes for a in n.attribute)
     assert all(sum(a.name == "plugin_namespace" for a in n.attribute) == 1 for n in nodes)
 
@@ -110,7 +128,7 @@ def test_plugin_module_imports_without_tensorrt():
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engine_matches_torch_on_gpu(model, precision, tmp_path, monkeypatch):
-    monkeypatch.setattr("segstream.engines.export.cache_root", lambda: tmp_path)
+    monkeypatch.setattr("segstream.engines.artifacts.cache_root", lambda: tmp_path)
     from segstream.engines.torch_engine import TorchEngine
 
     engine = open_engine("tensorrt", model, "cuda", 2, precision=precision)
@@ -210,3 +228,56 @@ def test_aot_roi_align_kernel_with_tensorrt_arguments_equals_the_op(tmp_path):
     status = lib.seg_emulate_aot(grid[0], grid[1], block, len(args), ctypes.addressof(sizes), ctypes.addressof(pointers))
     assert status == 0, "the TensorRT argument list does not match the AOT kernel's parameters"
     torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+
+
+def test_a_two_level_model_exports_and_maps_onto_the_two_level_plugin(tmp_path):
+    """The bundled shapes model pools two FPN levels; its graph must reach a plugin that takes two maps."""
+    from segstream.engines.export import export_onnx
+    from export_models import small_model
+
+    options = {"box_levels": ["p4", "p5"], "mask_levels": ["p3", "p4"]}
+    path = export_onnx(small_model(seed=5, options=options), tmp_path / "two.onnx", 1)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    pools = [n for n in model.graph.node if n.op_type == "MultilevelRoIAlign"]
+    assert [len(n.input) for n in pools] == [4, 4]  # boxes, counts, two maps
+    scales = [list(helper.get_attribute_value(a)) for n in pools for a in n.attribute if a.name == "spatial_scales"]
+    assert scales == [[0.0625, 0.03125], [0.125, 0.0625]]
+    prepared = onnx.load_from_string(prepare_onnx(path.read_bytes(), aot=True))
+    assert [n.op_type for n in prepared.graph.node if n.domain == "segstream" and "RoIAlign" in n.op_type] == [
+        "MultilevelRoIAlign_2L", "MultilevelRoIAlign_2L"
+    ]
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 5])
+def test_roi_align_plugin_callbacks_have_one_parameter_per_map(levels):
+    """tensorrt.plugin reads the callbacks' signatures: they must name every map, with TensorRT's types."""
+    import inspect
+    from types import SimpleNamespace
+    from typing import Tuple, Union
+
+    import numpy as np
+    import numpy.typing as npt
+
+    trtp = SimpleNamespace(TensorDesc=type("TensorDesc", (), {}), KernelLaunchParams=object, SymExprs=object)
+    seen = {}
+    scope = {"trtp": trtp, "npt": npt, "np": np, "Tuple": Tuple, "Union": Union,
+             "_roi_align_desc": lambda boxes, features, size: seen.setdefault("desc", len(features)),
+             "_roi_align_formats": lambda n: seen.setdefault("formats", n),
+             "_roi_align_run": lambda *a: seen.setdefault("run", len(a[2])),
+             "_roi_align_aot": lambda boxes, features, *a: seen.setdefault("aot", len(features))}
+    callbacks = tensorrt_plugins.roi_align_callbacks(levels, scope)
+    maps = [f"feature_{i}" for i in range(levels)]
+    attrs = ["output_size", "spatial_scales", "sampling_ratio", "aligned", "canonical_scale", "canonical_level"]
+    desc = inspect.signature(callbacks["desc"])
+    assert list(desc.parameters) == ["boxes", "counts", *maps, *attrs]
+    assert desc.parameters["feature_0"].annotation is trtp.TensorDesc
+    assert list(inspect.signature(callbacks["aot"]).parameters) == ["boxes", "counts", *maps, *attrs, "outputs", "tactic"]
+    assert list(inspect.signature(callbacks["run"]).parameters) == ["boxes", "counts", *maps, *attrs, "outputs", "stream"]
+    tensors = [object()] * (2 + levels)
+    callbacks["desc"](*tensors, 7, None, 2, 0, 224.0, 4)
+    callbacks["formats"](*tensors, None)
+    callbacks["run"](*tensors, 7, None, 2, 0, 224.0, 4, None, None)
+    callbacks["aot"](*tensors, 7, None, 2, 0, 224.0, 4, None, 0)
+    assert seen == {"desc": levels, "formats": levels, "run": levels, "aot": levels}
+    assert tensorrt_plugins.roi_align_plugin_name(levels) == f"MultilevelRoIAlign_{levels}L"

@@ -107,6 +107,7 @@ extern "C" int seg_emulate(const char* name, unsigned gx, unsigned gy, unsigned 
   SEG_KERNEL(segstream_nms_rank)
   SEG_KERNEL(segstream_nms_mask)
   SEG_KERNEL(segstream_nms_select)
+  SEG_KERNEL(segstream_mask_rle)
   return 1;
 }
 """

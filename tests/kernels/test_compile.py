@@ -23,6 +23,7 @@ KERNELS = {
     "segstream_nms_rank",
     "segstream_nms_mask",
     "segstream_nms_select",
+    "segstream_mask_rle",
 }
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")

@@ -126,3 +126,36 @@ def test_nms_kernels_with_no_candidates(emulated) -> None:
     got = kernels.batched_nms(boxes, scores, labels, 0.5, 2.0, 10, _launch=launch)
 
     assert got.count.tolist() == [0, 0] and (got.indices == -1).all()
+
+
+@pytest.mark.parametrize("height, width, n, seed", [(180, 320, 24, 1), (37, 53, 20, 2), (1, 1, 4, 3), (720, 1280, 6, 0)])
+def test_mask_rle_kernel_equals_the_host_build_and_pycocotools(emulated, height, width, n, seed) -> None:
+    from segstream.kernels.mask_rle import mask_rle_counts
+    from test_mask_rle import THRESHOLD, kernel_strings, random_instances, reference_strings, roomy_cap
+
+    launch, calls = emulated
+    masks, boxes = random_instances(n, height, width, seed)
+    sizes = torch.tensor([[height, width]] * n)
+    cap = roomy_cap(width)
+
+    got = mask_rle_counts(masks, boxes, sizes, THRESHOLD, cap, _launch=launch)
+
+    assert calls[-1] == "segstream_mask_rle"
+    host = mask_rle_counts(masks, boxes, sizes, THRESHOLD, cap)
+    assert torch.equal(got.num, host.num) and torch.equal(got.regions, host.regions)
+    for i, k in enumerate(host.num.tolist()):
+        assert torch.equal(got.counts[i, :k], host.counts[i, :k]), f"instance {i}"
+    assert kernel_strings(got) == reference_strings(masks, boxes, height, width)
+
+
+def test_mask_rle_kernel_reports_rows_that_do_not_fit(emulated) -> None:
+    from segstream.kernels.mask_rle import mask_rle_counts
+
+    launch, _ = emulated
+    g = torch.Generator().manual_seed(9)
+    masks = (torch.rand((2, 28, 28), generator=g) > 0.5).float()
+    boxes = torch.tensor([[0.0, 0.0, 300.0, 300.0], [10.0, 10.0, 20.0, 20.0]])
+    sizes = torch.tensor([[300, 300]] * 2)
+    got = mask_rle_counts(masks, boxes, sizes, 0.5, 16, _launch=launch)
+    host = mask_rle_counts(masks, boxes, sizes, 0.5, 16)
+    assert torch.equal(got.num, host.num) and int(got.num[0]) > 16

@@ -61,3 +61,50 @@ def test_pasted_regions_equal_torchvision_paste_thresholded(size):
         ours = np.zeros((height, width), dtype=bool)
         ours[y0:y1, x0:x1] = region
         assert np.array_equal(ours, reference[i].numpy()), i
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU on this machine"))])
+def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device):
+    """The path taken for GPU detections (one paste+RLE kernel, one copy); on the CPU, its C++ build."""
+    from segstream.engines.protocol import Detections
+    from segstream.pipeline.messages import Frame, FrameDetections
+    from segstream.pipeline.postprocess import Postprocess
+
+    g = torch.Generator().manual_seed(4)
+    items = []
+    for index, (height, width, k) in enumerate([(360, 640, 12), (180, 320, 0), (720, 1280, 7)]):
+        xy = torch.rand((k, 2), generator=g) * torch.tensor([500.0, 260.0])
+        boxes = torch.cat([xy, xy + 10 + torch.rand((k, 2), generator=g) * 200], 1)
+        masks = torch.nn.functional.interpolate(torch.rand((k, 1, 6, 6), generator=g), size=(28, 28), mode="bilinear")[:, 0]
+        found = Detections(boxes, torch.rand(k, generator=g).sort(descending=True).values,
+                           torch.randint(1, 5, (k,), generator=g), masks)
+        frame = Frame("s", index, None, 0.0, np.zeros((height, width, 3), dtype=np.uint8))
+        items.append(FrameDetections(frame, found, (384 / 720, 640 / 1280) if width == 1280 else (1.0, 1.0)))
+    names = ("__background__", "a", "b", "c", "d")
+    want = Postprocess(names, 0.5).process(items)
+    on_device = [FrameDetections(i.frame, i.detections.to(device), i.scale) for i in items]
+    got = Postprocess(names, 0.5, take=3, regions=False, device_path=True if device == "cpu" else None).process(on_device)
+    assert sum(len(r.instances) for r in want) == 19
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.error is None and len(mine.instances) == len(theirs.instances)
+        for a, b in zip(mine.instances, theirs.instances):
+            assert (a.class_id, a.label, a.score, a.rle) == (b.class_id, b.label, b.score, b.rle)
+            assert a.box == pytest.approx(b.box, abs=1e-4)
+
+
+def test_kernel_postprocess_encodes_masks_too_ragged_for_their_row_on_the_cpu():
+    from segstream.engines.protocol import Detections
+    from segstream.pipeline.messages import Frame, FrameDetections
+    from segstream.pipeline.postprocess import Postprocess
+
+    g = torch.Generator().manual_seed(5)
+    masks = (torch.rand((3, 28, 28), generator=g) > 0.5).float()  # salt and pepper: thousands of runs
+    boxes = torch.tensor([[0.0, 0.0, 300.0, 170.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 310.0, 175.0]])
+    found = Detections(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 2, 3]), masks)
+    item = FrameDetections(Frame("s", 0, None, 0.0, np.zeros((180, 320, 3), dtype=np.uint8)), found, (1.0, 1.0))
+    names = ("__background__", "a", "b", "c")
+    want = Postprocess(names, 0.5).process([item])[0]
+    got = Postprocess(names, 0.5, regions=False, device_path=True).process([item])[0]
+    assert [i.rle for i in got.instances] == [i.rle for i in want.instances]
+    assert got.instances[0].region is not None  # this one did not fit its row and took the CPU path

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "mask_rle.cuh"
 #include "nms.cuh"
 #include "rle.h"
 #include "roi_align.cuh"
@@ -197,6 +198,42 @@ long long segstream_rle_encode_region(const unsigned char* region, long long h, 
                                       long long height, long long width, long long* counts,
                                       long long cap, char* out, long long out_cap) {
   return seg_rle_encode_region(region, h, w, row_stride, x0, y0, height, width, counts, cap, out, out_cap);
+}
+
+// Mask paste + threshold + full-frame COCO RLE counts (mask_rle.cuh), the CUDA kernel's
+// segstream_mask_rle with a loop over instances: same inputs, same fixed-size outputs.
+void segstream_mask_rle(const float* masks, const float* boxes, const int* sizes, int n, int m,
+                        float grow, float threshold, int cap, int* counts, int* num, int* regions,
+                        int threads) {
+  parallel_ranges(n, threads, [&](long long begin, long long end) {
+    for (long long i = begin; i < end; ++i) {
+      const SegPaste g = seg_paste_geometry(boxes + 4 * i, m, grow, sizes[2 * i], sizes[2 * i + 1]);
+      const float* mask = masks + i * m * m;
+      int* row = counts + i * cap;
+      long long changes = 0;
+      for (int x = g.x0; x < g.x1; ++x) changes += seg_paste_column(g, mask, m, threshold, x, row, changes, cap);
+      const long long total = changes + 1;
+      if (total <= cap) {
+        long long previous = 0;
+        for (long long k = 0; k < total; ++k) {
+          const long long position = k < changes ? row[k] : (long long)g.height * g.width;
+          row[k] = (int)(position - previous);
+          previous = position;
+        }
+      }
+      num[i] = (int)total;
+      int* region = regions + 4 * i;
+      region[0] = g.x0;
+      region[1] = g.y0;
+      region[2] = g.x1;
+      region[3] = g.y1;
+    }
+  });
+}
+
+// COCO's compressed string of int32 counts (pycocotools' rleToString); returns its length.
+long long segstream_rle_compress(const int* counts, long long n, char* out, long long cap) {
+  return seg_rle_compress(counts, n, out, cap);
 }
 
 }  // extern "C"

@@ -6,6 +6,7 @@
 // outputs, as TensorRT's AOT plugin launches expect.
 #include "roi_align.cuh"
 #include "nms.cuh"
+#include "mask_rle.cuh"
 
 namespace segstream {
 
@@ -304,4 +305,73 @@ extern "C" __global__ void __launch_bounds__(SEG_NMS_SELECT_THREADS) segstream_n
     }
   }
   if (threadIdx.x == 0) out_count[image] = kept;
+}
+
+// --- mask paste + threshold + full-frame COCO RLE counts (mask_rle.cuh) ----------------------
+
+#define SEG_RLE_THREADS 256
+
+// One block per instance. Each thread owns a contiguous chunk of the region's columns: it counts
+// the chunk's change positions, a block scan gives each chunk its offset, the chunk is scanned
+// again writing positions into the instance's counts row, and the positions are turned into
+// counts in place (rounds of blockDim, the previous position handed over in shared memory).
+// Fixed-size outputs: counts [N, cap] (int32), num [N] = number of counts (> cap: the row is
+// incomplete and the caller encodes that instance another way), regions [N, 4] = x0, y0, x1, y1.
+extern "C" __global__ void __launch_bounds__(SEG_RLE_THREADS) segstream_mask_rle(
+    const float* __restrict__ masks, const float* __restrict__ boxes, const int* __restrict__ sizes,
+    int m, float grow, float threshold, int cap, int* __restrict__ counts, int* __restrict__ num,
+    int* __restrict__ regions) {
+  __shared__ int chunk_start[SEG_RLE_THREADS + 1];
+  __shared__ int vals[SEG_RLE_THREADS];
+  __shared__ int carry;
+
+  const int instance = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int threads = blockDim.x;
+  const float* mask = masks + (long long)instance * m * m;
+  const SegPaste g = seg_paste_geometry(boxes + 4LL * instance, m, grow, sizes[2 * instance], sizes[2 * instance + 1]);
+  int* row = counts + (long long)instance * cap;
+
+  const int columns = g.x1 - g.x0;
+  const int per_thread = (columns + threads - 1) / threads;
+  const int first = g.x0 + tid * per_thread;
+  const int last = min(first + per_thread, g.x1);
+  int mine = 0;
+  for (int x = first; x < last; ++x) mine += seg_paste_column(g, mask, m, threshold, x, nullptr, 0, 0);
+  chunk_start[tid + 1] = mine;
+  if (tid == 0) {
+    chunk_start[0] = 0;
+    carry = 0;
+  }
+  __syncthreads();
+  if (tid == 0)  // 256 additions: cheaper to do serially than to synchronise a tree
+    for (int t = 1; t <= threads; ++t) chunk_start[t] += chunk_start[t - 1];
+  __syncthreads();
+  const int changes = chunk_start[threads];
+  long long offset = chunk_start[tid];
+  for (int x = first; x < last; ++x) offset += seg_paste_column(g, mask, m, threshold, x, row, offset, cap);
+  __syncthreads();
+
+  const int total = changes + 1;  // counts = changes + the final run
+  if (total <= cap) {
+    const int frame = g.height * g.width;
+    for (int base = 0; base < total; base += threads) {  // block-uniform trip count
+      const int i = base + tid;
+      const int position = i < changes ? row[i] : frame;
+      vals[tid] = position;
+      __syncthreads();
+      const int previous = tid ? vals[tid - 1] : carry;
+      if (i < total) row[i] = position - previous;
+      __syncthreads();
+      if (tid == 0) carry = vals[threads - 1];
+      __syncthreads();
+    }
+  }
+  if (tid == 0) {
+    num[instance] = total;
+    regions[4 * instance + 0] = g.x0;
+    regions[4 * instance + 1] = g.y0;
+    regions[4 * instance + 2] = g.x1;
+    regions[4 * instance + 3] = g.y1;
+  }
 }

@@ -100,8 +100,9 @@ static long long seg_rle_region_counts(const unsigned char* region, long long h,
 
 // COCO's compressed string of `counts` (pycocotools' rleToString): each count, after the
 // first three as a difference to the count two before, in 5-bit groups offset by 48.
-// Writes at most `cap` chars (no terminator); returns the full length.
-static long long seg_rle_compress(const long long* counts, long long n, char* out, long long cap) {
+// Writes at most `cap` chars (no terminator); returns the full length. Counts of any integer type.
+template <typename Count>
+static long long seg_rle_compress(const Count* counts, long long n, char* out, long long cap) {
   long long length = 0;
   for (long long i = 0; i < n; ++i) {
     long long x = counts[i];
