@@ -12,9 +12,11 @@ held-out ones) and on the mask-head inputs the fp32 model pools from them.
 
 Cache (what makes two builds the same is in the key):
 
-    $SEGSTREAM_CACHE/openvino/<model digest>-<H>x<W>-b<B>-<precision>-ov<version>-<cpu>/
-        trunk.xml/.bin, mask_head.xml/.bin, compiled/ (OpenVINO's own compiled-blob cache)
+    $SEGSTREAM_CACHE/openvino/<model digest>-<H>x<W>-b<B>-<weights>-ov<version>-<cpu>-v<build>/
+        trunk.xml/.bin, mask_head.xml/.bin   the converted parts (<weights>: fp32, or int8 after NNCF)
+        compiled-<precision>/                OpenVINO's own cache of the compiled models
 
+fp32 and bf16 share one conversion (bf16 is a compile-time hint), each with its compiled cache.
 The model digest (segstream.engines.export.model_digest) covers weights, model config and graph
 version; <cpu> names the CPU model and its OpenVINO capabilities. A folder is written under a
 temporary name and renamed into place, so a reader never sees half a build.
@@ -77,10 +79,16 @@ def cpu_tag(core) -> str:
     return f"{slug}-{hashlib.sha256(f'{name}|{capabilities}'.encode()).hexdigest()[:8]}"
 
 
+def weights_precision(precision: str) -> str:
+    """What the converted parts hold for an engine `precision`: int8 weights, or fp32 ones (fp32 and bf16)."""
+    return "int8" if precision == "int8" else "fp32"
+
+
 def build_dir(model: LoadedModel, batch: int, precision: str, ov, core) -> Path:
     height, width = model.config.input_size
     return cache_root() / "openvino" / (
-        f"{model_digest(model)}-{height}x{width}-b{batch}-{precision}-ov{openvino_version(ov)}-{cpu_tag(core)}-v{BUILD_VERSION}"
+        f"{model_digest(model)}-{height}x{width}-b{batch}-{weights_precision(precision)}-ov{openvino_version(ov)}"
+        f"-{cpu_tag(core)}-v{BUILD_VERSION}"
     )
 
 
@@ -199,7 +207,7 @@ def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tu
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        build_parts(model, batch, precision, tmp, ov)
+        build_parts(model, batch, weights_precision(precision), tmp, ov)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same build first; theirs is as good

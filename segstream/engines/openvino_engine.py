@@ -95,7 +95,7 @@ class OpenVinoEngine:
             "NUM_STREAMS": 1,
             # Pinned threads would leave the decoder and postprocess threads no core to run on.
             "ENABLE_CPU_PINNING": False,
-            "CACHE_DIR": str(self.cache_dir / "compiled"),
+            "CACHE_DIR": str(self.cache_dir / f"compiled-{precision}"),
         }
         self._trunk = core.compile_model(str(self.cache_dir / "trunk.xml"), "CPU", properties).create_infer_request()
         self._mask_head = core.compile_model(str(self.cache_dir / "mask_head.xml"), "CPU", properties).create_infer_request()

@@ -36,11 +36,11 @@ class ModelSection(_Section):
 
 
 class EngineSection(_Section):
-    kind: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    kind: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = "auto"
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(default=1, ge=1, le=64)
     onnx: str | None = None
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
 
 
