@@ -24,7 +24,10 @@ temporary name and renamed into place, so a reader never sees half a build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import re
 import shutil
@@ -148,32 +151,42 @@ def calibration_images(model: LoadedModel, count: int = CALIBRATION_FRAMES, seed
     return images
 
 
-def _mask_head_inputs(graph: StaticMaskRCNN, images: list[Tensor]) -> list[Tensor]:
-    """What the mask head sees on `images` (fp32 torch graph): pooled f32 [N,C,S,S] per image with N >= 1."""
+def _mask_head_inputs(graph: StaticMaskRCNN, trunk, images: list[Tensor]) -> list[Tensor]:
+    """What the mask head sees on `images` at fp32: pooled f32 [N,C,S,S] per image with N >= 1.
+
+    trunk: the compiled fp32 trunk (OpenVINO runs it several times faster than torch does here,
+    on whatever thread builds the engine); the proposals, box head and pooling are the engine's torch steps.
+    """
     height, width = graph.config.input_size
+    levels = len(graph.anchors_per_level)
+    request = trunk.create_infer_request()
     inputs = []
     with torch.no_grad():
         for image in images:
-            sizes = torch.tensor([[height, width]], dtype=torch.int32)
-            features = list(graph.backbone(image).values())
-            num_proposals, proposals = graph.proposals(features, sizes)
+            sizes = torch.tensor([[height, width]] * image.shape[0], dtype=torch.int32)
+            outputs = request.infer([image.numpy()])
+            maps = [torch.from_numpy(outputs[i]) for i in range(3 * levels)]
+            features = maps[:levels]
+            num_proposals, proposals = graph.select_proposals(maps[levels : 2 * levels], maps[2 * levels :], sizes)
             num, boxes, _, _ = graph.detect(features, proposals, num_proposals, sizes)
-            count = int(num[0])
-            if count:
-                inputs.append(graph.mask_pool(features, boxes, num)[0, :count].contiguous())
+            pooled = graph.mask_pool(features, boxes, num)
+            for b, count in enumerate(num.tolist()):
+                if count:
+                    inputs.append(pooled[b, :count].contiguous())
     return inputs
 
 
 def _quantize(ov_model, samples: list[np.ndarray]):
+    # Importing NNCF imports torch's cpp_extension, which warns that there is no CUDA: not news on a CPU engine.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import nncf
     except ImportError:
         raise OpenVinoUnavailable(f"--precision int8 needs NNCF: {INT8_HINT}") from None
-    import logging
-
-    # NNCF logs progress bars and statistics at INFO; a run's output is not the place for them.
-    logging.getLogger("nncf").setLevel(logging.ERROR)
-    return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+    # NNCF draws progress bars (rich, on stdout) and logs statistics: a run's output is not the place.
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
 
 
 def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov) -> None:
@@ -190,8 +203,10 @@ def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov
     if precision == "int8":
         frames = calibration_images(model)
         batches = [torch.cat(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
+        fp32_trunk = ov.Core().compile_model(trunk, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        pooled = _mask_head_inputs(graph, fp32_trunk, batches)
         trunk = _quantize(trunk, [b.numpy() for b in batches])
-        mask_head = _quantize(mask_head, [p.numpy() for p in _mask_head_inputs(graph, frames)])
+        mask_head = _quantize(mask_head, [p.numpy() for p in pooled])
     # save_model compresses weights to fp16 by default; fp32 must stay bit-faithful to the torch weights.
     ov.save_model(trunk, str(folder / "trunk.xml"), compress_to_fp16=False)
     ov.save_model(mask_head, str(folder / "mask_head.xml"), compress_to_fp16=False)

@@ -118,6 +118,43 @@ def test_the_build_is_reused_from_the_cache_and_redone_when_the_weights_change(m
         torch.testing.assert_close(g.masks, w.masks, atol=1e-3, rtol=0)
 
 
+class _Messages(CollectSink):
+    """Keeps the wire messages (what a subscriber reads), for scoring against the ground truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict] = []
+
+    def write(self, result, message) -> None:
+        self.messages.append(message)
+
+
+def _mask_ap(engine, clip) -> float:
+    from segstream.shapes.evaluate import coco_metrics
+
+    sink = _Messages()
+    config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
+    run([str(clip[0])], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    return coco_metrics(clip[1], sink.messages)["mask_ap"]
+
+
+@pytest.fixture(scope="module")
+def fp32_mask_ap(fp32_engine, clip) -> float:
+    return _mask_ap(fp32_engine, clip)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_bf16_and_int8_keep_the_mask_ap_of_fp32_on_a_held_out_clip(model, cache, clip, fp32_mask_ap, precision):
+    try:
+        engine = OpenVinoEngine(model, "cpu", 1, precision)
+    except EngineError as exc:  # bf16 needs the CPU's bfloat16 arithmetic; the refusal is then the offer
+        assert precision == "bf16" and "no bfloat16" in str(exc)
+        return
+    assert fp32_mask_ap > 0.5, "the model must find the clip's shapes for the comparison to mean anything"
+    mask_ap = _mask_ap(engine, clip)
+    assert abs(mask_ap - fp32_mask_ap) <= 0.01, f"{precision} mask AP {mask_ap:.4f}, fp32 {fp32_mask_ap:.4f}"
+
+
 def test_auto_picks_openvino_on_the_cpu_and_names_it(model, cache):
     engine = open_engine("auto", model, "cpu", 1)
     assert isinstance(engine, OpenVinoEngine) and engine.name == "openvino fp32 (auto)"
