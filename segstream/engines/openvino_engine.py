@@ -21,6 +21,7 @@ are views of the OpenVINO request's buffers until the detections are copied out 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,6 +51,25 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """torch's intra-op threads set to `count` for the block, then restored.
+
+    The torch steps between the OpenVINO parts are many small operations: split over two OpenMP
+    threads they gained nothing, and the OpenMP threads spinning after each one took the cores
+    OpenVINO's own threads were about to run on (measured: docs/engines.md).
+    """
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class OpenVinoEngine:
@@ -121,11 +141,12 @@ class OpenVinoEngine:
         features, objectness, deltas = tensors[:levels], tensors[levels : 2 * levels], tensors[2 * levels :]
 
         graph = self.graph
-        num_proposals, proposals = graph.select_proposals(objectness, deltas, sizes)
-        num, boxes, scores, classes = graph.detect(features, proposals, num_proposals, sizes)
-        masks = self._masks(features, boxes, num, classes)
-        counts = num[:count].tolist()
-        return split_detections(counts, boxes, scores, classes, masks)
+        with _torch_threads(1):
+            num_proposals, proposals = graph.select_proposals(objectness, deltas, sizes)
+            num, boxes, scores, classes = graph.detect(features, proposals, num_proposals, sizes)
+            masks = self._masks(features, boxes, num, classes)
+            counts = num[:count].tolist()
+            return split_detections(counts, boxes, scores, classes, masks)
 
     def _masks(self, features: list[torch.Tensor], boxes: torch.Tensor, num: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """f32 [B,K,M,M] mask probabilities: the mask head runs on the first max(num) rows of each image only."""
