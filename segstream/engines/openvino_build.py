@@ -19,7 +19,9 @@ Cache (what makes two builds the same is in the key):
 fp32 and bf16 share one conversion (bf16 is a compile-time hint), each with its compiled cache.
 The model digest (segstream.engines.export.model_digest) covers weights, model config and graph
 version; <cpu> names the CPU model and its OpenVINO capabilities. A folder is written under a
-temporary name and renamed into place, so a reader never sees half a build.
+temporary name and renamed into place, so a reader never sees half a build. The cache keeps the
+KEEP_BUILDS most recently used builds (a ResNet-50 Mask R-CNN build is ~180 MB; every retrained
+or re-thresholded model is a new one); older ones are removed when a new build is added.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e 
 INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
 #: Bump when the converted parts change for the same weights, so stale cached builds are not reused.
 BUILD_VERSION = "1"
+#: Builds kept in the cache; the least recently used beyond these are removed.
+KEEP_BUILDS = 12
 #: Calibration set of the int8 build: frames of the shapes domain rendered from this seed.
 CALIBRATION_FRAMES = 48
 CALIBRATION_SEED = 0x0F1A
@@ -216,6 +220,7 @@ def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tu
     """The cached build folder of `model` at `batch` and `precision`, built on first use; (folder, built now)."""
     folder = build_dir(model, batch, precision, ov, core)
     if (folder / "trunk.xml").is_file() and (folder / "mask_head.xml").is_file():
+        os.utime(folder)  # used now: the last to be pruned
         return folder, False
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
@@ -230,4 +235,13 @@ def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tu
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prune_builds(folder.parent, KEEP_BUILDS)
     return folder, True
+
+
+def prune_builds(root: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used build folders under `root` (partial builds are left alone)."""
+    builds = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in builds[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)

@@ -188,3 +188,15 @@ def test_auto_without_openvino_runs_torch_and_says_why(model, monkeypatch):
     engine = open_engine("auto", model, "cpu", 1)
     assert isinstance(engine, TorchEngine)
     assert engine.name.startswith("torch (auto: openvino unavailable: OpenVINO is not installed: pip install openvino")
+
+
+def test_the_cache_keeps_the_most_recently_used_builds_only(tmp_path):
+    from segstream.engines.openvino_build import prune_builds
+
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    (tmp_path / ".oldest-in-progress.part").mkdir()
+    os.utime(tmp_path / ".oldest-in-progress.part", (1.0, 1.0))
+    prune_builds(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".oldest-in-progress.part", "middle", "newest"]
