@@ -11,7 +11,7 @@ and the ratio to torch's median. openvino variants with other thread counts (--o
 show how the engine's threads and the pipeline's other threads share the cores.
 
     .venv/bin/python benchmarks/engines_cpu.py [--frames 60] [--rounds 3] [--precisions fp32,bf16,int8]
-        [--openvino-threads 2,1] [--model shapes]
+        [--openvino-threads 1,2] [--model shapes]
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--precisions", default="fp32,bf16,int8", help="openvino precisions to include")
-    parser.add_argument("--openvino-threads", default="2,1",
-                        help="openvino thread counts: the first for every precision, the rest as fp32 variants")
+    parser.add_argument("--openvino-threads", default="1,2", help="openvino thread counts, each with every precision")
     parser.add_argument("--no-onnxruntime", action="store_true")
     parser.add_argument("--video", help="a clip to use (default: a rendered shapes clip, 640x360)")
     args = parser.parse_args()
@@ -66,7 +65,7 @@ def main() -> None:
         except EngineError as exc:
             print(f"onnxruntime left out: {exc}")
     for precision in [p for p in args.precisions.split(",") if p]:
-        for count in threads if precision == "fp32" else threads[:1]:
+        for count in threads:
             started = time.perf_counter()
             engine = open_engine("openvino", model, "cpu", 1, precision=precision, threads=count)
             what = "built" if engine.built else "from the cache"

@@ -46,11 +46,16 @@ def _engine_error(message: str) -> Exception:
 
 
 def default_threads() -> int:
-    """OpenVINO inference threads when none are configured: every core this process may run on."""
+    """OpenVINO inference threads when none are configured: every core this process may use but one.
+
+    The one left is for the pipeline's other threads (decoder, preprocess, postprocess with its mask
+    pasting and RLE): on 2 cores, 1 OpenVINO thread gave the faster pipeline and engine (docs/engines.md).
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 @contextlib.contextmanager
@@ -78,7 +83,7 @@ class OpenVinoEngine:
     model: the loaded model; its modules are converted (or the cached conversion reused).
     max_batch: the trunk's fixed batch; smaller batches are zero-padded and sliced.
     precision: fp32 | bf16 | int8 (see the module docstring).
-    threads: OpenVINO inference threads (default: every core the process may use).
+    threads: OpenVINO inference threads (default: every core the process may use but one).
     """
 
     def __init__(
