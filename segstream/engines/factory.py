@@ -80,9 +80,8 @@ def _auto_engine(model: LoadedModel, device: torch.device, max_batch: int, preci
     from segstream.engines.torch_engine import TorchEngine
 
     if device.type != "cpu":
-        if precision != "fp32":
-            raise EngineError(f"--precision {precision}: on {device.type} the auto engine is torch, which runs fp32 "
-                              "(--engine tensorrt for fp16)")
+        if precision not in ("fp32", "fp16"):  # (fp16 ignored, as the torch engine always has)
+            raise EngineError(f"--precision {precision}: on {device.type} the auto engine is torch, which runs fp32")
         return TorchEngine(model, device, max_batch)
     if precision == "fp16":
         raise EngineError("--precision fp16 is for --engine tensorrt; on the CPU use fp32, bf16 or int8")
