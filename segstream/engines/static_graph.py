@@ -177,8 +177,14 @@ class StaticMaskRCNN(nn.Module):
     def proposals(self, features: list[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
         """RPN: -> (count i32 [B], proposals f32 [B,R,4] input pixels, rows past count zero)."""
         objectness, deltas = self.rpn_head(features)
+        return self.select_proposals(objectness, deltas, image_sizes)
+
+    def select_proposals(
+        self, objectness: list[Tensor], deltas: list[Tensor], image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The RPN after its head: objectness [B,A,h,w] and deltas [B,4A,h,w] per level -> as `proposals`."""
         objectness, deltas = [t.float() for t in objectness], [t.float() for t in deltas]
-        batch = features[0].shape[0]
+        batch = objectness[0].shape[0]
         top_scores, top_deltas, top_anchors = [], [], []
         for level, (logits, regression) in enumerate(zip(objectness, deltas)):
             # torchvision's permute_and_flatten: anchor index = (y * W + x) * A + a.
@@ -208,10 +214,16 @@ class StaticMaskRCNN(nn.Module):
         self, features: list[Tensor], proposals: Tensor, num_proposals: Tensor, image_sizes: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Box head: -> (num i32 [B], boxes f32 [B,K,4], scores f32 [B,K], classes i32 [B,K])."""
-        batch, rows = proposals.shape[:2]
         pooled = self.box_pool(features, proposals, num_proposals)
-        hidden = self.box_head(pooled.flatten(0, 1))
-        class_logits, box_regression = (t.float() for t in self.box_predictor(hidden))
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled.flatten(0, 1)))
+        return self.select_detections(class_logits, box_regression, proposals, num_proposals, image_sizes)
+
+    def select_detections(
+        self, class_logits: Tensor, box_regression: Tensor, proposals: Tensor, num_proposals: Tensor, image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The box head's outputs (logits [B*R,C], regression [B*R,4C]) on `proposals` [B,R,4] -> as `detect`."""
+        class_logits, box_regression = class_logits.float(), box_regression.float()
+        batch, rows = proposals.shape[:2]
         classes = class_logits.shape[-1]
         boxes = self.box_coder.decode_single(box_regression, proposals.reshape(-1, 4))
         boxes = _clip(boxes.reshape(batch, rows * classes, 4), image_sizes).reshape(batch, rows, classes, 4)
@@ -229,9 +241,14 @@ class StaticMaskRCNN(nn.Module):
 
     def masks(self, features: list[Tensor], boxes: Tensor, num: Tensor, classes: Tensor) -> Tensor:
         """Mask head on the K detections: -> f32 [B,K,M,M] probabilities, zero past num."""
-        batch, k = boxes.shape[:2]
         pooled = self.mask_pool(features, boxes, num)
-        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1))).float()
+        logits = self.mask_predictor(self.mask_head(pooled.flatten(0, 1)))
+        return self.mask_probabilities(logits, num, classes)
+
+    def mask_probabilities(self, logits: Tensor, num: Tensor, classes: Tensor) -> Tensor:
+        """Mask logits f32 [B*K,C,M,M] of the detections -> as `masks` (sigmoid of each one's class channel)."""
+        logits = logits.float()
+        batch, k = classes.shape[:2]
         size = logits.shape[-1]
         index = classes.reshape(batch * k, 1, 1, 1).to(torch.int64).expand(-1, 1, size, size)
         probabilities = torch.sigmoid(torch.gather(logits, 1, index)).reshape(batch, k, size, size)

@@ -37,10 +37,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--weights", help="local weights file for a torchvision preset")
     p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
-    p.add_argument("--engine", choices=("torch", "static", "onnxruntime", "tensorrt"))
+    p.add_argument("--engine", choices=("auto", "torch", "static", "onnxruntime", "openvino", "tensorrt"),
+                   help="auto (default): openvino on a CPU when installed and verified, torch otherwise")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="static/tensorrt engine precision (bf16: static only)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
+                   help="engine precision: fp32 (default); static/tensorrt fp16; static/openvino bf16; openvino int8 (see docs/engines.md)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--redis", help="redis://[user:password@]host:port/db, rediss://..., or 'none'")
     p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")

@@ -36,11 +36,11 @@ class ModelSection(_Section):
 
 
 class EngineSection(_Section):
-    kind: Literal["torch", "static", "onnxruntime", "tensorrt"] = "torch"
+    kind: Literal["auto", "torch", "static", "onnxruntime", "openvino", "tensorrt"] = "auto"
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(default=1, ge=1, le=64)
     onnx: str | None = None
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # bf16: --engine static only
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
     max_consecutive_errors: int = Field(default=5, ge=1)  # failed batches in a row that stop the run

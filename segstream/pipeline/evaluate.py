@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("gt", metavar="GT.json")
     parser.add_argument("--config")
     parser.add_argument("--model")
-    parser.add_argument("--engine", choices=("torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"))
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--redis", help="Redis URL (default: a private server for this run)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -79,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     override(config, "output.progress", False)
     # The stream must hold every frame until it is read back.
     override(config, "redis.maxlen", max(config.redis.maxlen, 1_000_000))
-    for key, value in (("model.name", args.model), ("engine.kind", args.engine), ("engine.device", args.device)):
+    for key, value in (("model.name", args.model), ("engine.kind", args.engine), ("engine.device", args.device),
+                       ("engine.precision", args.precision)):
         if value is not None:
             override(config, key, value)
     with contextlib.ExitStack() as stack:

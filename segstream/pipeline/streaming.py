@@ -72,7 +72,7 @@ def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
         loaded.network.roi_heads.score_thresh = m.score_threshold
     if e.threads:
         torch.set_num_threads(e.threads)
-    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision)
+    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision, threads=e.threads)
     return engine, loaded
 
 

@@ -1,0 +1,247 @@
+"""Converting the model's dense parts to OpenVINO, quantizing them, and the on-disk cache.
+
+The OpenVINO engine (segstream/engines/openvino_engine.py) runs two converted parts:
+
+    trunk:      images f32 [B,3,H,W] -> 4 FPN maps, 4 RPN objectness maps, 4 RPN delta maps (fixed shapes)
+    mask head:  pooled f32 [N,C,14,14] -> mask logits f32 [N,classes,28,28] (N dynamic: the detections)
+
+Both are `openvino.convert_model` of the very torch modules the torch engine runs (same weights),
+saved as OpenVINO IR without weight compression. int8 runs NNCF's post-training quantization on
+each part, calibrated on images rendered by segstream.shapes (training photographs, never the
+held-out ones) and on the mask-head inputs the fp32 model pools from them.
+
+Cache (what makes two builds the same is in the key):
+
+    $SEGSTREAM_CACHE/openvino/<model digest>-<H>x<W>-b<B>-<weights>-ov<version>-<cpu>-v<build>/
+        trunk.xml/.bin, mask_head.xml/.bin   the converted parts (<weights>: fp32, or int8 after NNCF)
+        compiled-<precision>/                OpenVINO's own cache of the compiled models
+
+fp32 and bf16 share one conversion (bf16 is a compile-time hint), each with its compiled cache.
+The model digest (segstream.engines.export.model_digest) covers weights, model config and graph
+version; <cpu> names the CPU model and its OpenVINO capabilities. A folder is written under a
+temporary name and renamed into place, so a reader never sees half a build. The cache keeps the
+KEEP_BUILDS most recently used builds (a ResNet-50 Mask R-CNN build is ~180 MB; every retrained
+or re-thresholded model is a new one); older ones are removed when a new build is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segstream.engines.export import cache_root, model_digest
+from segstream.engines.models import LoadedModel
+from segstream.engines.static_graph import StaticMaskRCNN
+
+PRECISIONS = ("fp32", "bf16", "int8")
+INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e . installs it)"
+INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
+#: Bump when the converted parts change for the same weights, so stale cached builds are not reused.
+BUILD_VERSION = "1"
+#: Builds kept in the cache; the least recently used beyond these are removed.
+KEEP_BUILDS = 12
+#: Calibration set of the int8 build: frames of the shapes domain rendered from this seed.
+CALIBRATION_FRAMES = 48
+CALIBRATION_SEED = 0x0F1A
+
+
+class OpenVinoUnavailable(RuntimeError):
+    """OpenVINO (or NNCF for int8, or the CPU feature a precision needs) is missing; one line saying what to do."""
+
+
+def require_openvino():
+    """The `openvino` module; OpenVinoUnavailable naming what to install otherwise."""
+    try:
+        import openvino
+    except ImportError:
+        raise OpenVinoUnavailable(f"OpenVINO is not installed: {INSTALL_HINT}") from None
+    return openvino
+
+
+def openvino_version(ov) -> str:
+    """'2026.4.1' of OpenVINO's '2026.4.1-22982-e213a147257-releases/2026/4'."""
+    return ov.get_version().split("-")[0]
+
+
+def cpu_tag(core) -> str:
+    """The CPU in a file name: its model name and a short hash over name and OpenVINO capabilities.
+
+    Capabilities (BF16, INT8, ...) go in because two machines may report one generic model name
+    ("Intel(R) Xeon(R) Processor" on a cloud VM) with different instruction sets.
+    """
+    name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    capabilities = ",".join(sorted(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name.replace("(R)", "").replace("(TM)", "")).strip("-")[:40]
+    return f"{slug}-{hashlib.sha256(f'{name}|{capabilities}'.encode()).hexdigest()[:8]}"
+
+
+def weights_precision(precision: str) -> str:
+    """What the converted parts hold for an engine `precision`: int8 weights, or fp32 ones (fp32 and bf16)."""
+    return "int8" if precision == "int8" else "fp32"
+
+
+def build_dir(model: LoadedModel, batch: int, precision: str, ov, core) -> Path:
+    height, width = model.config.input_size
+    return cache_root() / "openvino" / (
+        f"{model_digest(model)}-{height}x{width}-b{batch}-{weights_precision(precision)}-ov{openvino_version(ov)}"
+        f"-{cpu_tag(core)}-v{BUILD_VERSION}"
+    )
+
+
+class Trunk(nn.Module):
+    """Backbone+FPN and the RPN head as one module: images -> (*features, *objectness, *deltas)."""
+
+    def __init__(self, graph: StaticMaskRCNN) -> None:
+        super().__init__()
+        self.backbone = graph.backbone
+        self.rpn_head = graph.rpn_head
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        features = list(self.backbone(images).values())
+        objectness, deltas = self.rpn_head(features)
+        return (*features, *objectness, *deltas)
+
+
+class MaskHead(nn.Module):
+    """Mask head and predictor: pooled [N,C,S,S] -> logits [N,classes,2S,2S]."""
+
+    def __init__(self, graph: StaticMaskRCNN) -> None:
+        super().__init__()
+        self.mask_head = graph.mask_head
+        self.mask_predictor = graph.mask_predictor
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.mask_predictor(self.mask_head(pooled))
+
+
+def _convert(ov, module: nn.Module, example: Tensor, dynamic_rows: bool):
+    with warnings.catch_warnings(), torch.no_grad():
+        # Tracing warns about constants it records (the static sizes are meant to be constants).
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(module.eval(), example_input=example)
+    if dynamic_rows:
+        shape = list(example.shape)
+        converted.reshape({converted.inputs[0]: ov.PartialShape([-1, *shape[1:]])})
+    return converted
+
+
+def calibration_images(model: LoadedModel, count: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED) -> list[Tensor]:
+    """`count` network inputs f32 [1,3,H,W] of the shapes domain, normalised and padded as the pipeline does."""
+    from segstream.shapes.dataset import render_sample
+
+    config = model.config
+    height, width = config.input_size
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        image, _ = render_sample(rng, config.input_size)
+        padded = torch.zeros((1, 3, height, width))
+        h, w = image.shape[-2:]
+        padded[0, :, :h, :w] = (image - mean) / std
+        images.append(padded)
+    return images
+
+
+def _mask_head_inputs(graph: StaticMaskRCNN, trunk, images: list[Tensor]) -> list[Tensor]:
+    """What the mask head sees on `images` at fp32: pooled f32 [N,C,S,S] per image with N >= 1.
+
+    trunk: the compiled fp32 trunk (OpenVINO runs it several times faster than torch does here,
+    on whatever thread builds the engine); the proposals, box head and pooling are the engine's torch steps.
+    """
+    height, width = graph.config.input_size
+    levels = len(graph.anchors_per_level)
+    request = trunk.create_infer_request()
+    inputs = []
+    with torch.no_grad():
+        for image in images:
+            sizes = torch.tensor([[height, width]] * image.shape[0], dtype=torch.int32)
+            outputs = request.infer([image.numpy()])
+            maps = [torch.from_numpy(outputs[i]) for i in range(3 * levels)]
+            features = maps[:levels]
+            num_proposals, proposals = graph.select_proposals(maps[levels : 2 * levels], maps[2 * levels :], sizes)
+            num, boxes, _, _ = graph.detect(features, proposals, num_proposals, sizes)
+            pooled = graph.mask_pool(features, boxes, num)
+            for b, count in enumerate(num.tolist()):
+                if count:
+                    inputs.append(pooled[b, :count].contiguous())
+    return inputs
+
+
+def _quantize(ov_model, samples: list[np.ndarray]):
+    # Importing NNCF imports torch's cpp_extension, which warns that there is no CUDA: not news on a CPU engine.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        import nncf
+    except ImportError:
+        raise OpenVinoUnavailable(f"--precision int8 needs NNCF: {INT8_HINT}") from None
+    # NNCF draws progress bars (rich, on stdout) and logs statistics: a run's output is not the place.
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+
+
+def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov) -> None:
+    """Convert (and for int8 quantize) the trunk and mask head of `model` into `folder` as IR files."""
+    network = model.network
+    graph = StaticMaskRCNN(network, model.config).eval()
+    height, width = model.config.input_size
+    images = torch.zeros((batch, 3, height, width))
+    # The mask head's input: RoIAlign of the FPN maps, backbone.out_channels deep.
+    pooled = torch.zeros((model.config.max_detections, network.backbone.out_channels, graph.mask_pool.output_size,
+                          graph.mask_pool.output_size))
+    trunk = _convert(ov, Trunk(graph), images, dynamic_rows=False)
+    mask_head = _convert(ov, MaskHead(graph), pooled, dynamic_rows=True)
+    if precision == "int8":
+        frames = calibration_images(model)
+        batches = [torch.cat(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
+        fp32_trunk = ov.Core().compile_model(trunk, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        pooled = _mask_head_inputs(graph, fp32_trunk, batches)
+        trunk = _quantize(trunk, [b.numpy() for b in batches])
+        mask_head = _quantize(mask_head, [p.numpy() for p in pooled])
+    # save_model compresses weights to fp16 by default; fp32 must stay bit-faithful to the torch weights.
+    ov.save_model(trunk, str(folder / "trunk.xml"), compress_to_fp16=False)
+    ov.save_model(mask_head, str(folder / "mask_head.xml"), compress_to_fp16=False)
+
+
+def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tuple[Path, bool]:
+    """The cached build folder of `model` at `batch` and `precision`, built on first use; (folder, built now)."""
+    folder = build_dir(model, batch, precision, ov, core)
+    if (folder / "trunk.xml").is_file() and (folder / "mask_head.xml").is_file():
+        os.utime(folder)  # used now: the last to be pruned
+        return folder, False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        build_parts(model, batch, weights_precision(precision), tmp, ov)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same build first; theirs is as good
+            if not (folder / "trunk.xml").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    prune_builds(folder.parent, KEEP_BUILDS)
+    return folder, True
+
+
+def prune_builds(root: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used build folders under `root` (partial builds are left alone)."""
+    builds = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in builds[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)

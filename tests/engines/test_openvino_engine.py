@@ -1,0 +1,202 @@
+"""--engine openvino: the torch engine's instances, faster; a build cached on disk; a clear line without OpenVINO."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from segstream.engines.factory import EngineError, open_engine
+from segstream.engines.models import load_model
+from segstream.engines.torch_engine import TorchEngine
+from segstream.pipeline.config import parse_config
+from segstream.pipeline.run import run
+from segstream.pipeline.sinks.collect import CollectSink
+
+pytest.importorskip("openvino")
+from segstream.engines.openvino_engine import OpenVinoEngine  # noqa: E402
+
+#: The bundled model at a smaller input than its own: a quicker conversion, the same network.
+INPUT_SIZE = (192, 320)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private SEGSTREAM_CACHE for this module: builds here start from nothing."""
+    folder = tmp_path_factory.mktemp("segstream-cache")
+    before = os.environ.get("SEGSTREAM_CACHE")
+    os.environ["SEGSTREAM_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SEGSTREAM_CACHE", None)
+    else:
+        os.environ["SEGSTREAM_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("shapes", input_size=INPUT_SIZE)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(model, cache):
+    return OpenVinoEngine(model, "cpu", 1, "fp32")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A held-out clip of the shapes domain (seed and photographs never trained on) and its ground truth."""
+    from segstream.shapes.clip import render_clip
+
+    folder = tmp_path_factory.mktemp("clip")
+    render_clip(folder / "heldout.mp4", folder / "heldout.json", seed=4242, frames=24, size=(480, 270),
+                scene_frames=(6, 10))
+    return folder / "heldout.mp4", folder / "heldout.json"
+
+
+def _published(video, engine):
+    sink = CollectSink()
+    config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
+    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    return sorted(sink.results, key=lambda r: r.frame.index)
+
+
+def _box_iou(a, b) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 1.0
+
+
+def test_openvino_fp32_publishes_the_torch_instances_on_a_held_out_clip(model, fp32_engine, clip):
+    want = _published(clip[0], TorchEngine(model, "cpu", 1))
+    got = _published(clip[0], fp32_engine)
+    assert [r.frame.index for r in got] == [r.frame.index for r in want] == list(range(24))
+    matched = 0
+    for g, w in zip(got, want):
+        assert len(g.instances) == len(w.instances), f"frame {g.frame.index}"
+        for mine, theirs in zip(g.instances, w.instances):
+            assert mine.class_id == theirs.class_id
+            assert _box_iou(mine.box, theirs.box) >= 0.99
+            mask_iou = mask_utils.iou([mine.rle], [theirs.rle], [0])[0, 0]
+            assert mask_iou >= 0.98, f"frame {g.frame.index}: mask IoU {mask_iou}"
+            matched += 1
+    assert matched >= 24 * 2, "the clip must give the comparison instances to compare"
+
+
+def test_the_build_is_reused_from_the_cache_and_redone_when_the_weights_change(model, cache, fp32_engine):
+    again = OpenVinoEngine(model, "cpu", 1, "fp32")
+    assert again.cache_dir == fp32_engine.cache_dir and not again.built
+    assert str(again.cache_dir).startswith(str(cache))
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in changed.network.roi_heads.box_predictor.parameters():
+            parameter.mul_(1.5)
+    # (A batch of two: the fixed-batch build also takes a single frame, zero-padded.)
+    other = OpenVinoEngine(changed, "cpu", 2, "fp32")
+    assert other.built and other.cache_dir != fp32_engine.cache_dir
+    # The new build runs the changed weights: it gives what torch gives with them, not the old detections.
+    from segstream.engines.openvino_build import calibration_images
+
+    images = torch.cat(calibration_images(model, 2, seed=9))
+    sizes = [INPUT_SIZE, (INPUT_SIZE[0] - 32, INPUT_SIZE[1])]
+    images[1, :, sizes[1][0]:] = 0
+    want = TorchEngine(changed, "cpu", 2).infer(images, sizes)
+    got = other.infer(images, sizes)
+    old = fp32_engine.infer(images[:1], sizes[:1])[0]
+    assert len(want[0]) > 0 and not (len(old) == len(want[0]) and torch.allclose(old.scores, want[0].scores))
+    for g, w in zip([*got, *other.infer(images[:1], sizes[:1])], [*want, want[0]]):
+        assert torch.equal(g.classes, w.classes)
+        torch.testing.assert_close(g.boxes, w.boxes, atol=2e-3, rtol=0)
+        torch.testing.assert_close(g.scores, w.scores, atol=1e-4, rtol=0)
+        torch.testing.assert_close(g.masks, w.masks, atol=1e-3, rtol=0)
+
+
+class _Messages(CollectSink):
+    """Keeps the wire messages (what a subscriber reads), for scoring against the ground truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict] = []
+
+    def write(self, result, message) -> None:
+        self.messages.append(message)
+
+
+def _mask_ap(engine, clip) -> float:
+    from segstream.shapes.evaluate import coco_metrics
+
+    sink = _Messages()
+    config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
+    run([str(clip[0])], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    return coco_metrics(clip[1], sink.messages)["mask_ap"]
+
+
+@pytest.fixture(scope="module")
+def fp32_mask_ap(fp32_engine, clip) -> float:
+    return _mask_ap(fp32_engine, clip)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_bf16_and_int8_keep_the_mask_ap_of_fp32_on_a_held_out_clip(model, cache, clip, fp32_mask_ap, precision):
+    try:
+        engine = OpenVinoEngine(model, "cpu", 1, precision)
+    except EngineError as exc:  # bf16 needs the CPU's bfloat16 arithmetic; the refusal is then the offer
+        assert precision == "bf16" and "no bfloat16" in str(exc)
+        return
+    assert fp32_mask_ap > 0.5, "the model must find the clip's shapes for the comparison to mean anything"
+    mask_ap = _mask_ap(engine, clip)
+    assert abs(mask_ap - fp32_mask_ap) <= 0.01, f"{precision} mask AP {mask_ap:.4f}, fp32 {fp32_mask_ap:.4f}"
+
+
+def test_auto_picks_openvino_on_the_cpu_and_names_it(model, cache):
+    engine = open_engine("auto", model, "cpu", 1)
+    assert isinstance(engine, OpenVinoEngine) and engine.name == "openvino fp32 (auto)"
+
+
+def test_precisions_other_engines_lack_are_refused_in_one_line(model):
+    with pytest.raises(EngineError, match="--engine torch offers fp32"):
+        open_engine("torch", model, "cpu", 1, precision="int8")
+    with pytest.raises(EngineError, match="--device cpu"):
+        OpenVinoEngine(model, "cuda", 1)
+
+
+def _cli_without_openvino(*args: str) -> subprocess.CompletedProcess:
+    """`segstream ARGS` in a Python where `import openvino` fails, as on a machine without it."""
+    code = ("import sys; sys.modules['openvino'] = None; from segstream.pipeline.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_engine_openvino_without_openvino_says_what_to_install(clip):
+    result = _cli_without_openvino("run", str(clip[0]), "--engine", "openvino", "--redis", "none", "--no-progress")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["segstream: error: --engine openvino: OpenVINO is not installed: "
+                     "pip install openvino (a dependency of segstream: pip install -e . installs it)"]
+
+
+def test_auto_without_openvino_runs_torch_and_says_why(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as on a machine without OpenVINO
+    engine = open_engine("auto", model, "cpu", 1)
+    assert isinstance(engine, TorchEngine)
+    assert engine.name.startswith("torch (auto: openvino unavailable: OpenVINO is not installed: pip install openvino")
+
+
+def test_the_cache_keeps_the_most_recently_used_builds_only(tmp_path):
+    from segstream.engines.openvino_build import prune_builds
+
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    (tmp_path / ".oldest-in-progress.part").mkdir()
+    os.utime(tmp_path / ".oldest-in-progress.part", (1.0, 1.0))
+    prune_builds(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".oldest-in-progress.part", "middle", "newest"]
