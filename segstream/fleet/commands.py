@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from segstream.pipeline.config import ConfigError, load_config, override
+from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag, load_config, override
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
@@ -75,17 +75,13 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--http", metavar="HOST:PORT", help="serve /livez, /readyz and /status")
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--input-size", help="network input HxW, multiples of 32")
-    p.add_argument("--engine", choices=("torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--engine", choices=ENGINE_KINDS)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--batch-size", type=int)
     args = p.parse_args(list(argv))
     config = load_config(args.config)
     if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise ConfigError(f"--input-size: {args.input_size!r} is not HxW") from None
-        override(config, "model.input_size", (h, w))
+        override(config, "model.input_size", input_size_flag(args.input_size))
     for key, value in {"model.name": args.model, "engine.kind": args.engine, "engine.device": args.device,
                        "engine.batch_size": args.batch_size, "redis.url": args.redis,
                        "fleet.capacity": args.capacity}.items():

@@ -31,13 +31,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from segstream.pipeline.config import ENGINE_KINDS
+
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--weights", help="local weights file for a torchvision preset")
     p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
-    p.add_argument("--engine", choices=("auto", "torch", "static", "onnxruntime", "openvino", "tensorrt"),
+    p.add_argument("--engine", choices=ENGINE_KINDS,
                    help="auto (default): openvino on a CPU when installed and verified, torch otherwise")
     p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
     p.add_argument("--device", choices=("cpu", "cuda"))
@@ -63,15 +65,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from segstream.pipeline.config import ConfigError, load_config, override
+    from segstream.pipeline.config import input_size_flag, load_config, override
 
     config = load_config(args.config)
     if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise ConfigError(f"--input-size: {args.input_size!r} is not HxW") from None
-        override(config, "model.input_size", (h, w))
+        override(config, "model.input_size", input_size_flag(args.input_size))
     flags = {
         "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
         "engine.onnx": args.onnx, "engine.device": args.device, "engine.precision": args.precision, "engine.batch_size": args.batch_size,

@@ -6,7 +6,7 @@ Every error names the offending key (e.g. "engine.batch_size: must be >= 1") in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,8 +35,12 @@ class ModelSection(_Section):
         return value
 
 
+EngineKind = Literal["auto", "torch", "static", "onnxruntime", "openvino", "tensorrt"]
+ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)  # for CLI choices without importing the engines
+
+
 class EngineSection(_Section):
-    kind: Literal["auto", "torch", "static", "onnxruntime", "openvino", "tensorrt"] = "auto"
+    kind: EngineKind = "auto"
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(default=1, ge=1, le=64)
     onnx: str | None = None
@@ -194,6 +198,15 @@ def load_config(path: str | Path | None) -> RunConfig:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} is not valid YAML") from None
     return parse_config(raw, origin=str(path))
+
+
+def input_size_flag(text: str) -> tuple[int, int]:
+    """--input-size HxW -> (H, W); one clear error otherwise (validated further by the config)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size: {text!r} is not HxW") from None
+    return h, w
 
 
 def override(config: RunConfig, dotted: str, value: Any) -> None:
