@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline_vs_engine import decoded_frames, engine_only_fps
+from pipeline_vs_engine import bench_clip, decoded_frames, engine_only_fps
 from segstream.engines.factory import EngineError, open_engine
 from segstream.engines.models import load_model
 from segstream.pipeline.config import RunConfig
@@ -49,13 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="segstream-bench-"))
-    if args.video:
-        video = Path(args.video)
-    else:
-        from segstream.shapes.clip import render_clip
-
-        video = folder / "bench.mp4"
-        render_clip(video, folder / "bench.json", seed=77, frames=args.frames)
+    video = bench_clip(args.video, args.frames, folder)
     model = load_model(args.model)
     threads = [int(t) for t in args.openvino_threads.split(",") if t]
     engines: dict[str, object] = {"torch": open_engine("torch", model, "cpu", 1)}

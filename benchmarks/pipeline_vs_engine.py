@@ -63,6 +63,17 @@ def _engine_loop(engine, frames: list[Frame], batch_size: int) -> float:
     return len(frames) / (time.perf_counter() - start)
 
 
+def bench_clip(video: str | None, frames: int, folder: Path) -> Path:
+    """The clip to time: `video` when given, else `frames` frames of the shapes domain (640x360, seed 77)."""
+    if video:
+        return Path(video)
+    from segstream.shapes.clip import render_clip
+
+    path = folder / "bench.mp4"
+    render_clip(path, folder / "bench.json", seed=77, frames=frames)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=90)
@@ -74,13 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="segstream-bench-"))
-    if args.video:
-        video = Path(args.video)
-    else:
-        from segstream.shapes.clip import render_clip
-
-        video = folder / "bench.mp4"
-        render_clip(video, folder / "bench.json", seed=77, frames=args.frames)
+    video = bench_clip(args.video, args.frames, folder)
     config = RunConfig()
     config.model.name = args.model
     config.engine.device = args.device
