@@ -268,7 +268,9 @@ def shapes_clip(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clip")
     video = folder / "shapes.mp4"
-    render_clip(video, folder / "shapes.gt.json", seed=11, frames=15, fps=10)
+    # Long enough (3+ s even with OpenVINO) for the page, which polls /streams every second, to
+    # open the clip's MJPEG stream while it still runs.
+    render_clip(video, folder / "shapes.gt.json", seed=11, frames=60, fps=10)
     return video
 
 
@@ -315,7 +317,10 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
         drawn = lambda: service.call("GET", "/viewer/status")[1]
         wait_for(lambda: drawn()["last_rendered"].get("clip") == last["frame"], 15,
                  lambda: f"the viewer to draw the clip's last frame {last['frame']}: {drawn()}")
-        time.sleep(1.0)  # the browser gets and shows that part
+        shown = ("const i = document.getElementById('live');"
+                 "return i.naturalWidth > 0 && i.getBoundingClientRect().width > 0;")
+        wait_for(lambda: browser.execute_script(shown), 15, "the browser to show the MJPEG part")
+        time.sleep(1.0)  # and the last part, drawn above, to replace the one it shows first
         shot = tmp_path / "viewer.png"
         browser.save_screenshot(str(shot))
         if os.environ.get("SEGSTREAM_VIEWER_SCREENSHOT"):  # docs/service.md's picture comes from here
