@@ -8,12 +8,14 @@ on a GPU, torch. The chosen engine's `name` says which, and why when auto fell b
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from segstream.engines.models import LoadedModel
 from segstream.engines.protocol import Engine, EngineError
 
-__all__ = ["ENGINE_KINDS", "EngineError", "open_engine", "resolve_device"]  # EngineError re-exported: older imports
+__all__ = ["ENGINE_KINDS", "EngineError", "open_engine", "resolve_device", "usable_cores"]  # EngineError re-exported: older imports
 ENGINE_KINDS = ("auto", "torch", "static", "onnxruntime", "openvino", "tensorrt")
 #: Precisions each kind offers (auto: those of the engine it picks).
 PRECISIONS = {
@@ -23,6 +25,14 @@ PRECISIONS = {
     "openvino": ("fp32", "bf16", "int8"),
     "tensorrt": ("fp32", "fp16"),
 }
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,8 +1,9 @@
 """Converting the model's dense parts to OpenVINO, quantizing them, and the on-disk cache.
 
-The OpenVINO engine (segstream/engines/openvino_engine.py) runs two converted parts:
+The OpenVINO engine (segstream/engines/openvino_engine.py) runs three converted parts:
 
-    trunk:      images f32 [B,3,H,W] -> 4 FPN maps, 4 RPN objectness maps, 4 RPN delta maps (fixed shapes)
+    trunk:      images f32 [B,3,H,W] -> 4 FPN maps f32 [B,H/s,W/s,C] (channels-last, fixed shapes)
+    rpn head:   4 FPN maps (channels-last) -> 4 RPN objectness maps, 4 RPN delta maps (NCHW, fixed shapes)
     mask head:  pooled f32 [N,C,14,14] -> mask logits f32 [N,classes,28,28] (N dynamic: the detections)
 
 Both are `openvino.convert_model` of the very torch modules the torch engine runs (same weights),
@@ -13,7 +14,7 @@ held-out ones) and on the mask-head inputs the fp32 model pools from them.
 Cache (what makes two builds the same is in the key):
 
     $SEGSTREAM_CACHE/openvino/<model digest>-<H>x<W>-b<B>-<weights>-ov<version>-<cpu>-v<build>/
-        trunk.xml/.bin, mask_head.xml/.bin   the converted parts (<weights>: fp32, or int8 after NNCF)
+        trunk.xml, rpn_head.xml, mask_head.xml (+ .bin)   the converted parts (<weights>: fp32, or int8 after NNCF)
         compiled-<precision>/                OpenVINO's own cache of the compiled models
 
 fp32 and bf16 share one conversion (bf16 is a compile-time hint), each with its compiled cache.
@@ -48,7 +49,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e . installs it)"
 INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
 #: Bump when the converted parts change for the same weights, so stale cached builds are not reused.
-BUILD_VERSION = "1"
+BUILD_VERSION = "3"
 #: Builds kept in the cache; the least recently used beyond these are removed.
 KEEP_BUILDS = 12
 #: Calibration set of the int8 build: frames of the shapes domain rendered from this seed.
@@ -99,18 +100,36 @@ def build_dir(model: LoadedModel, batch: int, precision: str, ov, core) -> Path:
     )
 
 
+#: The converted parts, in the order they run.
+PARTS = ("trunk", "rpn_head", "mask_head")
+
+
 class Trunk(nn.Module):
-    """Backbone+FPN and the RPN head as one module: images -> (*features, *objectness, *deltas)."""
+    """Backbone+FPN: images -> (*features) (one map per FPN level)."""
 
     def __init__(self, graph: StaticMaskRCNN) -> None:
         super().__init__()
         self.backbone = graph.backbone
-        self.rpn_head = graph.rpn_head
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        features = list(self.backbone(images).values())
-        objectness, deltas = self.rpn_head(features)
-        return (*features, *objectness, *deltas)
+        return tuple(self.backbone(images).values())
+
+
+class RpnHead(nn.Module):
+    """The RPN head on the FPN maps: (*features) -> (*objectness, *deltas).
+
+    A part of its own, not in the trunk: the engine runs the trunk and the rest on two threads one
+    batch apart, and the RPN head's convolutions (a quarter of the trunk's work on the bundled model)
+    even out the two halves (docs/engines.md, "Overlap").
+    """
+
+    def __init__(self, graph: StaticMaskRCNN) -> None:
+        super().__init__()
+        self.rpn_head = graph.rpn_head
+
+    def forward(self, *features: Tensor) -> tuple[Tensor, ...]:
+        objectness, deltas = self.rpn_head(list(features))
+        return (*objectness, *deltas)
 
 
 class MaskHead(nn.Module):
@@ -125,7 +144,7 @@ class MaskHead(nn.Module):
         return self.mask_predictor(self.mask_head(pooled))
 
 
-def _convert(ov, module: nn.Module, example: Tensor, dynamic_rows: bool):
+def _convert(ov, module: nn.Module, example: Tensor | tuple[Tensor, ...], dynamic_rows: bool):
     with warnings.catch_warnings(), torch.no_grad():
         # Tracing warns about constants it records (the static sizes are meant to be constants).
         warnings.simplefilter("ignore")
@@ -134,6 +153,23 @@ def _convert(ov, module: nn.Module, example: Tensor, dynamic_rows: bool):
         shape = list(example.shape)
         converted.reshape({converted.inputs[0]: ov.PartialShape([-1, *shape[1:]])})
     return converted
+
+
+def _maps_channels_last(ov, model, side: str):
+    """`model` with its FPN maps (the trunk's outputs, or the RPN head's inputs) as [B, H, W, C] tensors.
+
+    OpenVINO's convolutions keep their maps in a blocked layout and reorder them at the model's edge
+    anyway; reordering to channels-last there costs the same, and the RoIAlign kernel reads
+    channels-last maps several times faster (segstream/kernels/roi_align.py).
+    """
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    for index in range(len(getattr(model, side))):
+        edge = ppp.output(index) if side == "outputs" else ppp.input(index)
+        edge.tensor().set_layout(ov.Layout("NHWC"))
+        edge.model().set_layout(ov.Layout("NCHW"))
+    return ppp.build()
 
 
 def calibration_images(model: LoadedModel, count: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED) -> list[Tensor]:
@@ -155,29 +191,33 @@ def calibration_images(model: LoadedModel, count: int = CALIBRATION_FRAMES, seed
     return images
 
 
-def _mask_head_inputs(graph: StaticMaskRCNN, trunk, images: list[Tensor]) -> list[Tensor]:
-    """What the mask head sees on `images` at fp32: pooled f32 [N,C,S,S] per image with N >= 1.
+def _head_inputs(graph: StaticMaskRCNN, trunk, rpn_head, images: list[Tensor]) -> tuple[list[list[np.ndarray]], list[Tensor]]:
+    """What the RPN head and the mask head see on `images` at fp32: the FPN maps of each batch, and
+    pooled f32 [N,C,S,S] per image with N >= 1.
 
-    trunk: the compiled fp32 trunk (OpenVINO runs it several times faster than torch does here,
-    on whatever thread builds the engine); the proposals, box head and pooling are the engine's torch steps.
+    trunk, rpn_head: the compiled fp32 parts (OpenVINO runs them several times faster than torch does
+    here, on whatever thread builds the engine); the proposals, box head and pooling are the engine's torch steps.
     """
     height, width = graph.config.input_size
     levels = len(graph.anchors_per_level)
-    request = trunk.create_infer_request()
-    inputs = []
+    trunk_request, rpn_request = trunk.create_infer_request(), rpn_head.create_infer_request()
+    maps_seen, pooled_seen = [], []
     with torch.no_grad():
         for image in images:
             sizes = torch.tensor([[height, width]] * image.shape[0], dtype=torch.int32)
-            outputs = request.infer([image.numpy()])
-            maps = [torch.from_numpy(outputs[i]) for i in range(3 * levels)]
-            features = maps[:levels]
-            num_proposals, proposals = graph.select_proposals(maps[levels : 2 * levels], maps[2 * levels :], sizes)
+            outputs = trunk_request.infer([image.numpy()], share_outputs=False)
+            maps = [outputs[i] for i in range(levels)]
+            maps_seen.append(maps)
+            rpn = rpn_request.infer(maps)
+            heads = [torch.from_numpy(rpn[i]) for i in range(2 * levels)]
+            features = [torch.from_numpy(m) for m in maps]
+            num_proposals, proposals = graph.select_proposals(heads[:levels], heads[levels:], sizes)
             num, boxes, _, _ = graph.detect(features, proposals, num_proposals, sizes)
             pooled = graph.mask_pool(features, boxes, num)
             for b, count in enumerate(num.tolist()):
                 if count:
-                    inputs.append(pooled[b, :count].contiguous())
-    return inputs
+                    pooled_seen.append(pooled[b, :count].contiguous())
+    return maps_seen, pooled_seen
 
 
 def _quantize(ov_model, samples: list[np.ndarray]):
@@ -194,32 +234,38 @@ def _quantize(ov_model, samples: list[np.ndarray]):
 
 
 def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov) -> None:
-    """Convert (and for int8 quantize) the trunk and mask head of `model` into `folder` as IR files."""
+    """Convert (and for int8 quantize) the trunk, RPN head and mask head of `model` into `folder` as IR files."""
     network = model.network
     graph = StaticMaskRCNN(network, model.config).eval()
     height, width = model.config.input_size
     images = torch.zeros((batch, 3, height, width))
+    with torch.no_grad():
+        maps = tuple(graph.backbone(images).values())
     # The mask head's input: RoIAlign of the FPN maps, backbone.out_channels deep.
     pooled = torch.zeros((model.config.max_detections, network.backbone.out_channels, graph.mask_pool.output_size,
                           graph.mask_pool.output_size))
     trunk = _convert(ov, Trunk(graph), images, dynamic_rows=False)
+    rpn_head = _convert(ov, RpnHead(graph), maps, dynamic_rows=False)
     mask_head = _convert(ov, MaskHead(graph), pooled, dynamic_rows=True)
     if precision == "int8":
         frames = calibration_images(model)
         batches = [torch.cat(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
-        fp32_trunk = ov.Core().compile_model(trunk, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        pooled = _mask_head_inputs(graph, fp32_trunk, batches)
+        fp32 = {"INFERENCE_PRECISION_HINT": "f32"}
+        maps_seen, pooled_seen = _head_inputs(graph, ov.Core().compile_model(trunk, "CPU", fp32),
+                                              ov.Core().compile_model(rpn_head, "CPU", fp32), batches)
         trunk = _quantize(trunk, [b.numpy() for b in batches])
-        mask_head = _quantize(mask_head, [p.numpy() for p in pooled])
+        rpn_head = _quantize(rpn_head, maps_seen)
+        mask_head = _quantize(mask_head, [p.numpy() for p in pooled_seen])
+    trunk, rpn_head = _maps_channels_last(ov, trunk, "outputs"), _maps_channels_last(ov, rpn_head, "inputs")
     # save_model compresses weights to fp16 by default; fp32 must stay bit-faithful to the torch weights.
-    ov.save_model(trunk, str(folder / "trunk.xml"), compress_to_fp16=False)
-    ov.save_model(mask_head, str(folder / "mask_head.xml"), compress_to_fp16=False)
+    for name, part in zip(PARTS, (trunk, rpn_head, mask_head)):
+        ov.save_model(part, str(folder / f"{name}.xml"), compress_to_fp16=False)
 
 
 def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tuple[Path, bool]:
     """The cached build folder of `model` at `batch` and `precision`, built on first use; (folder, built now)."""
     folder = build_dir(model, batch, precision, ov, core)
-    if (folder / "trunk.xml").is_file() and (folder / "mask_head.xml").is_file():
+    if all((folder / f"{name}.xml").is_file() for name in PARTS):
         os.utime(folder)  # used now: the last to be pruned
         return folder, False
     folder.parent.mkdir(parents=True, exist_ok=True)

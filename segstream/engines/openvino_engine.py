@@ -2,27 +2,32 @@
 
 Per batch:
 
-    trunk (OpenVINO)      images -> FPN maps + RPN head outputs         most of the time of a frame
+    trunk (OpenVINO)      images -> FPN maps (backbone + FPN)            most of the time of a frame
+    rpn head (OpenVINO)   FPN maps -> objectness, box deltas per level
     proposals (torch)     top-k, decode, clip, BatchedNMS               the static graph's own code
     box head (torch)      MultilevelRoIAlign, box head, decode, NMS     small (R = 100 rows of 7x7)
     mask head (OpenVINO)  on the frame's detections only (dynamic rows)
     masks (torch)         sigmoid of each detection's class channel
 
+The trunk is the engine's first half (`extract`), the rest its second (`detect`): the pipeline runs
+them on two threads, one batch apart (SplitEngine), so the trunk of frame n+1 runs on one core
+while the heads of frame n run on the other.
+
 The torch steps are StaticMaskRCNN's (segstream/engines/static_graph.py) on segstream's CPU kernels,
 which give torchvision's detections; the OpenVINO parts are converted from the same modules
-(segstream/engines/openvino_build.py, cached on disk). Why this split: measured on the bundled
-model, the trunk and the mask head are where OpenVINO beats eager torch (2-3x at fp32, more with
+(segstream/engines/openvino_build.py, cached on disk). The RPN head sits in the second half, not in
+the trunk, to even out the halves (about a quarter of the trunk's work). Why this split: measured on the bundled
+model, the trunk, RPN head and mask head are where OpenVINO beats eager torch (2-3x at fp32, more with
 bf16); the box head is as fast in torch, and the data-dependent steps are cheap; see docs/engines.md.
 
 Precisions: fp32; bf16 (OpenVINO's inference precision hint: bf16 arithmetic where the CPU has it);
-int8 (NNCF post-training quantization of both parts). One caller at a time: the outputs of a call
-are views of the OpenVINO request's buffers until the detections are copied out at its end.
+int8 (NNCF post-training quantization of the three parts). One caller at a time per half: each half
+owns its OpenVINO infer requests (the trunk's; the RPN head's and the mask head's).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +35,13 @@ import torch
 
 from segstream.engines.models import LoadedModel
 from segstream.engines.openvino_build import (
+    PARTS,
     PRECISIONS,
     OpenVinoUnavailable,
     cached_parts,
     require_openvino,
 )
-from segstream.engines.protocol import Detections
+from segstream.engines.protocol import Detections, Features
 from segstream.engines.static_graph import StaticMaskRCNN, padded_image_sizes, split_detections
 
 
@@ -46,16 +52,15 @@ def _engine_error(message: str) -> Exception:
 
 
 def default_threads() -> int:
-    """OpenVINO inference threads when none are configured: every core this process may use but one.
+    """OpenVINO inference threads when none are configured: half the cores this process may use.
 
-    The one left is for the pipeline's other threads (decoder, preprocess, postprocess with its mask
-    pasting and RLE): on 2 cores, 1 OpenVINO thread gave the faster pipeline and engine (docs/engines.md).
+    The pipeline runs the trunk (`extract`) and the rest (`detect`) on two threads one batch apart,
+    each with these many OpenVINO threads; the decoder, preprocess and postprocess threads share
+    the same cores. On 2 cores, 1 thread gave the faster pipeline and engine (docs/engines.md).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    from segstream.engines.factory import usable_cores
+
+    return max(1, usable_cores() // 2)
 
 
 @contextlib.contextmanager
@@ -83,7 +88,7 @@ class OpenVinoEngine:
     model: the loaded model; its modules are converted (or the cached conversion reused).
     max_batch: the trunk's fixed batch; smaller batches are zero-padded and sliced.
     precision: fp32 | bf16 | int8 (see the module docstring).
-    threads: OpenVINO inference threads (default: every core the process may use but one).
+    threads: OpenVINO inference threads of each part (default: half the cores the process may use).
     """
 
     def __init__(
@@ -122,19 +127,30 @@ class OpenVinoEngine:
             "ENABLE_CPU_PINNING": False,
             "CACHE_DIR": str(self.cache_dir / f"compiled-{precision}"),
         }
-        self._trunk = core.compile_model(str(self.cache_dir / "trunk.xml"), "CPU", properties).create_infer_request()
-        self._mask_head = core.compile_model(str(self.cache_dir / "mask_head.xml"), "CPU", properties).create_infer_request()
+        self._trunk, self._rpn_head, self._mask_head = (
+            core.compile_model(str(self.cache_dir / f"{part}.xml"), "CPU", properties).create_infer_request()
+            for part in PARTS
+        )
         # The torch steps: the static graph's own code on the same modules (nothing is copied).
         self.graph = StaticMaskRCNN(model.network, model.config).eval()
         self._levels = len(self.graph.anchors_per_level)
 
     def close(self) -> None:
         """Drop the infer requests (and with them the compiled models' threads and memory)."""
-        self._trunk = self._mask_head = None
+        self._trunk = self._rpn_head = self._mask_head = None
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """See Engine.infer: images float32 [B, 3, H, W] normalised and padded, on the CPU."""
+        return self.detect(self.extract(images, image_sizes))
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> Features:
+        """The trunk (OpenVINO) on a batch: the FPN maps, f32 [max_batch, H/s, W/s, C] per level (see SplitEngine).
+
+        The maps are copied out of the request's buffers (~3 MB at 288x480), so the next call can run
+        while the detection half still reads them on another thread.
+        """
         count = images.shape[0]
         if count > self.max_batch:
             raise ValueError(f"batch of {count} exceeds max_batch {self.max_batch}")
@@ -144,17 +160,25 @@ class OpenVinoEngine:
             padded = np.zeros((self.max_batch, *feed.shape[1:]), dtype=np.float32)
             padded[:count] = feed
             feed = padded
-        outputs = self._trunk.infer([feed], share_inputs=True, share_outputs=True)
-        tensors = [torch.from_numpy(outputs[i]) for i in range(3 * self._levels)]
-        levels = self._levels
-        features, objectness, deltas = tensors[:levels], tensors[levels : 2 * levels], tensors[2 * levels :]
+        outputs = self._trunk.infer([feed], share_inputs=True, share_outputs=False)
+        maps = [outputs[i] for i in range(self._levels)]
+        return Features(count, list(image_sizes), {"sizes": sizes, "maps": maps})
 
-        graph = self.graph
+    @torch.inference_mode()
+    def detect(self, features: Features) -> list[Detections]:
+        """The RPN head (OpenVINO), proposals, box head and NMS (torch, 1 thread) and the mask head
+        (OpenVINO) on `extract`'s maps."""
+        t = features.tensors
+        graph, sizes, levels = self.graph, t["sizes"], self._levels
+        outputs = self._rpn_head.infer(t["maps"], share_inputs=True, share_outputs=True)
+        rpn = [torch.from_numpy(outputs[i]) for i in range(2 * levels)]
+        # [B, C, h, w] views of the channels-last maps: RoIAlign reads them as they are.
+        maps = [torch.from_numpy(m).permute(0, 3, 1, 2) for m in t["maps"]]
         with _torch_threads(1):
-            num_proposals, proposals = graph.select_proposals(objectness, deltas, sizes)
-            num, boxes, scores, classes = graph.detect(features, proposals, num_proposals, sizes)
-            masks = self._masks(features, boxes, num, classes)
-            counts = num[:count].tolist()
+            num_proposals, proposals = graph.select_proposals(rpn[:levels], rpn[levels:], sizes)
+            num, boxes, scores, classes = graph.detect(maps, proposals, num_proposals, sizes)
+            masks = self._masks(maps, boxes, num, classes)
+            counts = num[: features.count].tolist()
             return split_detections(counts, boxes, scores, classes, masks)
 
     def _masks(self, features: list[torch.Tensor], boxes: torch.Tensor, num: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The one protocol every inference backend (torch, static, onnxruntime, tensorrt) implements, and its error."""
+"""The one protocol every inference backend (torch, static, onnxruntime, openvino, tensorrt) implements,
+the optional split of an engine into two halves, and the engines' error."""
 
 from __future__ import annotations
 
@@ -67,3 +68,37 @@ class Engine(Protocol):
         Returns one Detections per image, in order.
         """
         ...
+
+
+@runtime_checkable
+class SplitEngine(Engine, Protocol):
+    """An engine whose `infer` is `detect(extract(images, image_sizes))`: two halves that may run on
+    two threads, one batch apart, so that the second half of batch n overlaps the first half of n+1.
+
+    On a CPU this puts the second core to work inside the engine (the pipeline's `features` stage runs
+    `extract`, its `inference` stage `detect`). Each half is called from one thread only, and a
+    Features value is used once; the engine must not reuse the memory a Features value refers to
+    while it is alive (the pipeline holds a few between the two stages).
+    """
+
+    def extract(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> "Features":
+        """The first half on a batch (same arguments as `infer`): the dense trunk, as a Features value."""
+        ...
+
+    def detect(self, features: "Features") -> list[Detections]:
+        """The second half: what `infer` returns for the batch `features` came from."""
+        ...
+
+
+@dataclass
+class Features:
+    """What an engine's first half leaves for its second: opaque to the pipeline.
+
+    count: the images of the batch (the rest of a fixed-size batch is padding).
+    image_sizes: per image (height, width) of its resized area, as given to `extract`.
+    tensors: the engine's own intermediate tensors (e.g. FPN maps and RPN outputs), on its device.
+    """
+
+    count: int
+    image_sizes: list[tuple[int, int]]
+    tensors: dict[str, object]

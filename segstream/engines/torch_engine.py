@@ -12,7 +12,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.poolers import _setup_scales
 
 from segstream.engines.models import LoadedModel
-from segstream.engines.protocol import Detections
+from segstream.engines.protocol import Detections, Features
 
 
 class TorchEngine:
@@ -49,12 +49,23 @@ class TorchEngine:
     @torch.inference_mode()
     def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """See Engine.infer: images float32 [B, 3, H, W] normalised and padded, on self.device."""
+        return self.detect(self.extract(images, image_sizes))
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> Features:
+        """The backbone+FPN on a batch (the first half, see SplitEngine): FPN maps on self.device."""
         if images.shape[0] > self.max_batch:
             raise ValueError(f"batch of {images.shape[0]} exceeds max_batch {self.max_batch}")
-        image_list = ImageList(images, [tuple(s) for s in image_sizes])
-        features = self.network.backbone(images)
-        proposals, _ = self.network.rpn(image_list, features)
-        results, _ = self.network.roi_heads(features, proposals, image_list.image_sizes)
+        sizes = [tuple(s) for s in image_sizes]
+        return Features(images.shape[0], sizes, {"images": images, "maps": self.network.backbone(images)})
+
+    @torch.inference_mode()
+    def detect(self, features: Features) -> list[Detections]:
+        """The RPN and the RoI heads on `extract`'s maps (the second half)."""
+        images, maps = features.tensors["images"], features.tensors["maps"]
+        image_list = ImageList(images, features.image_sizes)
+        proposals, _ = self.network.rpn(image_list, maps)
+        results, _ = self.network.roi_heads(maps, proposals, image_list.image_sizes)
         out = []
         for result in results:
             masks = result.get("masks")

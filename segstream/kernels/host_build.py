@@ -34,6 +34,8 @@ _SIGNATURES: dict[str, list] = {
     "segstream_kernels_abi_version": [],
     "segstream_multilevel_roi_align_f32": _ROI_ALIGN_ARGS,
     "segstream_multilevel_roi_align_f16": _ROI_ALIGN_ARGS,
+    "segstream_multilevel_roi_align_nhwc_f32": _ROI_ALIGN_ARGS,
+    "segstream_multilevel_roi_align_nhwc_f16": _ROI_ALIGN_ARGS,
     "segstream_batched_nms": [_p, _p, _p, _p, _i, _i, _f, _f, _i, _p, _p, _p, _p, _p, _i],
     "segstream_roi_levels": [_p, _i, _i, _i, _i, _f, _f, _p],
     "segstream_half_from_float": [_p, _p, _ll],

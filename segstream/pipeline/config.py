@@ -48,6 +48,9 @@ class EngineSection(_Section):
     threads: int | None = Field(default=None, ge=1)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
     max_consecutive_errors: int = Field(default=5, ge=1)  # failed batches in a row that stop the run
+    # On a CPU, engines that split (torch, openvino) run their trunk and their heads on two threads,
+    # one batch apart, so both cores work on the engine (docs/engines.md, "Overlap").
+    overlap: bool = True
 
 
 class SourceSection(_Section):

@@ -1,4 +1,12 @@
-"""Inference stage: Batch -> one FrameDetections per frame, through any Engine.
+"""Inference stages: Batch -> one FrameDetections per frame, through any Engine.
+
+With a split engine (segstream.engines.protocol.SplitEngine) on a CPU the engine runs as two
+stages on two threads, one batch apart:
+
+    Batch -> features (engine.extract: the dense trunk) -> BatchFeatures -> inference (engine.detect) -> FrameDetections
+
+so that the trunk of batch n+1 runs on one core while the heads of batch n run on another. Other
+engines, or `engine.overlap: false`, run `engine.infer` whole in the inference stage.
 
 An engine error on one batch does not end the run: those frames go on with `error` set and no
 detections (published with an `error` field), until `max_consecutive_errors` in a row.
@@ -6,24 +14,51 @@ detections (published with an `error` field), until `max_consecutive_errors` in 
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable
 
 import torch
 
-from segstream.engines.protocol import Engine
+from segstream.engines.factory import usable_cores
+from segstream.engines.protocol import Engine, SplitEngine
 from segstream.pipeline.faults import ConsecutiveFailures
-from segstream.pipeline.messages import Batch, FrameDetections
+from segstream.pipeline.messages import Batch, BatchFeatures, FrameDetections
 
 
-class Inference:
-    name = "inference"
+class EngineFailures(ConsecutiveFailures):
+    """The engine's failures in a row, counted across both stages of a split engine (two threads)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("engine", limit)
+        self._lock = threading.Lock()
+
+    def record(self, exc: BaseException) -> str:
+        with self._lock:
+            return super().record(exc)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            super().succeeded()
+
+
+def _failed(batch: Batch, reason: str) -> list[FrameDetections]:
+    return [FrameDetections(frame, None, scale, error=reason) for frame, scale in zip(batch.frames, batch.scales)]
+
+
+def _wait_until_ready(batch: Batch) -> None:
+    if batch.ready is not None:  # the batch was made on the preprocess stream
+        torch.cuda.current_stream(batch.images.device).wait_event(batch.ready)
+
+
+class Features:
+    """First stage of a split engine: Batch -> BatchFeatures (engine.extract); markers pass through."""
+
+    name = "features"
     take = 1
 
-    def __init__(self, engine: Engine, max_consecutive_errors: int = 5) -> None:
+    def __init__(self, engine: SplitEngine, failures: EngineFailures) -> None:
         self.engine = engine
-        self.failures = ConsecutiveFailures("engine", max_consecutive_errors)
-        self.batches = 0
-        self.batched_frames = 0
+        self.failures = failures
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         out: list[Any] = []
@@ -31,21 +66,70 @@ class Inference:
             if not isinstance(item, Batch):
                 out.append(item)
                 continue
-            self.batches += 1
-            self.batched_frames += len(item.frames)
             try:
-                if item.ready is not None:  # the batch was made on the preprocess stream
-                    torch.cuda.current_stream(item.images.device).wait_event(item.ready)
-                detections = self.engine.infer(item.images, item.image_sizes)
+                _wait_until_ready(item)
+                out.append(BatchFeatures(item, self.engine.extract(item.images, item.image_sizes)))
             except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
-                reason = self.failures.record(exc)
-                out.extend(FrameDetections(frame, None, scale, error=reason)
-                           for frame, scale in zip(item.frames, item.scales))
-                continue
-            self.failures.succeeded()
-            out.extend(FrameDetections(frame=frame, detections=found, scale=scale)
-                       for frame, found, scale in zip(item.frames, detections, item.scales))
+                out.extend(_failed(item, self.failures.record(exc)))
         return out
 
     def flush(self) -> Iterable[Any]:
         return ()
+
+
+class Inference:
+    """Batch -> FrameDetections (engine.infer), or BatchFeatures -> FrameDetections (engine.detect)."""
+
+    name = "inference"
+    take = 1
+
+    def __init__(self, engine: Engine, max_consecutive_errors: int = 5, failures: EngineFailures | None = None) -> None:
+        self.engine = engine
+        self.failures = failures or EngineFailures(max_consecutive_errors)
+        self.batches = 0
+        self.batched_frames = 0
+
+    def process(self, items: list[Any]) -> Iterable[Any]:
+        out: list[Any] = []
+        for item in items:
+            if not isinstance(item, (Batch, BatchFeatures)):
+                out.append(item)
+                continue
+            batch = item.batch if isinstance(item, BatchFeatures) else item
+            self.batches += 1
+            self.batched_frames += len(batch.frames)
+            try:
+                if isinstance(item, BatchFeatures):
+                    detections = self.engine.detect(item.features)
+                else:
+                    _wait_until_ready(item)
+                    detections = self.engine.infer(item.images, item.image_sizes)
+            except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
+                out.extend(_failed(batch, self.failures.record(exc)))
+                continue
+            self.failures.succeeded()
+            out.extend(FrameDetections(frame=frame, detections=found, scale=scale)
+                       for frame, found, scale in zip(batch.frames, detections, batch.scales))
+        return out
+
+    def flush(self) -> Iterable[Any]:
+        return ()
+
+
+def engine_stages(engine: Engine, max_consecutive_errors: int, overlap: bool, threads: int | None = None) -> list[Any]:
+    """[Features, Inference] for a split engine on a CPU with `overlap`, else [Inference].
+
+    Only on a CPU: there the halves' arithmetic runs on the calling threads, so two threads put
+    two cores to work; a GPU engine's work is queued on the device either way. With two halves,
+    torch's intra-op threads are set to half the cores each (unless `threads`, engine.threads, is
+    set): two full OpenMP teams on the same cores spin against each other (measured on 2 cores:
+    docs/engines.md, "Overlap").
+    """
+    failures = EngineFailures(max_consecutive_errors)
+    inference = Inference(engine, max_consecutive_errors, failures)
+    if overlap and isinstance(engine, SplitEngine) and engine.device.type == "cpu":
+        if threads is None:
+            torch.set_num_threads(max(1, usable_cores() // 2))
+        return [Features(engine, failures), inference]
+    return [inference]
+

@@ -11,6 +11,7 @@ way, between the frames it separates. Stages pass both on untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,17 @@ class Batch:
     image_sizes: list[tuple[int, int]]
     scales: list[tuple[float, float]]
     ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the preprocess stream after `images` is made
+
+
+@dataclass
+class BatchFeatures:
+    """A batch after the first half of a split engine (`features` stage -> `inference` stage).
+
+    features: the engine's own intermediate result (segstream.engines.protocol.Features), opaque here.
+    """
+
+    batch: Batch
+    features: Any
 
 
 @dataclass

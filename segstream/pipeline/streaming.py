@@ -23,7 +23,7 @@ from segstream.engines.factory import open_engine
 from segstream.engines.models import LoadedModel, load_model
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.inference import Inference
+from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
 from segstream.pipeline.postprocess import Postprocess
@@ -133,13 +133,15 @@ class StreamingPipeline:
                                  interval=config.output.status_interval,
                                  redis_down_since=lambda: self.redis_down_since)
         self.publish = Publish(sinks, self.registry, self.progress)
-        self.inference = Inference(engine, config.engine.max_consecutive_errors)
+        engine_part = engine_stages(engine, config.engine.max_consecutive_errors, config.engine.overlap,
+                                    config.engine.threads)
+        self.inference = engine_part[-1]
         batch, q = config.engine.batch_size, config.queues
         self.chain = Chain(
             producers=[],
             stages=[
                 Preprocess(engine.config, engine.device, batch),
-                self.inference,
+                *engine_part,  # features (a split engine's trunk) and inference
                 # GPU detections are encoded a batch at a time on the device, unless something needs the
                 # mask regions: drawing (video, the service's viewer) or the tracker's mask IoU.
                 Postprocess(engine.config.class_names, engine.config.mask_threshold,
@@ -148,7 +150,7 @@ class StreamingPipeline:
                 *([Tracking(config.tracking)] if config.tracking.enabled else []),
                 self.publish,
             ],
-            queue_sizes=[max(batch, q.file_frames), q.batches, q.results, q.results]
+            queue_sizes=[max(batch, q.file_frames)] + [q.batches] * len(engine_part) + [q.results, q.results]
             + ([q.results] if config.tracking.enabled else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,

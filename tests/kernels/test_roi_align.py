@@ -150,3 +150,20 @@ def test_half_conversion_matches_torch() -> None:
     halves = torch.empty(len(values), dtype=torch.float16)
     lib.segstream_half_from_float(values.data_ptr(), halves.data_ptr(), len(values))
     assert torch.equal(halves.view(torch.int16), values.half().view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("sampling_ratio,aligned", [(2, False), (0, True)])
+def test_channels_last_maps_pool_to_the_same_bits_as_nchw_ones_on_the_cpu(dtype, sampling_ratio, aligned) -> None:
+    # The OpenVINO engine hands its FPN maps over channels-last; the CPU kernel pools them in place.
+    feats = fpn_maps(2, 24, dtype, "cpu", 11)
+    boxes = random_boxes(2, 150, 12).clamp(-600, 1200)
+    counts = torch.tensor([150, 90], dtype=torch.int32)
+    channels_last = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    assert not channels_last[0].is_contiguous()
+
+    nchw = kernels.multilevel_roi_align(feats, boxes, 14, SCALES, sampling_ratio, aligned, counts=counts)
+    nhwc = kernels.multilevel_roi_align(channels_last, boxes, 14, SCALES, sampling_ratio, aligned, counts=counts)
+
+    assert torch.equal(nhwc, nchw)
+    assert nhwc[1, 90:].abs().sum() == 0 and nhwc[0].abs().sum() > 0

@@ -73,6 +73,65 @@ void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
   });
 }
 
+// The same RoIAlign on channels-last maps ([B, H, W, C]): every tap reads C
+// contiguous values, so the channel loop vectorises (the NCHW loop above reads
+// one value per plane). Each channel's sum runs in the same order with the
+// same roundings as roi_bin_from_taps (bilinear_read's four products left to
+// right, taps in order, then / count), so the outputs are bit-identical.
+template <typename T>
+void multilevel_roi_align_nhwc(const T* f0, const T* f1, const T* f2, const T* f3,
+                               const T* f4, const float* boxes, const int* counts,
+                               int images, int rois_per_image, int channels,
+                               int num_levels, const int* heights, const int* widths,
+                               const float* scales, int k_min, int k_max,
+                               float canonical_scale, float canonical_level,
+                               int pooled, int sampling_ratio, int aligned, T* out,
+                               int threads) {
+  const T* maps[SEG_ROI_MAX_LEVELS] = {f0, f1, f2, f3, f4};
+  const int bins = pooled * pooled;
+  const long long per_roi = (long long)channels * bins;
+  parallel_ranges((long long)images * rois_per_image, threads, [&](long long begin, long long end) {
+    std::vector<BilinearTap> taps;
+    std::vector<float> acc((size_t)channels);
+    for (long long roi = begin; roi < end; ++roi) {
+      const int image = (int)(roi / rois_per_image);
+      const int row = (int)(roi - (long long)image * rois_per_image);
+      const float* box = boxes + roi * 4;
+      T* dst = out + roi * per_roi;
+      const int valid_rows = counts ? counts[image] : rois_per_image;
+      const int level = roi_assigned_level(box, row, valid_rows, num_levels, k_min,
+                                           k_max, canonical_scale, canonical_level);
+      if (level < 0) {
+        std::fill(dst, dst + per_roi, seg_from_float<T>(0.0f));
+        continue;
+      }
+      const int height = heights[level], width = widths[level];
+      const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
+      const long long n_taps = (long long)bins * w.samples;
+      taps.resize((size_t)n_taps);
+      for (long long s = 0; s < n_taps; ++s)
+        taps[(size_t)s] = roi_window_tap(w, (int)s, pooled, height, width);
+      const T* base = maps[level] + (long long)image * height * width * channels;
+      float* a = acc.data();
+      for (int bin = 0; bin < bins; ++bin) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int k = 0; k < w.samples; ++k) {
+          const BilinearTap& t = taps[(size_t)bin * w.samples + k];
+          const T* p1 = base + (long long)t.o1 * channels;
+          const T* p2 = base + (long long)t.o2 * channels;
+          const T* p3 = base + (long long)t.o3 * channels;
+          const T* p4 = base + (long long)t.o4 * channels;
+          for (int c = 0; c < channels; ++c)
+            a[c] += t.w1 * seg_to_float(p1[c]) + t.w2 * seg_to_float(p2[c]) +
+                    t.w3 * seg_to_float(p3[c]) + t.w4 * seg_to_float(p4[c]);
+        }
+        for (int c = 0; c < channels; ++c)
+          dst[(long long)c * bins + bin] = seg_from_float<T>(a[c] / w.count);
+      }
+    }
+  });
+}
+
 // One image: candidates sorted by the shared order, then the same block walk
 // as the CUDA select kernel. Mask words are computed when needed (diagonal
 // words for every block reached, later words only for kept rows) instead of
@@ -144,21 +203,23 @@ extern "C" {
 
 int segstream_kernels_abi_version() { return 1; }
 
-#define SEG_HOST_ROI_ALIGN(NAME, T)                                                     \
+#define SEG_HOST_ROI_ALIGN(NAME, T, LOOP)                                                  \
   void NAME(const T* f0, const T* f1, const T* f2, const T* f3, const T* f4,            \
             const float* boxes, const int* counts, int images, int rois_per_image,      \
             int channels, int num_levels, const int* heights, const int* widths,        \
             const float* scales, int k_min, int k_max, float canonical_scale,           \
             float canonical_level, int pooled, int sampling_ratio, int aligned, T* out, \
             int threads) {                                                              \
-    multilevel_roi_align<T>(f0, f1, f2, f3, f4, boxes, counts, images, rois_per_image,  \
+    LOOP<T>(f0, f1, f2, f3, f4, boxes, counts, images, rois_per_image,                  \
                             channels, num_levels, heights, widths, scales, k_min, k_max, \
                             canonical_scale, canonical_level, pooled, sampling_ratio,   \
                             aligned, out, threads);                                     \
   }
 
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f32, float)
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f16, seg_half)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f32, float, multilevel_roi_align)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f16, seg_half, multilevel_roi_align)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f32, float, multilevel_roi_align_nhwc)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f16, seg_half, multilevel_roi_align_nhwc)
 
 void segstream_batched_nms(const float* boxes, const float* scores, const int* classes,
                            const int* counts, int images, int n, float score_threshold,
