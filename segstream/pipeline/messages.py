@@ -3,6 +3,8 @@
     Source --Frame--> Preprocess --Batch--> Inference --FrameDetections--> Postprocess --FrameResult-->
         Tracking --FrameResult (with track ids)--> Publish
 
+    (a split engine on a CPU: Preprocess --Batch--> Features --BatchFeatures--> Inference ...)
+
 EndOfStream follows the last Frame of a file source down the same queues, so every stage sees
 it after all of that stream's frames. StreamStatus (a camera's state changed) travels the same
 way, between the frames it separates. Stages pass both on untouched.

@@ -92,7 +92,8 @@ def make_source(spec: StreamSpec, config: RunConfig) -> Source:
 
 
 class StreamingPipeline:
-    """Sources -> preprocess -> inference -> postprocess -> publish, with streams added at will.
+    """Sources -> preprocess -> [features ->] inference -> postprocess -> [tracking ->] publish, with streams
+    added at will (features: a split engine's trunk, see pipeline/inference.py).
 
     Raises SinkError (Redis unreachable at start), ModelError/EngineError (bad model) here, so a
     service fails before it listens. keep_alive: run without streams until stop() (a service);
