@@ -28,6 +28,23 @@ void parallel_ranges(long long n, int threads, Fn fn) {
   for (auto& t : pool) t.join();
 }
 
+// Every tap of a window in roi_window_tap's order (bin-major, then iy, ix),
+// with the same coordinates: nested loops instead of its per-tap index
+// divisions (which cost more than the taps' reads on a CPU).
+inline void window_taps(const RoiWindow& w, int pooled, int height, int width,
+                        std::vector<BilinearTap>& taps) {
+  taps.resize((size_t)pooled * pooled * w.samples);
+  if (w.samples == 0) return;
+  size_t i = 0;
+  for (int ph = 0; ph < pooled; ++ph)
+    for (int pw = 0; pw < pooled; ++pw)
+      for (int iy = 0; iy < w.grid_h; ++iy) {
+        const float y = roi_sample_coord(w.start_h, ph, w.bin_h, iy, w.grid_h);
+        for (int ix = 0; ix < w.grid_w; ++ix)
+          taps[i++] = bilinear_tap(y, roi_sample_coord(w.start_w, pw, w.bin_w, ix, w.grid_w), height, width);
+      }
+}
+
 template <typename T>
 void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
                           const T* f4, const float* boxes, const int* counts,
@@ -57,10 +74,7 @@ void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
       const int height = heights[level], width = widths[level];
       const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
       // Taps are shared by all channels (torchvision's CPU pre_calc).
-      const long long n_taps = (long long)bins * w.samples;
-      taps.resize((size_t)n_taps);
-      for (long long s = 0; s < n_taps; ++s)
-        taps[(size_t)s] = roi_window_tap(w, (int)s, pooled, height, width);
+      window_taps(w, pooled, height, width, taps);
       const long long plane = (long long)height * width;
       const T* base = maps[level] + (long long)image * channels * plane;
       for (int c = 0; c < channels; ++c) {
@@ -71,6 +85,53 @@ void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
       }
     }
   });
+}
+
+// One bin's taps summed into acc[0..channels) from channels-last maps, each
+// channel as roi_bin_from_taps sums it (four products left to right, taps in
+// order). float32 maps are cloned for AVX-512 and AVX2, picked at load time
+// (vector lanes round exactly as scalar code: no fused multiply-adds here).
+template <typename T>
+void accumulate_taps_nhwc(float* acc, const T* base, const BilinearTap* taps, int samples, int channels) {
+  for (int k = 0; k < samples; ++k) {
+    const BilinearTap& t = taps[k];
+    const T* p1 = base + (long long)t.o1 * channels;
+    const T* p2 = base + (long long)t.o2 * channels;
+    const T* p3 = base + (long long)t.o3 * channels;
+    const T* p4 = base + (long long)t.o4 * channels;
+    for (int c = 0; c < channels; ++c)
+      acc[c] += t.w1 * seg_to_float(p1[c]) + t.w2 * seg_to_float(p2[c]) +
+                t.w3 * seg_to_float(p3[c]) + t.w4 * seg_to_float(p4[c]);
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// (no-loop-unroll-and-jam: left to itself GCC jams two taps into one scalar channel loop.)
+__attribute__((target_clones("avx512f", "avx2", "default"), optimize("no-loop-unroll-and-jam")))
+#endif
+void accumulate_taps_nhwc_f32(float* __restrict__ acc, const float* __restrict__ base,
+                              const BilinearTap* __restrict__ taps, int samples, int channels) {
+  for (int k = 0; k < samples; ++k) {
+    const BilinearTap& t = taps[k];
+    const float* p1 = base + (long long)t.o1 * channels;
+    const float* p2 = base + (long long)t.o2 * channels;
+    const float* p3 = base + (long long)t.o3 * channels;
+    const float* p4 = base + (long long)t.o4 * channels;
+    for (int c = 0; c < channels; ++c)
+      acc[c] += t.w1 * p1[c] + t.w2 * p2[c] + t.w3 * p3[c] + t.w4 * p4[c];
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void divide_all(float* __restrict__ values, long long n, float divisor) {
+  for (long long i = 0; i < n; ++i) values[i] = values[i] / divisor;
+}
+
+template <>
+void accumulate_taps_nhwc<float>(float* acc, const float* base, const BilinearTap* taps, int samples, int channels) {
+  accumulate_taps_nhwc_f32(acc, base, taps, samples, channels);
 }
 
 // The same RoIAlign on channels-last maps ([B, H, W, C]): every tap reads C
@@ -92,7 +153,7 @@ void multilevel_roi_align_nhwc(const T* f0, const T* f1, const T* f2, const T* f
   const long long per_roi = (long long)channels * bins;
   parallel_ranges((long long)images * rois_per_image, threads, [&](long long begin, long long end) {
     std::vector<BilinearTap> taps;
-    std::vector<float> acc((size_t)channels);
+    std::vector<float> acc((size_t)bins * channels);
     for (long long roi = begin; roi < end; ++roi) {
       const int image = (int)(roi / rois_per_image);
       const int row = (int)(roi - (long long)image * rois_per_image);
@@ -107,27 +168,17 @@ void multilevel_roi_align_nhwc(const T* f0, const T* f1, const T* f2, const T* f
       }
       const int height = heights[level], width = widths[level];
       const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
-      const long long n_taps = (long long)bins * w.samples;
-      taps.resize((size_t)n_taps);
-      for (long long s = 0; s < n_taps; ++s)
-        taps[(size_t)s] = roi_window_tap(w, (int)s, pooled, height, width);
+      window_taps(w, pooled, height, width, taps);
       const T* base = maps[level] + (long long)image * height * width * channels;
-      float* a = acc.data();
-      for (int bin = 0; bin < bins; ++bin) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int k = 0; k < w.samples; ++k) {
-          const BilinearTap& t = taps[(size_t)bin * w.samples + k];
-          const T* p1 = base + (long long)t.o1 * channels;
-          const T* p2 = base + (long long)t.o2 * channels;
-          const T* p3 = base + (long long)t.o3 * channels;
-          const T* p4 = base + (long long)t.o4 * channels;
-          for (int c = 0; c < channels; ++c)
-            a[c] += t.w1 * seg_to_float(p1[c]) + t.w2 * seg_to_float(p2[c]) +
-                    t.w3 * seg_to_float(p3[c]) + t.w4 * seg_to_float(p4[c]);
-        }
-        for (int c = 0; c < channels; ++c)
-          dst[(long long)c * bins + bin] = seg_from_float<T>(a[c] / w.count);
-      }
+      // Bin-major sums (acc[bin][c]), divided in place, then written channel-major.
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int bin = 0; bin < bins; ++bin)
+        accumulate_taps_nhwc(acc.data() + (size_t)bin * channels, base,
+                             taps.data() + (size_t)bin * w.samples, w.samples, channels);
+      divide_all(acc.data(), (long long)bins * channels, w.count);
+      for (int c = 0; c < channels; ++c)
+        for (int bin = 0; bin < bins; ++bin)
+          dst[(long long)c * bins + bin] = seg_from_float<T>(acc[(size_t)bin * channels + c]);
     }
   });
 }
