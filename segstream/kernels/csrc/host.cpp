@@ -45,47 +45,6 @@ inline void window_taps(const RoiWindow& w, int pooled, int height, int width,
       }
 }
 
-template <typename T>
-void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
-                          const T* f4, const float* boxes, const int* counts,
-                          int images, int rois_per_image, int channels,
-                          int num_levels, const int* heights, const int* widths,
-                          const float* scales, int k_min, int k_max,
-                          float canonical_scale, float canonical_level,
-                          int pooled, int sampling_ratio, int aligned, T* out,
-                          int threads) {
-  const T* maps[SEG_ROI_MAX_LEVELS] = {f0, f1, f2, f3, f4};
-  const int bins = pooled * pooled;
-  const long long per_roi = (long long)channels * bins;
-  parallel_ranges((long long)images * rois_per_image, threads, [&](long long begin, long long end) {
-    std::vector<BilinearTap> taps;
-    for (long long roi = begin; roi < end; ++roi) {
-      const int image = (int)(roi / rois_per_image);
-      const int row = (int)(roi - (long long)image * rois_per_image);
-      const float* box = boxes + roi * 4;
-      T* dst = out + roi * per_roi;
-      const int valid_rows = counts ? counts[image] : rois_per_image;
-      const int level = roi_assigned_level(box, row, valid_rows, num_levels, k_min,
-                                           k_max, canonical_scale, canonical_level);
-      if (level < 0) {
-        std::fill(dst, dst + per_roi, seg_from_float<T>(0.0f));
-        continue;
-      }
-      const int height = heights[level], width = widths[level];
-      const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
-      // Taps are shared by all channels (torchvision's CPU pre_calc).
-      window_taps(w, pooled, height, width, taps);
-      const long long plane = (long long)height * width;
-      const T* base = maps[level] + (long long)image * channels * plane;
-      for (int c = 0; c < channels; ++c) {
-        const T* src = base + c * plane;
-        for (int bin = 0; bin < bins; ++bin)
-          dst[(long long)c * bins + bin] = seg_from_float<T>(
-              roi_bin_from_taps(src, taps.data() + (long long)bin * w.samples, w.samples, w.count));
-      }
-    }
-  });
-}
 
 // One bin's taps summed into acc[0..channels) from channels-last maps, each
 // channel as roi_bin_from_taps sums it (four products left to right, taps in
@@ -134,26 +93,26 @@ void accumulate_taps_nhwc<float>(float* acc, const float* base, const BilinearTa
   accumulate_taps_nhwc_f32(acc, base, taps, samples, channels);
 }
 
-// The same RoIAlign on channels-last maps ([B, H, W, C]): every tap reads C
-// contiguous values, so the channel loop vectorises (the NCHW loop above reads
-// one value per plane). Each channel's sum runs in the same order with the
-// same roundings as roi_bin_from_taps (bilinear_read's four products left to
-// right, taps in order, then / count), so the outputs are bit-identical.
+// RoIAlign of every box from its level. channels_last: the maps are laid out
+// [B, H, W, C] instead of [B, C, H, W]; a tap then reads C contiguous values,
+// so the channel loop vectorises (accumulate_taps_nhwc), while each channel is
+// summed in the same order with the same roundings as roi_bin_from_taps (four
+// products left to right, taps in order, then / count): the same bits.
 template <typename T>
-void multilevel_roi_align_nhwc(const T* f0, const T* f1, const T* f2, const T* f3,
-                               const T* f4, const float* boxes, const int* counts,
-                               int images, int rois_per_image, int channels,
-                               int num_levels, const int* heights, const int* widths,
-                               const float* scales, int k_min, int k_max,
-                               float canonical_scale, float canonical_level,
-                               int pooled, int sampling_ratio, int aligned, T* out,
-                               int threads) {
+void multilevel_roi_align(const T* f0, const T* f1, const T* f2, const T* f3,
+                          const T* f4, const float* boxes, const int* counts,
+                          int images, int rois_per_image, int channels,
+                          int num_levels, const int* heights, const int* widths,
+                          const float* scales, int k_min, int k_max,
+                          float canonical_scale, float canonical_level,
+                          int pooled, int sampling_ratio, int aligned, T* out,
+                          int threads, bool channels_last) {
   const T* maps[SEG_ROI_MAX_LEVELS] = {f0, f1, f2, f3, f4};
   const int bins = pooled * pooled;
   const long long per_roi = (long long)channels * bins;
   parallel_ranges((long long)images * rois_per_image, threads, [&](long long begin, long long end) {
     std::vector<BilinearTap> taps;
-    std::vector<float> acc((size_t)bins * channels);
+    std::vector<float> acc(channels_last ? (size_t)bins * channels : 0);
     for (long long roi = begin; roi < end; ++roi) {
       const int image = (int)(roi / rois_per_image);
       const int row = (int)(roi - (long long)image * rois_per_image);
@@ -168,8 +127,19 @@ void multilevel_roi_align_nhwc(const T* f0, const T* f1, const T* f2, const T* f
       }
       const int height = heights[level], width = widths[level];
       const RoiWindow w = roi_window(box, scales[level], aligned, pooled, sampling_ratio);
+      // Taps are shared by all channels (torchvision's CPU pre_calc).
       window_taps(w, pooled, height, width, taps);
-      const T* base = maps[level] + (long long)image * height * width * channels;
+      const long long plane = (long long)height * width;
+      const T* base = maps[level] + (long long)image * channels * plane;
+      if (!channels_last) {
+        for (int c = 0; c < channels; ++c) {
+          const T* src = base + c * plane;
+          for (int bin = 0; bin < bins; ++bin)
+            dst[(long long)c * bins + bin] = seg_from_float<T>(
+                roi_bin_from_taps(src, taps.data() + (long long)bin * w.samples, w.samples, w.count));
+        }
+        continue;
+      }
       // Bin-major sums (acc[bin][c]), divided in place, then written channel-major.
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int bin = 0; bin < bins; ++bin)
@@ -254,23 +224,23 @@ extern "C" {
 
 int segstream_kernels_abi_version() { return 1; }
 
-#define SEG_HOST_ROI_ALIGN(NAME, T, LOOP)                                                  \
+#define SEG_HOST_ROI_ALIGN(NAME, T, NHWC)                                                  \
   void NAME(const T* f0, const T* f1, const T* f2, const T* f3, const T* f4,            \
             const float* boxes, const int* counts, int images, int rois_per_image,      \
             int channels, int num_levels, const int* heights, const int* widths,        \
             const float* scales, int k_min, int k_max, float canonical_scale,           \
             float canonical_level, int pooled, int sampling_ratio, int aligned, T* out, \
             int threads) {                                                              \
-    LOOP<T>(f0, f1, f2, f3, f4, boxes, counts, images, rois_per_image,                  \
+    multilevel_roi_align<T>(f0, f1, f2, f3, f4, boxes, counts, images, rois_per_image,  \
                             channels, num_levels, heights, widths, scales, k_min, k_max, \
                             canonical_scale, canonical_level, pooled, sampling_ratio,   \
-                            aligned, out, threads);                                     \
+                            aligned, out, threads, NHWC);                               \
   }
 
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f32, float, multilevel_roi_align)
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f16, seg_half, multilevel_roi_align)
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f32, float, multilevel_roi_align_nhwc)
-SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f16, seg_half, multilevel_roi_align_nhwc)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f32, float, false)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_f16, seg_half, false)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f32, float, true)
+SEG_HOST_ROI_ALIGN(segstream_multilevel_roi_align_nhwc_f16, seg_half, true)
 
 void segstream_batched_nms(const float* boxes, const float* scores, const int* classes,
                            const int* counts, int images, int n, float score_threshold,
