@@ -209,15 +209,20 @@ class Viewer:
         """multipart/x-mixed-replace body: a part per new frame, at most `fps` per second, until
         the service stops or the stream is removed (`exists` says no)."""
         interval = 1.0 / self.fps
+        # Each JPEG is followed at once by the next part's boundary and headers: Chromium shows a
+        # part only once the next one has begun, so a JPEG followed by nothing (the last frame of an
+        # ended file, a frozen camera) would never be shown, and every frame would show one late.
+        # (Hence no Content-Length: the next frame's size is not known yet; the boundary delimits.)
+        opening = f"--{boundary}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
         with self.watching(stream_id):
             sent = None
             while not self.closing.is_set() and exists(stream_id):
                 tick = time.monotonic()
                 got = await anyio.to_thread.run_sync(self.frame_jpeg, stream_id)
                 if got is not None and got[0] != sent:
+                    first = sent is None
                     sent, jpeg = got
-                    yield (f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                           .encode() + jpeg + b"\r\n")
+                    yield (opening if first else b"") + jpeg + b"\r\n" + opening
                 await anyio.sleep(max(0.0, interval - (time.monotonic() - tick)))
 
     def close(self) -> None:

@@ -107,5 +107,9 @@ def test_a_fast_camera_gets_at_most_viewer_fps_frames_sent_and_the_rest_never_dr
         feeder.join()
     assert 5 <= len(parts) <= 11, len(parts)  # 2 s at 5 frames/s (+1 for the first)
     assert viewer.stats.rendered == len(parts) and len(pushed) > 5 * len(parts)  # the rest were never drawn
-    assert all(p.startswith(b"--b\r\nContent-Type: image/jpeg\r\n") for _, p in parts)
+    head = b"--b\r\nContent-Type: image/jpeg\r\n\r\n"
+    assert parts[0][1].startswith(head + b"\xff\xd8") and all(p.startswith(b"\xff\xd8") for _, p in parts[1:])
+    # Each JPEG is followed at once by the next part's boundary and headers: the browser shows it
+    # without waiting for the next frame (which for an ended file never comes).
+    assert all(p.endswith(b"\xff\xd9\r\n" + head) for _, p in parts)
     assert hooks == []  # the browser left: the hook is gone
