@@ -4,7 +4,7 @@ the optional split of an engine into two halves, and the engines' error."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -96,9 +96,10 @@ class Features:
 
     count: the images of the batch (the rest of a fixed-size batch is padding).
     image_sizes: per image (height, width) of its resized area, as given to `extract`.
-    tensors: the engine's own intermediate tensors (e.g. FPN maps and RPN outputs), on its device.
+    tensors: the engine's own intermediate results by name (torch tensors or numpy arrays, e.g. the
+        FPN maps), on its device; only the engine that made them reads them.
     """
 
     count: int
     image_sizes: list[tuple[int, int]]
-    tensors: dict[str, object]
+    tensors: dict[str, Any]
