@@ -3,6 +3,7 @@
 // math) into a shared library that Python loads with ctypes.
 #include <algorithm>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "mask_rle.cuh"
@@ -48,10 +49,11 @@ inline void window_taps(const RoiWindow& w, int pooled, int height, int width,
 
 // One bin's taps summed into acc[0..channels) from channels-last maps, each
 // channel as roi_bin_from_taps sums it (four products left to right, taps in
-// order). float32 maps are cloned for AVX-512 and AVX2, picked at load time
-// (vector lanes round exactly as scalar code: no fused multiply-adds here).
+// order). Always inlined, so the loop is compiled with its caller's target.
 template <typename T>
-void accumulate_taps_nhwc(float* acc, const T* base, const BilinearTap* taps, int samples, int channels) {
+__attribute__((always_inline)) inline void sum_taps_nhwc(float* __restrict__ acc, const T* __restrict__ base,
+                                                         const BilinearTap* __restrict__ taps, int samples,
+                                                         int channels) {
   for (int k = 0; k < samples; ++k) {
     const BilinearTap& t = taps[k];
     const T* p1 = base + (long long)t.o1 * channels;
@@ -64,21 +66,22 @@ void accumulate_taps_nhwc(float* acc, const T* base, const BilinearTap* taps, in
   }
 }
 
+// float32 maps: cloned for AVX-512 and AVX2, picked at load time (vector lanes
+// round exactly as scalar code: no fused multiply-adds here).
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 // (no-loop-unroll-and-jam: left to itself GCC jams two taps into one scalar channel loop.)
 __attribute__((target_clones("avx512f", "avx2", "default"), optimize("no-loop-unroll-and-jam")))
 #endif
-void accumulate_taps_nhwc_f32(float* __restrict__ acc, const float* __restrict__ base,
-                              const BilinearTap* __restrict__ taps, int samples, int channels) {
-  for (int k = 0; k < samples; ++k) {
-    const BilinearTap& t = taps[k];
-    const float* p1 = base + (long long)t.o1 * channels;
-    const float* p2 = base + (long long)t.o2 * channels;
-    const float* p3 = base + (long long)t.o3 * channels;
-    const float* p4 = base + (long long)t.o4 * channels;
-    for (int c = 0; c < channels; ++c)
-      acc[c] += t.w1 * p1[c] + t.w2 * p2[c] + t.w3 * p3[c] + t.w4 * p4[c];
-  }
+void accumulate_taps_nhwc_f32(float* acc, const float* base, const BilinearTap* taps, int samples, int channels) {
+  sum_taps_nhwc(acc, base, taps, samples, channels);
+}
+
+template <typename T>
+void accumulate_taps_nhwc(float* acc, const T* base, const BilinearTap* taps, int samples, int channels) {
+  if constexpr (std::is_same<T, float>::value)
+    accumulate_taps_nhwc_f32(acc, base, taps, samples, channels);
+  else
+    sum_taps_nhwc(acc, base, taps, samples, channels);
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
@@ -86,11 +89,6 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void divide_all(float* __restrict__ values, long long n, float divisor) {
   for (long long i = 0; i < n; ++i) values[i] = values[i] / divisor;
-}
-
-template <>
-void accumulate_taps_nhwc<float>(float* acc, const float* base, const BilinearTap* taps, int samples, int channels) {
-  accumulate_taps_nhwc_f32(acc, base, taps, samples, channels);
 }
 
 // RoIAlign of every box from its level. channels_last: the maps are laid out
