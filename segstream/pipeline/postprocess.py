@@ -5,11 +5,13 @@ padded by one cell, resized bilinearly onto the integer box grown by the same ma
 the box region is computed and thresholded: the frame-sized mask is never materialised, and the
 RLE is computed from the region (see rle.py).
 
-When the engine leaves its detections on a GPU (and nothing needs the mask regions for drawing),
-the stage takes every frame waiting (up to `take`), and one kernel pastes, thresholds and
-run-length encodes all their instances on the device (segstream.kernels.mask_rle); boxes, scores,
-classes and RLE counts come back in one copy per batch into a reused pinned buffer, and only the
-compression of the counts into COCO's string runs on the host. The CPU path is the one above.
+When the engine leaves its detections on a GPU, the stage takes every frame waiting (up to
+`take`), and one kernel pastes, thresholds and run-length encodes all their instances on the
+device (segstream.kernels.mask_rle); boxes, scores, classes and RLE counts come back in one copy
+per batch into a reused pinned buffer, and only the compression of the counts into COCO's string
+runs on the host. Where something needs the mask regions (drawing, the tracker's mask IoU), they
+are rebuilt from those counts on the host (`region_from_counts`, the cost of the region), not
+pasted again. The CPU path is the one above.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from segstream.engines.protocol import Detections
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
-from segstream.pipeline.rle import encode_region
+from segstream.pipeline.rle import encode_region, region_from_counts
 
 #: Columns before the counts in the packed per-instance row copied back from the device:
 #: num counts, region x0 y0 x1 y1, box x1 y1 x2 y2 (float32 bits), score (float32 bits), class.
@@ -74,8 +76,8 @@ def paste_regions(
 
 class Postprocess:
     """FrameDetections -> FrameResult. take: frames handled together (the device path encodes them
-    in one launch and one copy). regions: keep each mask's box region (drawing needs it), which
-    keeps the CPU path. device_path: None uses the kernel path for detections on a GPU; True also
+    in one launch and one copy). regions: keep each mask's box region (drawing and the tracker
+    need it; the device path rebuilds it from the counts). device_path: None uses the kernel path for detections on a GPU; True also
     for CPU detections (the kernels' C++ build: how the path is tested without a GPU)."""
 
     name = "postprocess"
@@ -110,7 +112,7 @@ class Postprocess:
         return out
 
     def _device_path(self, item: Any) -> bool:
-        if self.regions or self.device_path is False or not isinstance(item, FrameDetections) or item.detections is None:
+        if self.device_path is False or not isinstance(item, FrameDetections) or item.detections is None:
             return False
         return self.device_path is True or item.detections.masks.device.type == "cuda"
 
@@ -124,8 +126,9 @@ class Postprocess:
     def device_instances(self, items: list[FrameDetections]) -> list[list[Instance]]:
         """Instances of frames whose detections are on a GPU: one kernel launch, one copy back.
 
-        Same instances as `instances` (same paste, same threshold, byte-identical RLE), without
-        `region`/`region_box` for rows whose counts fit (the drawing sink keeps the CPU path).
+        Same instances as `instances` (same paste, same threshold, byte-identical RLE); `region`
+        and `region_box` only when `regions` is set (rebuilt from the counts) or for a row whose
+        counts did not fit (pasted on the CPU).
         """
         from segstream.kernels.mask_rle import compress_counts, default_cap, mask_rle_counts
 
@@ -167,7 +170,10 @@ class Postprocess:
                 score, class_id = float(row[9:10].view(np.float32)[0]), int(row[10])
                 region = None
                 if n <= cap:
-                    rle_dict = {"size": [frame.height, frame.width], "counts": compress_counts(row[_HEADER:_HEADER + n])}
+                    counts = row[_HEADER:_HEADER + n]
+                    rle_dict = {"size": [frame.height, frame.width], "counts": compress_counts(counts)}
+                    if self.regions:
+                        region = region_from_counts(counts, region_box, frame.height)
                 else:  # a mask too ragged for its row: the CPU path for this one instance
                     ((region, region_box),) = paste_regions(masks_t[r:r + 1], boxes_t[r:r + 1], frame.height,
                                                             frame.width, self.mask_threshold)

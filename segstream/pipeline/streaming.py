@@ -143,8 +143,9 @@ class StreamingPipeline:
             stages=[
                 Preprocess(engine.config, engine.device, batch),
                 *engine_part,  # features (a split engine's trunk) and inference
-                # GPU detections are encoded a batch at a time on the device, unless something needs the
-                # mask regions: drawing (video, the service's viewer) or the tracker's mask IoU.
+                # GPU detections are encoded a batch at a time on the device; the mask regions that
+                # drawing (video, the service's viewer) and the tracker's mask IoU need are rebuilt
+                # from the counts on the host.
                 Postprocess(engine.config.class_names, engine.config.mask_threshold,
                             config.engine.max_consecutive_errors, take=batch,
                             regions=self.video is not None or config.tracking.enabled or keep_alive),

@@ -16,6 +16,7 @@ from pycocotools import mask as coco_mask
 
 from segstream.kernels.mask_rle import compress_counts, mask_rle_counts
 from segstream.pipeline.postprocess import paste_regions
+from segstream.pipeline.rle import region_from_counts
 
 THRESHOLD = 0.5
 
@@ -88,6 +89,31 @@ def test_a_row_that_does_not_fit_says_so():
     assert int(result.num[0]) > 16
     full = mask_rle_counts(masks, boxes, torch.tensor([[300, 300]]), THRESHOLD, cap=int(result.num[0]))
     assert kernel_strings(full) == reference_strings(masks, boxes, 300, 300)
+
+
+@pytest.mark.parametrize("height, width, n, seed", CASES)
+def test_the_counts_give_back_the_pasted_regions(height, width, n, seed):
+    """What the tracker and the drawing need on the GPU path: the box region, rebuilt from the counts
+    (boxes over the whole frame and top to bottom included, where runs cross columns)."""
+    masks, boxes = random_instances(n, height, width, seed)
+    result = mask_rle_counts(masks, boxes, torch.tensor([[height, width]] * n), THRESHOLD, roomy_cap(width))
+    counts, num = result.counts.numpy(), result.num.numpy()
+    for i, (region, box) in enumerate(paste_regions(masks, boxes, height, width, THRESHOLD)):
+        rebuilt = region_from_counts(counts[i, : num[i]], tuple(result.regions[i].tolist()), height)
+        assert rebuilt.shape == region.shape and np.array_equal(rebuilt, region), f"instance {i} at {box}"
+
+
+def test_counts_with_ones_outside_the_region_are_refused():
+    full = np.zeros((40, 30), dtype=np.uint8)
+    full[5:10, 3:8] = 1
+    full[20, 20] = 1  # outside the region below
+    flat = full.ravel(order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], changes]))
+    assert compress_counts(counts) == coco_mask.encode(np.asfortranarray(full))["counts"].decode()
+    assert np.array_equal(region_from_counts(counts, (0, 0, 30, 40), 40), full.astype(bool))
+    with pytest.raises(ValueError, match="outside region"):
+        region_from_counts(counts, (3, 5, 8, 10), 40)
 
 
 def test_no_instances_and_bad_shapes():

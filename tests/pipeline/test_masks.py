@@ -63,10 +63,12 @@ def test_pasted_regions_equal_torchvision_paste_thresholded(size):
         assert np.array_equal(ours, reference[i].numpy()), i
 
 
+@pytest.mark.parametrize("regions", [False, True], ids=["rle-only", "with-regions"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU on this machine"))])
-def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device):
-    """The path taken for GPU detections (one paste+RLE kernel, one copy); on the CPU, its C++ build."""
+def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device, regions):
+    """The path taken for GPU detections (one paste+RLE kernel, one copy); on the CPU, its C++ build.
+    With regions (tracking, drawing) the mask regions are those the CPU pastes."""
     from segstream.engines.protocol import Detections
     from segstream.pipeline.messages import Frame, FrameDetections
     from segstream.pipeline.postprocess import Postprocess
@@ -84,13 +86,19 @@ def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device)
     names = ("__background__", "a", "b", "c", "d")
     want = Postprocess(names, 0.5).process(items)
     on_device = [FrameDetections(i.frame, i.detections.to(device), i.scale) for i in items]
-    got = Postprocess(names, 0.5, take=3, regions=False, device_path=True if device == "cpu" else None).process(on_device)
+    stage = Postprocess(names, 0.5, take=3, regions=regions, device_path=True if device == "cpu" else None)
+    assert stage._device_path(on_device[0])
+    got = stage.process(on_device)
     assert sum(len(r.instances) for r in want) == 19
     for mine, theirs in zip(got, want, strict=True):
         assert mine.error is None and len(mine.instances) == len(theirs.instances)
         for a, b in zip(mine.instances, theirs.instances):
             assert (a.class_id, a.label, a.score, a.rle) == (b.class_id, b.label, b.score, b.rle)
             assert a.box == pytest.approx(b.box, abs=1e-4)
+            if regions:
+                assert a.region_box == b.region_box and np.array_equal(a.region, b.region)
+            else:
+                assert a.region is None
 
 
 def test_kernel_postprocess_encodes_masks_too_ragged_for_their_row_on_the_cpu():
