@@ -72,7 +72,11 @@ def open_engine(
     if kind == "static":
         from segstream.engines.static_engine import StaticEngine
 
-        return StaticEngine(model, target, max_batch, precision=precision)
+        engine = StaticEngine(model, target, max_batch, precision=precision)
+        # Every CUDA graph is captured before frames flow: a capture synchronises the whole device,
+        # which mid-run would stall every stage's stream (nothing on a CPU).
+        engine.warm_up()
+        return engine
     if kind == "onnxruntime":
         try:
             from segstream.engines.onnxruntime_engine import OnnxRuntimeEngine

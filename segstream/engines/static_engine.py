@@ -143,7 +143,9 @@ class StaticEngine:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the pipeline's other stages keep working on their own streams and threads
+        # (a capture forced mid-run by a new batch size must not fail on their allocations).
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             outputs = self._forward(images, sizes)
         captured = _Captured(graph, images, sizes, tuple(outputs))
         self._captured[batch] = captured

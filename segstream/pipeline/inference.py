@@ -6,7 +6,9 @@ stages on two threads, one batch apart:
     Batch -> features (engine.extract: the dense trunk) -> BatchFeatures -> inference (engine.detect) -> FrameDetections
 
 so that the trunk of batch n+1 runs on one core while the heads of batch n run on another. Other
-engines, or `engine.overlap: false`, run `engine.infer` whole in the inference stage.
+engines, or `engine.overlap: false`, run `engine.infer` whole in the inference stage. On a GPU
+the inference stage runs the engine on its own CUDA stream, after the preprocess's event, and
+sends an event with the detections (pipeline/device_streams.py).
 
 An engine error on one batch does not end the run: those frames go on with `error` set and no
 detections (published with an `error` field), until `max_consecutive_errors` in a row.
@@ -21,6 +23,7 @@ import torch
 
 from segstream.engines.factory import usable_cores
 from segstream.engines.protocol import Engine, SplitEngine
+from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream, take_over
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import Batch, BatchFeatures, FrameDetections
 
@@ -45,11 +48,6 @@ def _failed(batch: Batch, reason: str) -> list[FrameDetections]:
     return [FrameDetections(frame, None, scale, error=reason) for frame, scale in zip(batch.frames, batch.scales)]
 
 
-def _wait_until_ready(batch: Batch) -> None:
-    if batch.ready is not None:  # the batch was made on the preprocess stream
-        torch.cuda.current_stream(batch.images.device).wait_event(batch.ready)
-
-
 class Features:
     """First stage of a split engine: Batch -> BatchFeatures (engine.extract); markers pass through."""
 
@@ -66,8 +64,7 @@ class Features:
             if not isinstance(item, Batch):
                 out.append(item)
                 continue
-            try:
-                _wait_until_ready(item)
+            try:  # split engines overlap on a CPU only (engine_stages): no streams here
                 out.append(BatchFeatures(item, self.engine.extract(item.images, item.image_sizes)))
             except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
                 out.extend(_failed(item, self.failures.record(exc)))
@@ -88,6 +85,7 @@ class Inference:
         self.failures = failures or EngineFailures(max_consecutive_errors)
         self.batches = 0
         self.batched_frames = 0
+        self.stream = stage_stream(engine.device)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         out: list[Any] = []
@@ -99,16 +97,18 @@ class Inference:
             self.batches += 1
             self.batched_frames += len(batch.frames)
             try:
-                if isinstance(item, BatchFeatures):
-                    detections = self.engine.detect(item.features)
-                else:
-                    _wait_until_ready(item)
-                    detections = self.engine.infer(item.images, item.image_sizes)
+                with on_stream(self.stream):
+                    if isinstance(item, BatchFeatures):
+                        detections = self.engine.detect(item.features)
+                    else:
+                        take_over(self.stream, [item.ready], [item.images])
+                        detections = self.engine.infer(item.images, item.image_sizes)
+                    ready = hand_over(self.stream)
             except Exception as exc:  # one bad batch is skipped; StageFailed past the limit
                 out.extend(_failed(batch, self.failures.record(exc)))
                 continue
             self.failures.succeeded()
-            out.extend(FrameDetections(frame=frame, detections=found, scale=scale)
+            out.extend(FrameDetections(frame=frame, detections=found, scale=scale, ready=ready)
                        for frame, found, scale in zip(batch.frames, detections, batch.scales))
         return out
 

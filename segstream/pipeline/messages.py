@@ -115,6 +115,7 @@ class FrameDetections:
     detections: Detections | None
     scale: tuple[float, float]
     error: str | None = None  # the engine failed on this frame's batch: published without instances
+    ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the inference stream after `detections`
 
 
 @dataclass

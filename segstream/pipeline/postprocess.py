@@ -9,7 +9,8 @@ When the engine leaves its detections on a GPU, the stage takes every frame wait
 `take`), and one kernel pastes, thresholds and run-length encodes all their instances on the
 device (segstream.kernels.mask_rle); boxes, scores, classes and RLE counts come back in one copy
 per batch into a reused pinned buffer, and only the compression of the counts into COCO's string
-runs on the host. Where something needs the mask regions (drawing, the tracker's mask IoU), they
+runs on the host. On a GPU the stage works on its own CUDA stream, after the inference stage's
+event (pipeline/device_streams.py), so its one wait per batch waits for nothing else. Where something needs the mask regions (drawing, the tracker's mask IoU), they
 are rebuilt from those counts on the host (`region_from_counts`, the cost of the region), not
 pasted again. The CPU path is the one above.
 """
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from segstream.engines.protocol import Detections
+from segstream.pipeline.device_streams import on_stream, stage_stream, take_over
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
 from segstream.pipeline.rle import encode_region, region_from_counts
@@ -91,8 +93,20 @@ class Postprocess:
         self.regions = regions
         self.device_path = device_path
         self._pinned: torch.Tensor | None = None  # reused host buffer of the device path
+        self.stream: torch.cuda.Stream | None = None  # made for the first detections on a GPU
 
     def process(self, items: list[Any]) -> Iterable[Any]:
+        on_gpu = [item for item in items if isinstance(item, FrameDetections) and item.detections is not None
+                  and item.detections.masks.is_cuda]
+        if on_gpu and self.stream is None:
+            self.stream = stage_stream(on_gpu[0].detections.masks.device)
+        with on_stream(self.stream if on_gpu else None):
+            take_over(self.stream if on_gpu else None, [item.ready for item in on_gpu],
+                      [t for item in on_gpu for t in (item.detections.boxes, item.detections.scores,
+                                                       item.detections.classes, item.detections.masks)])
+            return self._process(items)
+
+    def _process(self, items: list[Any]) -> list[Any]:
         on_device = [i for i, item in enumerate(items) if self._device_path(item)]
         encoded: dict[int, list[Instance] | Exception] = {}
         if on_device:

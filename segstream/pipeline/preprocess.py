@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from segstream.engines.model_config import ModelConfig
 from segstream.pipeline.device_frames import PinnedUpload
+from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream
 from segstream.pipeline.messages import Batch, Frame
 
 
@@ -29,7 +30,7 @@ class Preprocess:
     each frame is uploaded once from a reused pinned buffer (device_frames.PinnedUpload) and the
     colour conversion, resize and normalisation run on the device, on the stage's own CUDA stream;
     the Batch carries an event recorded after its last kernel, which the inference stage's stream
-    waits for (no default stream, no host wait).
+    waits for (no default stream, no host wait; pipeline/device_streams.py).
     """
 
     name = "preprocess"
@@ -44,7 +45,7 @@ class Preprocess:
         self._scale = (1.0 / (255.0 * np.asarray(config.std, dtype=np.float32))).astype(np.float32)
         self._shift = (-np.asarray(config.mean, dtype=np.float32) / np.asarray(config.std, dtype=np.float32)).astype(np.float32)
         self.upload = PinnedUpload(device)
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = stage_stream(device)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         frames = [item for item in items if isinstance(item, Frame)]
@@ -57,15 +58,9 @@ class Preprocess:
         return ()
 
     def batch(self, frames: list[Frame]) -> Batch:
-        if self.stream is None:
-            return self._batch(frames)
-        with torch.cuda.stream(self.stream):
+        with on_stream(self.stream):
             batch = self._batch(frames)
-            batch.ready = torch.cuda.Event()
-            batch.ready.record(self.stream)
-            # The images are used on the inference thread's (default) stream: the allocator must not
-            # hand their memory to this stream's next batch before that use is done.
-            batch.images.record_stream(torch.cuda.default_stream(self.device))
+            batch.ready = hand_over(self.stream)
         return batch
 
     def _batch(self, frames: list[Frame]) -> Batch:

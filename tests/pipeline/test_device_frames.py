@@ -65,17 +65,14 @@ def _shape_frames(count: int) -> list[Frame]:
     return frames
 
 
-def _chain_results(device: str, frames: list[Frame], batch: int) -> list:
-    """Frames through preprocess -> static engine -> postprocess as the pipeline chains them."""
-    from segstream.engines.factory import open_engine
-    from segstream.engines.models import load_model
+def _chain(engine, frames: list[Frame], batch: int):
+    """(chain, results): preprocess -> engine -> postprocess as the pipeline chains them, not started."""
     from segstream.pipeline.inference import Inference
     from segstream.pipeline.messages import FrameResult
     from segstream.pipeline.postprocess import Postprocess
     from segstream.pipeline.runtime import Chain, EdgePolicy
 
-    model = load_model("shapes")
-    engine = open_engine("static", model, device, batch)
+    config = engine.config
     results: list = []
 
     class Collect:
@@ -95,10 +92,19 @@ def _chain_results(device: str, frames: list[Frame], batch: int) -> list:
             yield from frames
 
     chain = Chain(producers=[], queue_sizes=[8, 2, 8, 16], batchable=lambda item: isinstance(item, Frame),
-                  stages=[Preprocess(model.config, engine.device, batch), Inference(engine),
-                          Postprocess(model.config.class_names, model.config.mask_threshold, take=batch,
-                                      regions=False), Collect()])
+                  stages=[Preprocess(config, engine.device, batch), Inference(engine),
+                          Postprocess(config.class_names, config.mask_threshold, take=batch, regions=False), Collect()])
     chain.add_producer(Replay(), EdgePolicy(8, "block"))
+    return chain, results
+
+
+def _chain_results(device: str, frames: list[Frame], batch: int) -> list:
+    """Frames through preprocess -> static engine -> postprocess, sorted by frame index."""
+    from segstream.engines.factory import open_engine
+    from segstream.engines.models import load_model
+
+    engine = open_engine("static", load_model("shapes"), device, batch)
+    chain, results = _chain(engine, frames, batch)
     chain.start()
     chain.wait()
     engine.close()
@@ -121,3 +127,32 @@ def test_cuda_chain_publishes_what_the_cpu_chain_publishes():
             assert a.class_id == b.class_id
             if mask_utils.area(b.rle) or mask_utils.area(a.rle):
                 assert mask_utils.iou([a.rle], [b.rle], [0])[0, 0] >= 0.98
+
+
+@needs_cuda
+def test_no_gpu_stage_waits_for_the_default_stream():
+    """Each stage queues its work on its own stream, ordered by events: a long kernel sitting on
+    torch's default stream holds none of them up (any stage using that stream, or synchronising
+    the device, would finish only after it)."""
+    from segstream.engines.factory import open_engine
+    from segstream.engines.models import load_model
+
+    frames = _shape_frames(8)
+    engine = open_engine("static", load_model("shapes"), "cuda", 4)  # every CUDA graph captured here
+    chain, first = _chain(engine, frames, 4)  # compiles and loads the kernels, fills the caches
+    chain.start()
+    chain.wait()
+    chain, results = _chain(engine, frames, 4)
+    torch.cuda.synchronize()
+    clock_hz = 2.0e9  # an H200's SMs run at up to 1.98 GHz: the sleep lasts >= 4 s
+    torch.cuda._sleep(int(4 * clock_hz))  # queued on the default stream
+    chain.start()
+    chain.wait()
+    still_sleeping = not torch.cuda.default_stream().query()
+    torch.cuda.synchronize()
+    engine.close()
+    assert still_sleeping, "a stage waited for the default stream (or synchronised the device)"
+    assert sorted(r.frame.index for r in results) == list(range(8))
+    by_index = {r.frame.index: r for r in first}
+    for r in results:
+        assert [i.rle for i in r.instances] == [i.rle for i in by_index[r.frame.index].instances]
