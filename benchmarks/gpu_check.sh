@@ -17,12 +17,17 @@
 #       one test that runs `segstream run` on an encoded clip is deselected (it is the CPU acceptance test).
 #   redis-server: not brought. No selected test or benchmark publishes to Redis; the Redis sink has no GPU
 #       code, and its tests run in CI.
-#   NVDEC (torchcodec / PyNvVideoCodec): not in the image; decode_backend() reports the CPU fallback.
+#   NVDEC: PyNvVideoCodec (its wheel bundles FFmpeg's demuxers, ~27 MB) is brought into .gpu/nvdec and
+#       installed into the same target; it loads only where the container exposes the driver's video
+#       libraries (NVIDIA_DRIVER_CAPABILITIES with `video`): otherwise decode_backend() says why, and the NVDEC
+#       test reports its skip. Its test clip (H.264, the bundled model's domain) is encoded by `prepare` into
+#       .gpu/clips, since the image has no PyAV to encode one; opencv decodes the CPU reference there.
 #   segstream itself: used from the working tree (PYTHONPATH), not installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WHEELS=.gpu/wheels
+NVDEC_WHEELS=.gpu/nvdec
 PACKAGES="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 redis==8.1.0 pycocotools==2.0.11"
 
 if [ "${1:-}" = "prepare" ]; then
@@ -31,7 +36,11 @@ if [ "${1:-}" = "prepare" ]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$WHEELS" $PACKAGES || exit 2
-    du -sh "$WHEELS"; ls "$WHEELS"
+    mkdir -p "$NVDEC_WHEELS" .gpu/clips
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d "$NVDEC_WHEELS" PyNvVideoCodec==2.2.4 || exit 2
+    PYTHONPATH=$PWD:$PWD/tests .venv/bin/python -c 'from media import write_shapes_clip; write_shapes_clip(".gpu/clips/shapes.mp4")' || exit 2
+    du -sh "$WHEELS" "$NVDEC_WHEELS" .gpu/clips; ls "$WHEELS" "$NVDEC_WHEELS" .gpu/clips
     exit 0
 fi
 
@@ -60,6 +69,10 @@ else
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segstream-site "$WHEELS"/*.whl || exit 2
         export PYTHONPATH=/tmp/segstream-site
     fi
+    if ls "$NVDEC_WHEELS"/*.whl >/dev/null 2>&1; then  # optional: without it the NVDEC test reports its skip
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segstream-site \
+            "$NVDEC_WHEELS"/*.whl && export PYTHONPATH=/tmp/segstream-site || echo "PyNvVideoCodec did not install"
+    fi
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import pydantic, redis, pycocotools, segstream.pipeline.streaming; print("imports ok")' || exit 2
@@ -73,7 +86,7 @@ TESTS="tests/kernels/test_roi_align.py tests/kernels/test_nms.py tests/kernels/t
        tests/export/test_static_engine.py tests/export/test_static_graph.py
        tests/pipeline/test_device_frames.py tests/pipeline/test_masks.py"
 # The CUDA variants only (their CPU twins run in CI); on the CPU (dry run) they report their skips.
-SELECT="(cuda or gpu) and not segstream_run"
+SELECT="(cuda or gpu or nvdec) and not segstream_run"
 timeout 150 "$PY" -m pytest -q -rs -p no:cacheprovider $TESTS -k "$SELECT" --junitxml="$LOGS/tests.xml"
 TESTS_RC=$?
 echo "pytest rc $TESTS_RC"

@@ -32,23 +32,41 @@ def scene(index: int, width: int, height: int) -> np.ndarray:
 def write_clip(path: str | Path, kind: str = "h264-mp4", width: int = 320, height: int = 180,
                frames: int = 24, fps: int = 30, pix_fmt: str | None = None) -> Path:
     """Encode `frames` frames of `scene` with the codec of `kind` (see CODECS) into `path`."""
+    return encode_images(path, (scene(i, width, height) for i in range(frames)), kind, fps, pix_fmt)
+
+
+def encode_images(path: str | Path, images, kind: str = "h264-mp4", fps: int = 30, pix_fmt: str | None = None) -> Path:
+    """Encode uint8 [H, W, 3] RGB images (all one size) with the codec of `kind` into `path`."""
     codec, _, default_fmt = CODECS[kind]
     path = Path(path)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = width, height
         stream.pix_fmt = pix_fmt or default_fmt
         if codec == "libx265":
             stream.options = {"x265-params": "log-level=none"}
         if codec == "libvpx-vp9":
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(scene(i, width, height), format="rgb24")
-            for packet in stream.encode(frame):
+        for i, image in enumerate(images):
+            if i == 0:
+                stream.height, stream.width = image.shape[:2]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
     return path
+
+
+def write_shapes_clip(path: str | Path, frames: int = 16, width: int = 480, height: int = 270, seed: int = 7) -> Path:
+    """An H.264 clip of the bundled model's own domain (painted shapes on held-out photos), for the
+    NVDEC check: `benchmarks/gpu_check.sh prepare` writes one for the GPU machine, which lacks PyAV."""
+    from segstream.shapes.backgrounds import HELDOUT_PHOTOS, random_background
+    from segstream.shapes.dataset import random_scene
+    from segstream.shapes.scene import paint
+
+    rng = np.random.default_rng(seed)
+    images = [paint(random_background(rng, width, height, HELDOUT_PHOTOS), random_scene(rng, width, height), rng)[0]
+              for _ in range(frames)]
+    return encode_images(path, images)
 
 
 def count_decodable_frames(path: str | Path) -> int:

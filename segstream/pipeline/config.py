@@ -62,6 +62,9 @@ class SourceSection(_Section):
     give_up_after: float | None = Field(default=None, gt=0)  # None: retry a camera for ever
     max_frames: int | None = Field(default=None, ge=1)
     decoder_threads: int | None = Field(default=None, ge=0)  # None: 1 with a CPU engine, else FFmpeg's choice
+    # Local files with a CUDA engine: auto decodes with NVDEC when PyNvVideoCodec loads (else the CPU,
+    # saying why), nvdec insists (an error when it cannot), cpu never tries. Cameras decode on the CPU.
+    decoder: Literal["auto", "nvdec", "cpu"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

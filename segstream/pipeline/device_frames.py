@@ -1,14 +1,16 @@
-"""Getting frames onto the GPU: NVDEC decoding where a decoder library is importable, otherwise CPU
-decoding plus one upload per frame from a reused pinned buffer.
+"""Getting frames onto the GPU: NVDEC decoding where PyNvVideoCodec loads, otherwise CPU decoding
+plus one upload per frame from a reused pinned buffer.
 
-    backend = decode_backend("cuda")     # DecodeBackend("torchcodec-cuda" | "pynvvideocodec" | "cpu", reason)
+    backend = decode_backend("cuda")     # DecodeBackend("nvdec" | "cpu", reason)
     upload = PinnedUpload(device)        # numpy uint8 [h, w, 3] -> device tensor, on the caller's stream
 
-NVDEC: torchcodec's `VideoDecoder(..., device="cuda")` or PyNvVideoCodec decode on the GPU's video
-engine and hand back device tensors. Neither is a dependency of segstream (neither has a wheel for
-every platform this runs on); `decode_backend` reports which one is usable and why the others are
-not, and the pipeline falls back to its PyAV sources (CPU decoding) with `PinnedUpload`. The NVDEC
-sources themselves are not wired into the pipeline yet (docs/gpu.md lists what remains).
+NVDEC: PyNvVideoCodec decodes on the GPU's video engine into device memory (pipeline/nvdec.py,
+local files). It is not a dependency of segstream (its import needs the driver's video libraries,
+which a container gets only with NVIDIA_DRIVER_CAPABILITIES including `video`); `decode_backend`
+says whether it is usable and, if not, why, and the pipeline falls back to its PyAV sources (CPU
+decoding) with `PinnedUpload`. Cameras and http(s) files always take the PyAV path (its
+reconnection and stall handling). torchcodec's CUDA decoder is the other candidate: it needs the
+system's FFmpeg libraries, which the GPU image lacks, so it is not wired.
 
 Why a ring of pinned buffers: `tensor.pin_memory()` per frame allocates page-locked memory and
 copies the frame into it every time (an extra host copy plus a costly allocation); a pinned buffer
@@ -18,26 +20,28 @@ its previous upload has completed, so an upload still in flight is never overwri
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+Decoder = Literal["auto", "nvdec", "cpu"]
+
 
 @dataclass(frozen=True)
 class DecodeBackend:
-    """name: torchcodec-cuda, pynvvideocodec or cpu. reason: why this one (one line)."""
+    """name: nvdec or cpu. reason: why this one (one line)."""
 
     name: str
     reason: str
 
 
-def decode_backend(device: str | torch.device, prefer: str = "auto") -> DecodeBackend:
-    """The decoder a stream on `device` uses: NVDEC through torchcodec or PyNvVideoCodec when
-    importable and a CUDA device exists, else CPU decoding (PyAV) with one pinned upload per frame.
+def decode_backend(device: str | torch.device, prefer: Decoder = "auto") -> DecodeBackend:
+    """The decoder a file on `device` uses: NVDEC through PyNvVideoCodec when it loads and a CUDA
+    device exists, else CPU decoding (PyAV) with one pinned upload per frame.
 
-    prefer: auto, torchcodec, pynvvideocodec or cpu.
+    prefer: auto or nvdec (NVDEC when usable), cpu (always the CPU).
     """
     device = torch.device(device)
     if prefer == "cpu":
@@ -46,15 +50,14 @@ def decode_backend(device: str | torch.device, prefer: str = "auto") -> DecodeBa
         return DecodeBackend("cpu", f"the engine runs on {device.type}: frames are decoded on the CPU")
     if not torch.cuda.is_available():
         return DecodeBackend("cpu", "no CUDA device: frames are decoded on the CPU")
-    missing = []
-    for name, module in (("torchcodec", "torchcodec"), ("pynvvideocodec", "PyNvVideoCodec")):
-        if prefer not in ("auto", name):
-            continue
-        if importlib.util.find_spec(module) is None:
-            missing.append(module)
-            continue
-        return DecodeBackend("torchcodec-cuda" if name == "torchcodec" else name, f"{module} is importable and a GPU is present")
-    return DecodeBackend("cpu", f"{' and '.join(missing) or 'no NVDEC decoder'} not installed: CPU decoding plus a pinned upload")
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except ImportError:
+        return DecodeBackend("cpu", "PyNvVideoCodec is not installed: CPU decoding plus a pinned upload")
+    except Exception as exc:  # its import checks the driver's video libraries and raises RuntimeError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return DecodeBackend("cpu", f"PyNvVideoCodec cannot load ({first}): CPU decoding plus a pinned upload")
+    return DecodeBackend("nvdec", "PyNvVideoCodec loads and a GPU is present")
 
 
 class _Slot:

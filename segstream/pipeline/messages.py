@@ -26,7 +26,9 @@ class Frame:
     """One decoded video frame.
 
     image: uint8 [h, w, 3] RGB: the whole frame, in frame pixels, or (when the source decodes
-        straight to the engine's input size) the frame scaled down to h x w.
+        straight to the engine's input size) the frame scaled down to h x w. A numpy array on the
+        host, or a CUDA tensor when the source decoded on the GPU (NVDEC, pipeline/nvdec.py):
+        `host_image()` and `sample()` read either.
     index: 0-based index of the decoded frame in its source (gaps mean frames dropped on the way).
     pts: presentation time in seconds, or None when the container has none.
     time: unix seconds when the frame was decoded (capture time for live sources).
@@ -40,6 +42,8 @@ class Frame:
     image: np.ndarray
     live: bool = False
     source_size: tuple[int, int] | None = None  # (H, W) of the decoded frame when `image` is scaled
+    ready: "torch.cuda.Event | None" = None  # a device image: recorded on the decoder's stream after it
+    _host: np.ndarray | None = field(default=None, repr=False, compare=False)  # host copy of a device image
 
     @property
     def height(self) -> int:
@@ -48,6 +52,29 @@ class Frame:
     @property
     def width(self) -> int:
         return self.source_size[1] if self.source_size else int(self.image.shape[1])
+
+    def host_image(self) -> np.ndarray:
+        """`image` as a numpy uint8 [h, w, 3] array (a device image is copied back once, then kept)."""
+        if isinstance(self.image, np.ndarray):
+            return self.image
+        if self._host is None:
+            self._host = self.sample(None, None)
+        return self._host
+
+    def sample(self, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
+        """uint8 [len(rows), len(cols), 3]: the pixels at those rows and columns (None: all), on the
+        host. Of a device image only those pixels cross to the host."""
+        image = self.image
+        if isinstance(image, np.ndarray):
+            picked = image if rows is None else image[rows]
+            return picked if cols is None else picked[:, cols]
+        if self.ready is not None:  # the decoder's stream wrote the image
+            torch.cuda.current_stream(image.device).wait_event(self.ready)
+        if rows is not None:
+            image = image[torch.as_tensor(rows, device=image.device)]
+        if cols is not None:
+            image = image[:, torch.as_tensor(cols, device=image.device)]
+        return image.cpu().numpy()
 
     @property
     def full_frame(self) -> bool:

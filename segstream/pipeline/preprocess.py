@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from segstream.engines.model_config import ModelConfig
 from segstream.pipeline.device_frames import PinnedUpload
-from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream
+from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream, take_over
 from segstream.pipeline.messages import Batch, Frame
 
 
@@ -59,6 +59,8 @@ class Preprocess:
 
     def batch(self, frames: list[Frame]) -> Batch:
         with on_stream(self.stream):
+            # Frames decoded on the GPU (NVDEC) were written on the decoder's stream.
+            take_over(self.stream, [f.ready for f in frames], [f.image for f in frames if isinstance(f.image, torch.Tensor)])
             batch = self._batch(frames)
             batch.ready = hand_over(self.stream)
         return batch
@@ -90,10 +92,12 @@ class Preprocess:
         np.multiply(planes, self._scale[:, None, None], out=target, dtype=np.float32, casting="unsafe")
         target += self._shift[:, None, None]
 
-    def _on_device(self, image: np.ndarray, h: int, w: int) -> torch.Tensor:
-        """image: uint8 [h0, w0, 3] -> float32 [3, h, w] normalised, on the engine's device."""
-        # One upload per frame (a reused pinned buffer); the resize and normalisation run where the engine is.
-        tensor = self.upload(image).permute(2, 0, 1).float().div_(255.0)
+    def _on_device(self, image: np.ndarray | torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """image: uint8 [h0, w0, 3] (numpy, or a tensor already on the device) -> float32 [3, h, w]
+        normalised, on the engine's device."""
+        # One upload per host frame (a reused pinned buffer); the resize and normalisation run where the engine is.
+        pixels = image.to(self.device) if isinstance(image, torch.Tensor) else self.upload(image)
+        tensor = pixels.permute(2, 0, 1).float().div_(255.0)
         if (h, w) != tuple(tensor.shape[1:]):
             tensor = F.interpolate(tensor[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         return (tensor - self.mean) / self.std

@@ -95,6 +95,8 @@ def _video_fps(sources: list[Source], default: float) -> float:
                 rate = container.streams.video[0].average_rate
                 if rate:
                     return float(rate)
+        elif getattr(source, "frame_seconds", 0.0):  # an NVDEC source, opened by check_sources
+            return 1.0 / source.frame_seconds
     return default
 
 

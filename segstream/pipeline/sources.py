@@ -24,13 +24,9 @@ from redis.backoff import EqualJitterBackoff
 
 from segstream.pipeline.locations import is_remote, redact, redact_text
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
-from segstream.pipeline.streams import StreamState
+from segstream.pipeline.streams import SourceCounters, SourceError, StreamState
 
 log = logging.getLogger(__name__)
-
-
-class SourceError(RuntimeError):
-    """A source cannot be opened or read; the message is one line for the user."""
 
 
 Fit = Callable[[int, int], tuple[int, int]]
@@ -61,13 +57,6 @@ class PixelConverter:
             return vframe.to_ndarray(format="rgb24"), None
         rgb = self._to_rgb.reformat(vframe, format="rgb24")
         return self._scale.reformat(rgb, width=w, height=h, interpolation="AREA").to_ndarray(), size
-
-
-@dataclass
-class SourceCounters:
-    decoded: int = 0
-    corrupt: int = 0
-    reconnects: int = 0
 
 
 def _ffmpeg_message(exc: BaseException) -> str:

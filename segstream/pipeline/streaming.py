@@ -24,8 +24,10 @@ from segstream.engines.models import LoadedModel, load_model
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
-from segstream.pipeline.locations import default_stream_id, source_kind
+from segstream.pipeline.device_frames import decode_backend
+from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
+from segstream.pipeline.nvdec import NvdecFileSource
 from segstream.pipeline.postprocess import Postprocess
 from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress
@@ -36,12 +38,12 @@ from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
 from segstream.pipeline.sinks.console import ConsoleSink
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
-from segstream.pipeline.streams import StreamRegistry, StreamState
+from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
 from segstream.pipeline.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
-Source = VideoFileSource | CameraSource
+Source = VideoFileSource | NvdecFileSource | CameraSource
 
 
 class StreamSpec(BaseModel):
@@ -77,7 +79,8 @@ def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
 
 
 def make_source(spec: StreamSpec, config: RunConfig) -> Source:
-    """A file or camera source for `spec` (kind from the URL unless the spec says)."""
+    """A file or camera source for `spec` (kind from the URL unless the spec says). A local file
+    with a CUDA engine is decoded with NVDEC when usable (`source.decoder`, pipeline/nvdec.py)."""
     src = config.source
     threads = src.decoder_threads
     if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
@@ -87,6 +90,13 @@ def make_source(spec: StreamSpec, config: RunConfig) -> Source:
         supervision = Supervision(src.open_timeout, src.stall_timeout, src.backoff_initial, src.backoff_max,
                                   src.give_up_after)
         return CameraSource(spec.url, spec.id, supervision, max_frames, threads, start_frame=spec.start_frame)
+    if config.engine.device == "cuda" and src.decoder != "cpu" and not is_remote(spec.url):
+        backend = decode_backend("cuda", src.decoder)
+        if backend.name == "nvdec":
+            return NvdecFileSource(spec.url, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
+        if src.decoder == "nvdec":
+            raise SourceError(f"source.decoder is nvdec, but {backend.reason.split(':')[0]}")
+        log.info("%s: decoded on the CPU (%s)", spec.id, backend.reason)
     return VideoFileSource(spec.url, spec.id, max_frames, threads, read_timeout=src.read_timeout,
                            start_frame=spec.start_frame)
 
@@ -177,7 +187,9 @@ class StreamingPipeline:
                 raise StreamExists(source.stream_id)
             self.sources[source.stream_id] = source
             self.registry.add(source.state)
-        if self.video is None:  # nothing draws on the frames: decode straight to the engine's input size
+        if self.video is None and hasattr(source, "pixels"):
+            # Nothing draws on the frames: a CPU decoder scales them straight to the engine's input
+            # size (NVDEC frames stay on the device, where preprocess resizes them).
             input_size = self.engine.config.input_size
             source.pixels.fit = lambda h, w: fit_size(h, w, input_size)
         state = source.state

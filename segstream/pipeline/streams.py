@@ -29,6 +29,19 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 DROP_REASONS = ("queue", "outbox")
 
 
+class SourceError(RuntimeError):
+    """A source cannot be opened or read; the message is one line for the user."""
+
+
+@dataclass
+class SourceCounters:
+    """What a source met: frames decoded, corrupt packets skipped, reconnections."""
+
+    decoded: int = 0
+    corrupt: int = 0
+    reconnects: int = 0
+
+
 @dataclass
 class StreamState:
     """Live view of one stream. Times are unix seconds; rates are over the last `window` s."""

@@ -61,7 +61,7 @@ def draw(result: FrameResult, max_width: int) -> np.ndarray:
     """
     frame = result.frame
     out_w, out_h = display_size(frame.width, frame.height, max_width)
-    picture = Image.fromarray(frame.image)
+    picture = Image.fromarray(frame.host_image())
     if picture.size != (out_w, out_h):
         picture = picture.resize((out_w, out_h), Image.BILINEAR)
     sx, sy = out_w / frame.width, out_h / frame.height

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,114 @@ def test_no_gpu_stage_waits_for_the_default_stream():
     by_index = {r.frame.index: r for r in first}
     for r in results:
         assert [i.rle for i in r.instances] == [i.rle for i in by_index[r.frame.index].instances]
+
+
+# ---------------------------------------------------------------- NVDEC
+
+needs_nvdec = pytest.mark.skipif(decode_backend("cuda").name != "nvdec", reason=decode_backend("cuda").reason)
+PREPARED_CLIP = Path(__file__).resolve().parents[2] / ".gpu" / "clips" / "shapes.mp4"
+
+
+def test_a_file_is_decoded_on_the_cpu_where_nvdec_is_unusable_and_insisting_is_one_clear_error(tmp_path):
+    pytest.importorskip("av")
+    from media import write_clip
+
+    from segstream.pipeline.config import RunConfig
+    from segstream.pipeline.nvdec import NvdecFileSource
+    from segstream.pipeline.sources import VideoFileSource
+    from segstream.pipeline.streaming import StreamSpec, make_source
+    from segstream.pipeline.streams import SourceError
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=3)
+    spec = StreamSpec(id="cam", url=str(clip))
+    config = lambda decoder: RunConfig.model_validate({"engine": {"device": "cuda"}, "source": {"decoder": decoder}})  # noqa: E731
+    assert isinstance(make_source(spec, config("cpu")), VideoFileSource)
+    backend = decode_backend("cuda")
+    if backend.name == "nvdec":
+        assert isinstance(make_source(spec, config("auto")), NvdecFileSource)
+        return
+    assert isinstance(make_source(spec, config("auto")), VideoFileSource)
+    with pytest.raises(SourceError) as refused:
+        make_source(spec, config("nvdec"))
+    assert str(refused.value) == f"source.decoder is nvdec, but {backend.reason.split(':')[0]}"
+    cpu_engine = RunConfig.model_validate({"source": {"decoder": "nvdec"}})  # NVDEC is for CUDA engines only
+    assert isinstance(make_source(spec, cpu_engine), VideoFileSource)
+
+
+def test_an_nvdec_source_refuses_a_missing_file_or_a_missing_decoder_in_one_line(tmp_path):
+    from segstream.pipeline.nvdec import NvdecFileSource
+    from segstream.pipeline.streams import SourceError
+
+    with pytest.raises(SourceError, match=r"^video file not found: .*nope\.mp4$"):
+        NvdecFileSource(str(tmp_path / "nope.mp4"), "s", "cuda").check()
+    if decode_backend("cuda").name != "nvdec":
+        clip = tmp_path / "clip.mp4"
+        clip.write_bytes(b"\x00" * 64)
+        with pytest.raises(SourceError, match=r"^cannot decode .*clip\.mp4 with NVDEC: PyNvVideoCodec does not load \("):
+            NvdecFileSource(str(clip), "s", "cuda").check()
+
+
+def test_frames_give_their_pixels_on_the_host_by_rows_and_columns():
+    image = np.arange(5 * 4 * 3, dtype=np.uint8).reshape(5, 4, 3)
+    frame = Frame("s", 0, None, 0.0, image)
+    assert frame.host_image() is image
+    assert np.array_equal(frame.sample(np.array([0, 4]), np.array([1, 3])), image[[0, 4]][:, [1, 3]])
+    if torch.cuda.is_available():
+        on_gpu = Frame("s", 0, None, 0.0, torch.from_numpy(image).cuda())
+        assert np.array_equal(on_gpu.host_image(), image)
+        assert np.array_equal(on_gpu.sample(np.array([0, 4]), np.array([1, 3])), image[[0, 4]][:, [1, 3]])
+
+
+def _shapes_clip(tmp_path) -> Path:
+    """A real H.264 clip of the model's domain: encoded here when PyAV is installed, else the one
+    `benchmarks/gpu_check.sh prepare` made (the GPU machine has no PyAV)."""
+    try:
+        from media import write_shapes_clip
+    except ImportError:
+        if not PREPARED_CLIP.exists():
+            pytest.skip(f"no PyAV to encode a clip and no prepared {PREPARED_CLIP}")
+        return PREPARED_CLIP
+    return write_shapes_clip(tmp_path / "shapes.mp4")
+
+
+@needs_nvdec
+def test_nvdec_frames_stay_on_the_gpu_match_the_cpu_decoder_and_segment_alike(tmp_path):
+    import threading
+
+    import cv2
+
+    from segstream.engines.factory import open_engine
+    from segstream.engines.models import load_model
+    from segstream.pipeline.messages import EndOfStream
+    from segstream.pipeline.nvdec import NvdecFileSource
+    from pycocotools import mask as mask_utils
+
+    clip = _shapes_clip(tmp_path)
+    source = NvdecFileSource(str(clip), "s", "cuda")
+    source.check()
+    items = list(source.items(threading.Event()))
+    frames = [item for item in items if isinstance(item, Frame)]
+    assert isinstance(items[-1], EndOfStream) and items[-1].frames == len(frames) == source.expected_frames == 16
+    assert [f.index for f in frames] == list(range(16))
+    capture, reference = cv2.VideoCapture(str(clip)), []
+    while (got := capture.read())[0]:
+        reference.append(Frame("s", len(reference), None, 0.0, cv2.cvtColor(got[1], cv2.COLOR_BGR2RGB)))
+    assert len(reference) == 16
+    for mine, theirs in zip(frames, reference):
+        assert mine.image.is_cuda and mine.ready is not None and mine.image.shape == theirs.image.shape
+        diff = np.abs(mine.host_image().astype(np.int16) - theirs.image).mean()
+        assert diff < 4.0, f"frame {mine.index}: mean |NVDEC - FFmpeg| = {diff:.2f} (colour conversion differs a little)"
+    engine = open_engine("static", load_model("shapes"), "cuda", 4)
+    results = {}
+    for name, given in (("nvdec", frames), ("cpu", reference)):
+        chain, out = _chain(engine, given, 4)
+        chain.start()
+        chain.wait()
+        results[name] = {r.frame.index: r for r in out}
+    engine.close()
+    same = 0
+    for index in range(16):
+        a, b = results["nvdec"][index].instances, results["cpu"][index].instances
+        if len(a) == len(b) and all(mask_utils.iou([x.rle], [y.rle], [0])[0, 0] >= 0.9 for x, y in zip(a, b)):
+            same += 1
+    assert same >= 14, f"{same} of 16 frames segment alike from NVDEC and CPU-decoded pixels"

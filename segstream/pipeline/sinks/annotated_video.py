@@ -105,7 +105,7 @@ class AnnotatedVideoSink:
     def _write(self, result: FrameResult) -> None:
         frame = result.frame
         container, stream = self._writer(frame.stream_id, frame.width, frame.height)
-        picture = annotate(frame.image, result.instances)
+        picture = annotate(frame.host_image(), result.instances)
         if picture.shape[0] != stream.height or picture.shape[1] != stream.width:
             padded = np.zeros((stream.height, stream.width, 3), dtype=np.uint8)
             padded[: picture.shape[0], : picture.shape[1]] = picture
