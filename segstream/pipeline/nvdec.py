@@ -54,7 +54,7 @@ class NvdecFileSource:
         self.stream_id = self.name = stream_id
         self.max_frames = max_frames
         self.start_frame = start_frame
-        self.state = StreamState(stream_id, self.shown, "file")
+        self.state = StreamState(stream_id, self.shown, "file", decoder="nvdec")
         self.counters = SourceCounters()
         self.expected_frames = 0
         self.frame_seconds = 0.0

@@ -60,6 +60,7 @@ class StreamState:
     last_frame_time: float | None = None  # capture time of the newest published frame
     last_error: str | None = None
     expected_frames: int = 0  # files: frames the container declares (0: unknown)
+    decoder: Literal["cpu", "nvdec"] = "cpu"  # where the source decodes (nvdec: on the GPU, pipeline/nvdec.py)
     eos_frames: int | None = None  # files: the frame count of the published EOS entry
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None  # monotonic time the stream ended (run summaries)
@@ -168,7 +169,7 @@ class StreamState:
                 "instances": self.instances, "dropped": dict(self.dropped), "errors": self.errors,
                 "fps_in": round(self._rate(self._in_times, now), 2),
                 "fps_out": round(self._rate(self._out_times, now), 2),
-                "last_frame_time": self.last_frame_time, "last_error": self.last_error,
+                "last_frame_time": self.last_frame_time, "last_error": self.last_error, "decoder": self.decoder,
             }
         out["latency_p50"] = _quantile(latencies, 0.50)
         out["latency_p99"] = _quantile(latencies, 0.99)

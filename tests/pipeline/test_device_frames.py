@@ -193,9 +193,11 @@ def test_a_file_is_decoded_on_the_cpu_where_nvdec_is_unusable_and_insisting_is_o
     assert isinstance(make_source(spec, config("cpu")), VideoFileSource)
     backend = decode_backend("cuda")
     if backend.name == "nvdec":
-        assert isinstance(make_source(spec, config("auto")), NvdecFileSource)
+        on_gpu = make_source(spec, config("auto"))
+        assert isinstance(on_gpu, NvdecFileSource) and on_gpu.state.snapshot()["decoder"] == "nvdec"
         return
-    assert isinstance(make_source(spec, config("auto")), VideoFileSource)
+    on_cpu = make_source(spec, config("auto"))
+    assert isinstance(on_cpu, VideoFileSource) and on_cpu.state.snapshot()["decoder"] == "cpu"
     with pytest.raises(SourceError) as refused:
         make_source(spec, config("nvdec"))
     assert str(refused.value) == f"source.decoder is nvdec, but {backend.reason.split(':')[0]}"
