@@ -43,9 +43,10 @@ _SIGNATURES: dict[str, list] = {
     "segstream_rle_encode_region": [_p, _ll, _ll, _ll, _ll, _ll, _ll, _ll, _p, _ll, _p, _ll],
     "segstream_mask_rle": [_p, _p, _p, _i, _i, _f, _f, _i, _p, _p, _p, _i],
     "segstream_rle_compress": [_p, _ll, _p, _ll],
+    "segstream_rle_decode_region": [_p, _ll, _ll, _ll, _ll, _ll, _ll, _p],
 }
 _RESTYPES = {"segstream_kernels_abi_version": ctypes.c_int, "segstream_rle_encode_region": ctypes.c_longlong,
-             "segstream_rle_compress": ctypes.c_longlong}
+             "segstream_rle_compress": ctypes.c_longlong, "segstream_rle_decode_region": ctypes.c_int}
 
 
 class BuildError(RuntimeError):

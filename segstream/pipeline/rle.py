@@ -60,31 +60,16 @@ def region_from_counts(counts: np.ndarray, region_box: tuple[int, int, int, int]
     counts: int [n] column-major runs of a height x width frame, starting with a run of zeros.
     region_box: (x0, y0, x1, y1) frame pixels, end exclusive. Returns bool [y1 - y0, x1 - x0], a
     transposed view of a column-major buffer (the order the runs come in; no copy to rows).
-    Cost is that of the region, not the frame: each run of ones lies inside one region column (or
-    the region spans every row, where frame and region order the pixels alike), so its position
-    maps linearly into the region (benchmarks/regions_from_counts.py: ~3x faster than pasting
-    and encoding the same masks on the CPU).
+    Cost is that of the region, not the frame: each run of ones is one memset per column it
+    covers (C, `seg_rle_decode_region` in csrc/rle.h; benchmarks/regions_from_counts.py).
+    Raises ValueError when a run of ones lies outside the region.
     """
     x0, y0, x1, y1 = region_box
     rows, cols = y1 - y0, x1 - x0
     if rows <= 0 or cols <= 0:
         return np.zeros((0, 0), dtype=bool)
-    runs = np.asarray(counts, dtype=np.int64)
-    ends = np.cumsum(runs)
-    starts, ends = (ends - runs)[1::2], ends[1::2]  # runs of ones
-    column = starts // height
-    top, bottom = starts - column * height, ends - column * height  # rows within the start's column
-    outside = (ends > starts) & ((column < x0) | (ends > x1 * height) | (top < y0)
-                                 | ((bottom > y1) & (rows != height)))  # a full-height region runs on
-    if outside.any():
+    runs = np.ascontiguousarray(counts, dtype=np.int32)
+    out = np.empty((cols, rows), dtype=np.uint8)
+    if library().segstream_rle_decode_region(runs.ctypes.data, len(runs), x0, y0, x1, y1, height, out.ctypes.data):
         raise ValueError(f"counts have ones outside region {region_box} of a frame {height} rows high")
-    # frame position p in column x -> region position (x - x0) * rows + (p - x * height - y0)
-    first = starts - column * (height - rows) - x0 * rows - y0
-    bounds = np.empty(2 * len(first) + 2, dtype=np.int64)
-    bounds[0], bounds[-1] = 0, rows * cols
-    bounds[1:-1:2], bounds[2:-1:2] = first, first + (ends - starts)
-    values = np.zeros(len(bounds) - 1, dtype=bool)
-    values[1::2] = True
-    # Runs are in order, so the gaps between them are the zeros (of length 0 where a run ends at
-    # one region column's bottom and the next starts at the following column's top).
-    return np.repeat(values, np.diff(bounds)).reshape(cols, rows).T
+    return out.view(bool).T

@@ -311,6 +311,12 @@ void segstream_mask_rle(const float* masks, const float* boxes, const int* sizes
   });
 }
 
+// Box region of a pasted mask from its int32 COCO counts (rle.h): 0, or -1 if ones lie outside it.
+int segstream_rle_decode_region(const int* counts, long long n, long long x0, long long y0, long long x1,
+                                long long y1, long long height, unsigned char* out) {
+  return seg_rle_decode_region(counts, n, x0, y0, x1, y1, height, out);
+}
+
 // COCO's compressed string of int32 counts (pycocotools' rleToString); returns its length.
 long long segstream_rle_compress(const int* counts, long long n, char* out, long long cap) {
   return seg_rle_compress(counts, n, out, cap);

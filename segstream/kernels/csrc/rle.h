@@ -133,3 +133,29 @@ static long long seg_rle_encode_region(const unsigned char* region, long long h,
   if (n > cap) return -n;
   return seg_rle_compress(counts, n, out, out_cap);
 }
+
+// The inverse for such masks: the box region (x0, y0)-(x1, y1) (end exclusive) of a full-frame
+// mask given as COCO's uncompressed counts (column-major runs of a `height`-row frame, starting
+// with zeros), written column-major into out [x1 - x0][y1 - y0] as 0/1 bytes: the order the runs
+// come in, so each run is one memset per column it covers. Returns 0, or -1 when a run of ones
+// falls outside the region (counts not made from such a mask).
+static inline int seg_rle_decode_region(const int* counts, long long n, long long x0, long long y0,
+                                        long long x1, long long y1, long long height, unsigned char* out) {
+  const long long rows = y1 - y0;
+  memset(out, 0, (size_t)(rows * (x1 - x0)));
+  long long position = 0;
+  for (long long k = 0; k < n; ++k) {
+    const long long start = position;
+    position += counts[k];
+    if ((k & 1) == 0) continue;  // a run of zeros
+    for (long long p = start; p < position;) {  // the run's part in each column it covers
+      const long long x = p / height, top = p - x * height;
+      const long long end = position < (x + 1) * height ? position : (x + 1) * height;
+      const long long bottom = end - x * height;
+      if (x < x0 || x >= x1 || top < y0 || bottom > y1) return -1;
+      memset(out + (x - x0) * rows + (top - y0), 1, (size_t)(bottom - top));
+      p = end;
+    }
+  }
+  return 0;
+}
