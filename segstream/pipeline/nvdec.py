@@ -1,6 +1,7 @@
 """NVDEC file source: the GPU's video decoder writes frames straight into device memory.
 
-    NvdecFileSource(path, stream_id, device) -> Frame(image: uint8 CUDA tensor [H, W, 3] RGB, ready: event) ..., EndOfStream
+    NvdecFileSource(path, stream_id, device)
+        -> Frame(image: uint8 CUDA tensor [H, W, 3] RGB, ready: event) ..., EndOfStream
 
 PyNvVideoCodec's SimpleDecoder demuxes the file (with its own FFmpeg), decodes on the GPU's NVDEC
 engine and converts NV12 to interleaved RGB on the device, on a CUDA stream this source owns.
@@ -71,7 +72,8 @@ class NvdecFileSource:
         try:
             import PyNvVideoCodec as nvc
         except Exception as exc:  # ImportError, or its RuntimeError when the driver lacks NVDEC
-            raise SourceError(f"cannot decode {self.shown} with NVDEC: PyNvVideoCodec does not load ({_first_line(exc)})") from None
+            reason = _first_line(exc)
+            raise SourceError(f"cannot decode {self.shown} with NVDEC: PyNvVideoCodec does not load ({reason})") from None
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         try:
@@ -130,6 +132,6 @@ class NvdecFileSource:
         if any(image.dim() != 3 or image.shape[2] != 3 or image.dtype != torch.uint8 for image in images):
             raise RuntimeError(f"NVDEC gave frames of {tuple(images[0].shape)} {images[0].dtype}, not uint8 [H, W, 3]")
         ready = hand_over(self._stream)  # after the copies: what preprocess waits for
-        now = time.time()
-        return [Frame(stream_id=self.stream_id, index=index + i, pts=(index + i) * self.frame_seconds if self.frame_seconds else None,
+        now, step = time.time(), self.frame_seconds
+        return [Frame(stream_id=self.stream_id, index=index + i, pts=(index + i) * step if step else None,
                       time=now, image=image, ready=ready) for i, image in enumerate(images)]

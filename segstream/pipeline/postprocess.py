@@ -10,9 +10,10 @@ When the engine leaves its detections on a GPU, the stage takes every frame wait
 device (segstream.kernels.mask_rle); boxes, scores, classes and RLE counts come back in one copy
 per batch into a reused pinned buffer, and only the compression of the counts into COCO's string
 runs on the host. On a GPU the stage works on its own CUDA stream, after the inference stage's
-event (pipeline/device_streams.py), so its one wait per batch waits for nothing else. Where something needs the mask regions (drawing, the tracker's mask IoU), they
-are rebuilt from those counts on the host (`region_from_counts`, the cost of the region), not
-pasted again. The CPU path is the one above.
+event (pipeline/device_streams.py), so its one wait per batch waits for nothing else. Where
+something needs the mask regions (drawing, the tracker's mask IoU), they are rebuilt from those
+counts on the host (`region_from_counts`, the cost of the region), not pasted again. The CPU
+path is the one above.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def paste_regions(
 class Postprocess:
     """FrameDetections -> FrameResult. take: frames handled together (the device path encodes them
     in one launch and one copy). regions: keep each mask's box region (drawing and the tracker
-    need it; the device path rebuilds it from the counts). device_path: None uses the kernel path for detections on a GPU; True also
-    for CPU detections (the kernels' C++ build: how the path is tested without a GPU)."""
+    need it; the device path rebuilds it from the counts). device_path: None uses the kernel path
+    for detections on a GPU; True also for CPU detections (the kernels' C++ build: how the path
+    is tested without a GPU)."""
 
     name = "postprocess"
 

@@ -60,7 +60,8 @@ class Preprocess:
     def batch(self, frames: list[Frame]) -> Batch:
         with on_stream(self.stream):
             # Frames decoded on the GPU (NVDEC) were written on the decoder's stream.
-            take_over(self.stream, [f.ready for f in frames], [f.image for f in frames if isinstance(f.image, torch.Tensor)])
+            on_device = [f.image for f in frames if isinstance(f.image, torch.Tensor)]
+            take_over(self.stream, [f.ready for f in frames], on_device)
             batch = self._batch(frames)
             batch.ready = hand_over(self.stream)
         return batch
