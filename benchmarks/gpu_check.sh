@@ -56,6 +56,9 @@ step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
 
 step "environment (dry run: $DRY)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+# NVDEC needs the driver's video libraries in the container (NVIDIA_DRIVER_CAPABILITIES with `video`).
+echo "driver video libraries: $(ldconfig -p 2>/dev/null | grep -o -E 'libnv(cuvid|idia-encode)\.so[.0-9]*' | sort -u | tr '\n' ' ' || true)"
+echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
 "$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "-")'
 command -v g++ >/dev/null || { echo "no g++: the kernels' CPU build (RLE strings, CPU ops) cannot compile"; exit 2; }
 
