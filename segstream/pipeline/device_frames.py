@@ -20,6 +20,7 @@ its previous upload has completed, so an upload still in flight is never overwri
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,13 @@ def decode_backend(device: str | torch.device, prefer: Decoder = "auto") -> Deco
         return DecodeBackend("cpu", f"the engine runs on {device.type}: frames are decoded on the CPU")
     if not torch.cuda.is_available():
         return DecodeBackend("cpu", "no CUDA device: frames are decoded on the CPU")
+    return _nvdec_loads()
+
+
+@functools.lru_cache(maxsize=1)
+def _nvdec_loads() -> DecodeBackend:
+    # Asked once per process: a failed import is retried by Python every time (and PyNvVideoCodec
+    # logs its driver check each time), while the answer cannot change during a run.
     try:
         import PyNvVideoCodec  # noqa: F401
     except ImportError:
