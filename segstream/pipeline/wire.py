@@ -9,21 +9,26 @@
      "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
 A frame the engine failed on carries "error": why, and no instances.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
+
+The validated models of these entries (and of the fleet's records) are in segstream/pipeline/schema.py;
+`python -m segstream.pipeline.wire --schema` prints their JSON Schema (docs/wire-schema-v1.json).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from segstream.pipeline.schema import (  # noqa: F401  (the wire's public names)
+    MAX_MASK_PIXELS, SCHEMA, MalformedEntry, MaskError, mask_runs, parse_entry, schema_text, validate_message)
+
 if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
     from segstream.pipeline.messages import EndOfStream, FrameResult, Instance, StreamStatus
 
-
-SCHEMA = 1
 
 
 def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
@@ -79,12 +84,29 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def decode_mask(mask: dict[str, Any]) -> np.ndarray:
-    """uint8 [height, width] binary mask of an instance's "mask" field."""
-    from pycocotools import mask as coco_mask
+def decode_mask(mask: dict[str, Any], *, max_pixels: int = MAX_MASK_PIXELS) -> np.ndarray:
+    """uint8 [height, width] binary mask (column-major memory, as pycocotools returns it) of an
+    instance's "mask" field {"size": [height, width], "counts": COCO compressed RLE string}.
 
-    rle = {"size": list(mask["size"]), "counts": mask["counts"].encode("ascii")}
-    return coco_mask.decode(rle)
+    Raises MaskError, before allocating anything of the mask's size, when height x width is above
+    `max_pixels` (default MAX_MASK_PIXELS, 8192 x 8192) or the counts do not add up to it, and when
+    the field is not of that shape.
+    """
+    if not isinstance(mask, dict):
+        raise MaskError("a mask is an object {\"size\": [height, width], \"counts\": \"...\"}")
+    size, counts = mask.get("size"), mask.get("counts")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise MaskError("mask size is not [height, width] (two integers)")
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if not isinstance(counts, str):
+        raise MaskError("mask counts are not a COCO compressed RLE string")
+    height, width = size
+    runs = mask_runs(counts, height, width, max_pixels)
+    values = np.zeros(runs.size, dtype=np.uint8)
+    values[1::2] = 1  # runs alternate, zeros first
+    return np.repeat(values, runs).reshape(width, height).T
 
 
 def _track_ids(instances: list[dict[str, Any]]) -> str:
@@ -152,3 +174,21 @@ def describe(message: dict[str, Any]) -> str:
     pts = f" t={message['pts']:.2f}s" if message.get("pts") is not None else ""
     dropped = f" dropped={message['dropped']}" if message.get("dropped") else ""
     return f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: {found}{dropped}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m segstream.pipeline.wire --schema [FILE]`: print (or write) the wire's JSON Schema."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "--schema" or len(args) > 2:
+        print("usage: python -m segstream.pipeline.wire --schema [FILE]", file=sys.stderr)
+        return 2
+    if len(args) == 2:
+        with open(args[1], "w", encoding="utf-8") as out:
+            out.write(schema_text())
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
