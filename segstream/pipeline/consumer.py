@@ -7,6 +7,13 @@
             for inst in message["instances"]:
                 mask = decode_mask(inst["mask"])   # uint8 [height, width]
 
+Every entry is validated against wire schema v1 (segstream/pipeline/schema.py) before it is handed
+out, so a consumer may index what the schema promises (`inst["mask"]["size"]`, ...) without checks. A
+malformed entry (no `data`, not JSON, a field of the wrong type, a mask whose counts do not fit its
+size or whose size is above `max_mask_pixels`) is logged once (its id and why) and skipped; in a
+consumer group it is also copied to the dead-letter stream `<key>:dead` (its fields plus `reason` and
+`entry`, the original id) and acknowledged in the same step, so no member ever receives it again.
+
 Reads are blocking XREAD / XREADGROUP calls in bounded chunks (`read_block_ms`) on a socket whose
 timeout is longer than the chunk, so a quiet stream never raises. When Redis goes away (restart,
 network, SIGSTOP) the subscriber reconnects with redis-py's `Retry` + `ExponentialWithJitterBackoff`
@@ -16,7 +23,6 @@ logged (logger `segstream.consumer`) when an outage starts and one when Redis an
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -28,11 +34,14 @@ from redis.retry import Retry
 
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sinks.redis_stream import answered_error, connect, redact, stream_key
+from segstream.pipeline.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry
 from segstream.pipeline.wire import decode_mask, entry_kind  # noqa: F401  (part of the consumer API)
 
 log = logging.getLogger("segstream.consumer")
 
 ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+#: Dead-letter streams keep about this many entries (oldest trimmed): a flood of bad entries stays bounded.
+DEAD_LETTER_MAXLEN = 10_000
 # Errors that mean "Redis is away for now" (refused, reset, timed out, LOADING after a restart).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -59,6 +68,7 @@ class Subscriber:
     read_block_ms: length of one blocking read; socket_timeout (default read_block_ms + 3 s) must be
         longer, so that a quiet stream never times out the socket.
     backoff_base, backoff_max: reconnect delays (seconds), full-jitter exponential.
+    max_mask_pixels: entries with a mask larger than this (height x width) are malformed.
 
     `last_id` is the id of the last entry handed out ("$" or "0-0" before the first one with nothing
     pinned yet); persist it and pass it back as `after` to resume. `unreachable_since` is the unix time
@@ -69,7 +79,8 @@ class Subscriber:
                  block_ms: int = 0, count: int = 64, *, after: str | None = None, group: str | None = None,
                  consumer: str | None = None, wait: bool = False, read_block_ms: int = 2000,
                  socket_timeout: float | None = None, connect_timeout: float = 5.0,
-                 backoff_base: float = 0.25, backoff_max: float = 5.0) -> None:
+                 backoff_base: float = 0.25, backoff_max: float = 5.0,
+                 max_mask_pixels: int = MAX_MASK_PIXELS) -> None:
         if after is not None and not ENTRY_ID.match(after):
             raise SinkError(f"{after!r} is not a Redis stream entry id (like 1764471234567-0)")
         if consumer is not None and group is None:
@@ -79,6 +90,9 @@ class Subscriber:
         self.url = url
         self.stream_id = stream_id
         self.key = stream_key(prefix, stream_id)
+        self.dead_key = f"{self.key}:dead"
+        self.max_mask_pixels = max_mask_pixels
+        self.malformed = 0  # entries skipped because they did not validate
         self.block_ms = block_ms
         self.count = count
         self.group = group
@@ -211,6 +225,12 @@ class Subscriber:
                 if self.group:
                     self._unacked = self.last_id
                 message = self._parse(fields)
+                if isinstance(message, MalformedEntry):
+                    try:
+                        self._skip(self.last_id, fields, str(message))
+                    except _TRANSIENT:
+                        return  # closed while Redis was away: the entry stays pending and is judged again
+                    continue
                 if message is not None:
                     yield message
                     if deadline is not None:
@@ -221,27 +241,51 @@ class Subscriber:
                     except _TRANSIENT:
                         return  # closed while Redis was away: the entry stays pending (at-least-once)
 
-    def _parse(self, fields: dict | None) -> dict[str, Any] | None:
-        """The entry's `data` JSON; None for an entry deleted while pending; other payloads as unknown kinds."""
+    def _parse(self, fields: dict | None) -> dict[str, Any] | MalformedEntry | None:
+        """The entry's validated `data` object; None for an entry deleted while pending (no fields);
+        the MalformedEntry (not raised) for one that does not validate."""
         if fields is None or not fields:
             return None
-        raw = fields.get(b"data", fields.get("data"))
-        if raw is None:
-            self.last_raw = json.dumps({_text(k): _text(v) for k, v in fields.items()})
-            return {"stream": self.stream_id, "invalid": "no data field; fields: " + ", ".join(sorted(_text(k) for k in fields))}
-        self.last_raw = _text(raw)
         try:
-            message = json.loads(self.last_raw)
-        except ValueError:
-            return {"stream": self.stream_id, "invalid": "data is not JSON"}
-        if not isinstance(message, dict):
-            return {"stream": self.stream_id, "invalid": "data is not a JSON object"}
+            message = parse_entry(fields, self.max_mask_pixels)
+        except MalformedEntry as exc:
+            return exc
+        self.last_raw = _text(fields.get(b"data", fields.get("data")))
         return message
 
+    def _skip(self, entry_id: str, fields: dict, reason: str) -> None:
+        """Report a malformed entry once; in a group, dead-letter and acknowledge it in one step."""
+        self.malformed += 1
+        if not self.group:
+            log.warning("skipped malformed entry %s of %s: %s", entry_id, self.key, reason)
+            return
+
+        def dead_letter() -> None:
+            record = {**fields, "reason": reason, "entry": entry_id}
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(self.dead_key, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            pipe.xack(self.key, self.group, entry_id)
+            try:
+                pipe.execute()
+            except redis.ResponseError as exc:  # e.g. the dead-letter key is not a stream: still acknowledged
+                log.warning("could not copy entry %s to %s (%s)", entry_id, self.dead_key, str(exc).splitlines()[0])
+                self.client.xack(self.key, self.group, entry_id)
+
+        self._call(dead_letter, lambda error: True)
+        self._unacked = None
+        log.warning("skipped malformed entry %s of %s: %s (moved to %s)", entry_id, self.key, reason, self.dead_key)
+
     def read_all(self) -> list[dict[str, Any]]:
-        """Every entry currently kept, oldest first (does not wait)."""
-        messages = (self._parse(fields) for _, fields in self.client.xrange(self.key))
-        return [m for m in messages if m is not None]
+        """Every valid entry currently kept, oldest first (does not wait); malformed ones are logged."""
+        out = []
+        for entry_id, fields in self.client.xrange(self.key):
+            message = self._parse(fields)
+            if isinstance(message, MalformedEntry):
+                self.malformed += 1
+                log.warning("skipped malformed entry %s of %s: %s", _text(entry_id), self.key, message)
+            elif message is not None:
+                out.append(message)
+        return out
 
     def close(self) -> None:
         """Stop: an iteration in progress (e.g. in another thread) ends after its current read."""

@@ -280,28 +280,32 @@ def test_subscribe_with_a_group_prints_each_entry_once_across_restarts(redis_url
     assert redis_client.xpending("segstream:jobs", "printers")["pending"] == 0
 
 
-def test_status_and_unknown_entries_are_printed_without_errors(redis_url, redis_client):
+def test_status_and_unknown_kinds_are_printed_and_unreadable_entries_reported_once(redis_url, redis_client):
     since = time.time() - 5
     xadd(redis_client, "cam2", frame("cam2", 0))
     xadd(redis_client, "cam2", {"schema": 1, "stream": "cam2", "status": "reconnecting", "since": since,
                                 "reconnects": 3, "url": "rtsp://user:***@10.0.0.7/live", "error": "connection refused"})
     xadd(redis_client, "cam2", {"schema": 1, "stream": "cam2", "heartbeat": 12})  # a kind from a newer producer
-    redis_client.xadd("segstream:cam2", {"data": "not json"})
-    redis_client.xadd("segstream:cam2", {"other": "field"})
+    not_json = redis_client.xadd("segstream:cam2", {"data": "not json"}).decode()
+    no_data = redis_client.xadd("segstream:cam2", {"other": "field"}).decode()
     xadd(redis_client, "cam2", frame("cam2", 1))
     xadd(redis_client, "cam2", {"schema": 1, "stream": "cam2", "status": "live", "since": since, "reconnects": 3})
     cli = Cli("cam2", "--redis", redis_url, "--from-start", "--idle", "1.5")
-    lines = [cli.line() for _ in range(7)]
+    lines = [cli.line() for _ in range(5)]
     assert cli.finish() == 0, cli.err_lines
     clock = time.strftime("%H:%M:%S", time.localtime(since))
     assert lines[0].startswith("cam2 frame 0 ")
     assert lines[1] == (f"cam2 status reconnecting since {clock} (3 reconnects) rtsp://user:***@10.0.0.7/live: "
                         "connection refused")
     assert lines[2] == "cam2 unknown entry (keys: heartbeat, schema, stream)"
-    assert lines[3] == "cam2 unknown entry (data is not JSON)"
-    assert lines[4] == "cam2 unknown entry (no data field; fields: other)"
-    assert lines[5].startswith("cam2 frame 1 ")
-    assert lines[6] == f"cam2 status live since {clock} (3 reconnects)"
+    # Entries that cannot be read are not printed as entries: one warning each, naming the entry and why.
+    assert lines[3].startswith("cam2 frame 1 ")
+    assert lines[4] == f"cam2 status live since {clock} (3 reconnects)"
+    assert cli.out.empty()
+    skipped = [line for line in cli.err_lines if "malformed" in line]
+    assert skipped == [f"segstream: warning: skipped malformed entry {not_json} of segstream:cam2: data is not JSON",
+                       f"segstream: warning: skipped malformed entry {no_data} of segstream:cam2: no data field; "
+                       "fields: other"], cli.err_lines
     assert not any("Traceback" in line or "Error" in line for line in cli.err_lines), cli.err_lines
 
 
