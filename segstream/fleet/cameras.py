@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from typing import Any
 
+import logging
+
 import redis
+from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.jobs import STREAM_ID, _text
+from segstream.pipeline.schema import ID_PATTERN, CameraRecord, MalformedEntry, message_kind, parse_entry, why
+
+log = logging.getLogger(__name__)
+_CAMERA_ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
 
 # KEYS: owner, fence. ARGV: worker, lease ms. -> the new token, or 0 when owned by someone
 _ACQUIRE = """
@@ -54,6 +62,7 @@ class CameraBook:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._reported: set[tuple[str, bytes]] = set()  # malformed cameras already warned about
 
     # -- the wanted cameras (segstream cameras add|remove|list) ------------------------------
     def add(self, camera_id: str, url: str) -> bool:
@@ -69,10 +78,16 @@ class CameraBook:
         """camera id -> URL."""
         out = {}
         for k, v in self.client.hgetall(self.keys.cameras).items():
+            camera_id = _text(k)
             try:
-                out[_text(k)] = json.loads(v)["url"]
-            except (ValueError, KeyError):
-                continue
+                if not _CAMERA_ID.match(camera_id):
+                    raise ValueError("the camera id is not 1-64 of A-Z a-z 0-9 . _ -")
+                out[camera_id] = CameraRecord.model_validate(json.loads(v)).url
+            except (ValueError, RecursionError) as exc:  # ValidationError is a ValueError
+                if (camera_id, v) not in self._reported:  # once per bad value, not on every heartbeat
+                    self._reported.add((camera_id, v))
+                    reason = why(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0][:200]
+                    log.warning("camera %r in %s skipped: %s", camera_id[:80], self.keys.cameras, reason)
         return out
 
     def owners(self, camera_ids: list[str]) -> dict[str, str | None]:
@@ -95,11 +110,11 @@ class CameraBook:
         """The number after the newest frame on the camera's stream: a new owner continues it."""
         for _, fields in self.client.xrevrange(self.keys.results(camera_id), count=32):
             try:
-                message = json.loads(fields[b"data"])
-            except (KeyError, ValueError):
-                continue
-            if "frame" in message:
-                return int(message["frame"]) + 1
+                message = parse_entry(fields)
+            except MalformedEntry:
+                continue  # not a frame to continue from
+            if message_kind(message) == "frame":
+                return message["frame"] + 1
         return None
 
 

@@ -9,11 +9,17 @@ worker refreshes the idle time of its claims on every heartbeat; a worker that s
 job's results only while that token is current (sinks/redis_stream.py FENCED_XADD), and refreshing,
 finishing and handing back check it in the same Lua step as what they change. A finished job's
 entry is acknowledged and deleted, so the stream and the pending list hold only unfinished jobs.
+
+Anyone who can write to Redis can write a bad job, so entries and records are validated
+(segstream/pipeline/schema.py JobEntry, JobRecord) before anything is done with them. A bad one is a
+failed job: its record says why where the job can be named, and its entry is copied to
+`<jobs>:dead` (fields plus `reason` and `entry`), acknowledged and deleted in one step, so neither
+this worker nor XAUTOCLAIM on another ever hands it out again.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import time
 import uuid
@@ -21,8 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
+from segstream.pipeline.schema import JobEntry, JobRecord, MalformedEntry, message_kind, parse_entry, why
+
+log = logging.getLogger(__name__)
+#: The jobs' dead-letter stream keeps about this many entries (oldest trimmed).
+DEAD_LETTER_MAXLEN = 10_000
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # as StreamSpec.id
 
@@ -88,8 +100,17 @@ class Resume:
     eos_frames: int | None = None
 
 
+class MalformedJob(ValueError):
+    """A job whose entry or record does not validate; already recorded as failed and dead-lettered."""
+
+    def __init__(self, job_id: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.job_id = job_id
+        self.reason = reason
+
+
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class JobQueue:
@@ -139,7 +160,7 @@ class JobQueue:
         reply = self.client.xautoclaim(self.keys.jobs, self.group, worker, self.lease_ms, "0-0", count=count)
         for entry_id, fields in reply[1]:
             if fields:
-                taken.append((_text(entry_id), _text(fields[b"job"])))
+                self._take_entry(_text(entry_id), fields, taken)
         gone = reply[2] if len(reply) > 2 else []
         if gone:  # pending, but deleted from the stream: nothing to run
             self.client.xack(self.keys.jobs, self.group, *gone)
@@ -148,16 +169,61 @@ class JobQueue:
                                            block=block_ms)
             for _, entries in reply or []:
                 for entry_id, fields in entries:
-                    taken.append((_text(entry_id), _text(fields[b"job"])))
+                    self._take_entry(_text(entry_id), fields or {}, taken)
         return taken
 
+    def _take_entry(self, entry_id: str, fields: dict, taken: list[tuple[str, str]]) -> None:
+        """Append (entry id, job id) of a valid entry; dead-letter one without a valid `job` field."""
+        try:
+            job_id = JobEntry.model_validate({_text(k): _text(v) for k, v in fields.items()}).job
+        except ValidationError as exc:
+            reason = f"malformed job entry: {why(exc)}"
+            self.reject(entry_id, fields, reason)
+            log.warning("jobs entry %s failed: %s (moved to %s:dead)", entry_id, reason, self.keys.jobs)
+            return
+        taken.append((entry_id, job_id))
+
+    def reject(self, entry_id: str, fields: dict, reason: str, job_id: str | None = None) -> None:
+        """Fail a job that cannot run as written, in one step: its record (when it is a hash) says
+        `failed` and why, its entry goes to `<jobs>:dead` and leaves the stream and the pending list."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        if job_id is not None:
+            pipe.hset(self.keys.job(job_id), mapping={"state": "failed", "finished": now, "reason": reason})
+            pipe.expire(self.keys.job(job_id), self.keep_finished)
+            pipe.zadd(self.keys.job_index, {job_id: now}, nx=True)
+        pipe.xadd(f"{self.keys.jobs}:dead", {**fields, "reason": reason, "entry": entry_id},
+                  maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        pipe.xack(self.keys.jobs, self.group, entry_id)
+        pipe.xdel(self.keys.jobs, entry_id)
+        try:
+            pipe.execute()
+        except redis.ResponseError:  # e.g. the record is not a hash: the other commands ran anyway (no rollback)
+            pass
+
     def claim(self, worker: str, entry_id: str, job_id: str) -> Claim | None:
-        """Take the job under a new fencing token (None: its record is gone; the entry is dropped)."""
-        record = {_text(k): _text(v) for k, v in self.client.hgetall(self.keys.job(job_id)).items()}
+        """Take the job under a new fencing token (None: its record is gone; the entry is dropped).
+
+        Raises MalformedJob, after recording the job as failed and dead-lettering its entry, when its
+        record does not validate.
+        """
+        try:
+            raw = self.client.hgetall(self.keys.job(job_id))
+        except redis.ResponseError:  # WRONGTYPE: the key holds something other than a hash
+            reason = "malformed job record: not a hash"
+            self.reject(entry_id, {"job": job_id}, reason)
+            raise MalformedJob(job_id, reason) from None
+        record = {_text(k): _text(v) for k, v in raw.items()}
         if not record:
             self.client.xack(self.keys.jobs, self.group, entry_id)
             self.client.xdel(self.keys.jobs, entry_id)
             return None
+        try:
+            JobRecord.model_validate(record)
+        except ValidationError as exc:
+            reason = f"malformed job record: {why(exc)}"
+            self.reject(entry_id, {"job": job_id}, reason, job_id)
+            raise MalformedJob(job_id, reason) from None
         token, attempts = self._claim(keys=[self.keys.job(job_id), self.keys.job_fence(job_id)],
                                       args=[worker, time.time()])
         return Claim(job_id, entry_id, int(token), int(attempts), record)
@@ -167,15 +233,19 @@ class JobQueue:
         key = self.keys.results(claim.stream_id)
         base = claim.record.get("base", "0-0")
         newest = self.client.xrevrange(key, "+", f"({base}", count=16)
-        for _, fields in newest:
+        for entry_id, fields in newest:
             try:
-                message = json.loads(fields[b"data"])
-            except (KeyError, ValueError):
+                message = parse_entry(fields)
+            except MalformedEntry as exc:
+                # Not a point to resume from (nor a reason to stop): look at the entry before it.
+                log.warning("job %s: result entry %s of %s is malformed (%s); not a resume point",
+                            claim.job_id, _text(entry_id), key, exc)
                 continue
-            if message.get("eos"):
-                return Resume(eos_frames=int(message.get("frames", 0)))
-            if "frame" in message:
-                return Resume(start_frame=int(message["frame"]) + 1)
+            kind = message_kind(message)
+            if kind == "eos":
+                return Resume(eos_frames=message["frames"])
+            if kind == "frame":
+                return Resume(start_frame=message["frame"] + 1)
         return Resume()
 
     # -- while running ---------------------------------------------------------------------
@@ -208,7 +278,12 @@ class JobQueue:
             if not raw:
                 expired.append(job_id)
                 continue
-            out.append({_text(k): _text(v) for k, v in raw.items()})
+            record = {_text(k): _text(v) for k, v in raw.items()}
+            # A record written by hand may lack fields: listed with what it has (status never fails on it).
+            record.setdefault("id", job_id)
+            record.setdefault("stream_id", "?")
+            record.setdefault("source", "")
+            out.append(record)
         if expired:
             self.client.zrem(self.keys.job_index, *expired)
         return out

@@ -26,7 +26,7 @@ import redis
 from redis.backoff import EqualJitterBackoff
 
 from segstream.fleet.cameras import CameraBook, live_workers, share
-from segstream.fleet.jobs import Claim, JobQueue
+from segstream.fleet.jobs import Claim, JobQueue, MalformedJob
 from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.locations import redact
@@ -179,11 +179,24 @@ class Worker:
             return talked
         block_ms = int(min(1.0, self.fleet.heartbeat) * 1000)
         for entry_id, job_id in self.jobs_q.take(self.name, free, block_ms):
-            self._start_job(entry_id, job_id)
+            try:
+                self._start_job(entry_id, job_id)
+            except REDIS_TROUBLE:
+                raise
+            except Exception as exc:  # whatever a job holds, it fails alone: the worker keeps running
+                reason = f"could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:300]
+                log.warning("job %s failed: %s", job_id, reason)
+                self.jobs_failed += 1
+                self.jobs_q.reject(entry_id, {"job": job_id}, reason, job_id)
         return True
 
     def _start_job(self, entry_id: str, job_id: str) -> None:
-        claim = self.jobs_q.claim(self.name, entry_id, job_id)
+        try:
+            claim = self.jobs_q.claim(self.name, entry_id, job_id)
+        except MalformedJob as exc:
+            self.jobs_failed += 1
+            log.warning("job %s failed: %s (moved to %s:dead)", job_id, exc.reason, self.keys.jobs)
+            return
         if claim is None:
             return
         if claim.attempts > self.fleet.max_attempts:
