@@ -283,6 +283,9 @@ class JobQueue:
             record.setdefault("id", job_id)
             record.setdefault("stream_id", "?")
             record.setdefault("source", "")
+            for number in ("attempts", "frames"):  # listed as unknown rather than failing the listing
+                if not re.fullmatch(r"-?[0-9]{1,18}", record.get(number, "0")):
+                    del record[number]
             out.append(record)
         if expired:
             self.client.zrem(self.keys.job_index, *expired)
