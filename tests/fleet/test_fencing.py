@@ -37,18 +37,21 @@ def test_a_writer_whose_token_was_superseded_adds_nothing_and_is_told(redis_url,
 def test_a_claimed_job_resumes_after_its_newest_frame_and_ignores_an_older_run(redis_url, redis_client):
     queue = JobQueue(redis_client, FleetKeys(), lease=0.0)
     key = "segstream:clip"
-    redis_client.xadd(key, {"data": json.dumps({"stream": "clip", "eos": True, "frames": 9})})  # an earlier run
+    redis_client.xadd(key, {"data": json.dumps({"schema": 1, "stream": "clip", "eos": True, "frames": 9})})  # an earlier run
     queue.submit("/videos/clip.mp4", "clip")
     first = queue.claim("w1", *queue.take("w1", 1, 100)[0])
     assert queue.resume_point(first).start_frame is None
     for n in range(5):
-        redis_client.xadd(key, {"data": json.dumps({"stream": "clip", "frame": n, "instances": []})})
+        redis_client.xadd(key, {"data": json.dumps({"schema": 1, "stream": "clip", "frame": n, "pts": None,
+                                                    "time": 1.0, "width": 64, "height": 48, "instances": []})})
+    # An entry that is not schema v1 (as this test once wrote them) is not a point to resume from.
+    redis_client.xadd(key, {"data": json.dumps({"stream": "clip", "frame": 7, "instances": []})})
     second = queue.claim("w2", *queue.take("w2", 1, 100)[0])  # w1 went silent (lease 0 here)
     assert (second.attempts, second.token) == (2, first.token + 1)
     assert queue.resume_point(second).start_frame == 5
     assert not queue.refresh(first, "w1")  # the old claim is fenced out
     assert not queue.finish(first, "done", frames=5)
-    redis_client.xadd(key, {"data": json.dumps({"stream": "clip", "eos": True, "frames": 12})})
+    redis_client.xadd(key, {"data": json.dumps({"schema": 1, "stream": "clip", "eos": True, "frames": 12})})
     assert queue.resume_point(second).eos_frames == 12
     assert queue.finish(second, "done", frames=12)
     assert redis_client.xlen("segstream:fleet:jobs") == 0
