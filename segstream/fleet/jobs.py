@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: The jobs' dead-letter stream keeps about this many entries (oldest trimmed).
 DEAD_LETTER_MAXLEN = 10_000
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # as StreamSpec.id
+STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # as StreamSpec.id (\Z: "$" would accept a final newline)
 
 # KEYS: job hash, fence. ARGV: worker, now. -> {token, attempts}
 _CLAIM = """
