@@ -187,6 +187,10 @@ class Worker:
                 reason = f"could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:300]
                 log.warning("job %s failed: %s", job_id, reason)
                 self.jobs_failed += 1
+                for stream_id, job in list(self.jobs.items()):  # registered before it failed: nothing runs for it
+                    if job.claim.job_id == job_id:
+                        del self.jobs[stream_id]
+                        self._drop_stream(stream_id)
                 self.jobs_q.reject(entry_id, {"job": job_id}, reason, job_id)
         return True
 
