@@ -269,7 +269,10 @@ class Subscriber:
                 pipe.execute()
             except redis.ResponseError as exc:  # e.g. the dead-letter key is not a stream: still acknowledged
                 log.warning("could not copy entry %s to %s (%s)", entry_id, self.dead_key, str(exc).splitlines()[0])
-                self.client.xack(self.key, self.group, entry_id)
+                try:
+                    self.client.xack(self.key, self.group, entry_id)
+                except redis.ResponseError:
+                    pass  # NOGROUP: the group is gone, and with it the entry's pending state
 
         self._call(dead_letter, lambda error: True)
         self._unacked = None

@@ -194,6 +194,19 @@ def test_the_subscriber_api_hands_out_only_valid_entries_and_their_masks_decode(
     restarted.close()
 
 
+def test_a_dead_letter_key_of_another_type_does_not_stop_a_group_reader(redis_url, redis_client):
+    redis_client.set("segstream:odd:dead", "a string, not a stream")
+    bad = redis_client.xadd("segstream:odd", {"data": json.dumps({"schema": 1, "stream": "odd", "instances": [1]})})
+    redis_client.xadd("segstream:odd", {"data": json.dumps(valid_frame("odd", 0))})
+    redis_client.xadd("segstream:odd", {"data": json.dumps({"schema": 1, "stream": "odd", "eos": True, "frames": 1})})
+    done = subscribe("odd", "--redis", redis_url, "--group", "g")
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [
+        f"odd frame 0 t=0.00s {WIDTH}x{HEIGHT}", "odd end of stream"]
+    assert f"could not copy entry {bad.decode()} to segstream:odd:dead" in done.stderr
+    assert redis_client.xpending("segstream:odd", "g")["pending"] == 0  # acknowledged all the same
+
+
 def test_decode_mask_refuses_a_huge_size_without_allocating_it():
     tracemalloc.start()
     try:
