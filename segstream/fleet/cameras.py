@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.jobs import STREAM_ID, _text
-from segstream.pipeline.schema import ID_PATTERN, CameraRecord, MalformedEntry, message_kind, parse_entry, why
+from segstream.pipeline.schema import (ID_PATTERN, CameraRecord, MalformedEntry, WorkerRecord, message_kind,
+                                      parse_entry, why)
 
 log = logging.getLogger(__name__)
 _CAMERA_ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
@@ -128,5 +129,16 @@ def live_workers(client: redis.Redis, keys: FleetKeys, lease: float) -> dict[str
     out = {}
     for name, raw in zip(names, pipe.execute()):
         if raw:
-            out[name] = {_text(k): _text(v) for k, v in raw.items()}
+            info = {_text(k): _text(v) for k, v in raw.items()}
+            if worker_record_ok(info):  # a forged heartbeat is not a peer (and never breaks the balance)
+                out[name] = info
     return out
+
+
+def worker_record_ok(info: dict[str, str]) -> bool:
+    """Whether a worker's heartbeat hash validates (WorkerRecord)."""
+    try:
+        WorkerRecord.model_validate(info)
+    except ValidationError:
+        return False
+    return True

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from segstream.fleet.cameras import CameraBook
+from segstream.fleet.cameras import CameraBook, worker_record_ok
 from segstream.fleet.jobs import JobQueue, _text
 from segstream.fleet.keys import FleetKeys
 
@@ -26,6 +26,8 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
     streams_by_id: dict[str, dict[str, Any]] = {}
     for (name, last), raw in zip(seen, pipe.execute()):
         info = {_text(k): _text(v) for k, v in raw.items()}
+        if info and not worker_record_ok(info):
+            info = {}  # a heartbeat hash that does not validate: listed as a worker without a heartbeat
         alive = bool(info) and now - last < lease
         entry = {"name": _text(name), "alive": alive, "last_heartbeat": round(now - last, 1)}
         if info:

@@ -10,7 +10,7 @@ their keys (design.md §3):
 
 and the fleet's records (segstream/fleet/keys.py): `JobEntry` (the jobs stream's entry, field `job`),
 `JobRecord` (the job hash; Redis keeps every value as a string) and `CameraRecord` (the JSON value
-of the wanted-cameras hash).
+of the wanted-cameras hash) and `WorkerRecord` (a worker's heartbeat hash).
 
 Every model allows keys it does not know (fields may be added within schema 1) and checks types
 strictly: no "3" for 3, no true for 1, no NaN. A mask's `counts` must add up to height x width of
@@ -219,6 +219,38 @@ class JobRecord(BaseModel):
     reason: str = ""
 
 
+_REAL = r"^-?[0-9]{1,15}(\.[0-9]{0,20})?([eE][+-]?[0-9]{1,3})?$"
+
+
+class WorkerRecord(BaseModel):
+    """The heartbeat hash `<prefix>fleet:worker:<name>` (string values) as other workers and
+    `segstream status` read it; `streams` is a JSON list of objects with a string `id`."""
+
+    model_config = _STRICT
+    name: str | None = None
+    capacity: str = Field(pattern=r"^[0-9]{1,6}$")
+    load: str = Field(pattern=r"^[0-9]{1,6}$")
+    jobs: str = Field(pattern=r"^[0-9]{1,6}$")
+    cameras: str = Field(pattern=r"^[0-9]{1,6}$")
+    fps: str = Field(pattern=_REAL)
+    jobs_done: str = Field(default="0", pattern=r"^[0-9]{1,18}$")
+    jobs_failed: str = Field(default="0", pattern=r"^[0-9]{1,18}$")
+    stopping: str = Field(default="0", pattern=r"^-?[0-9]{1,6}$")
+    redis_up: str = Field(default="1", pattern=r"^-?[0-9]{1,6}$")
+    streams: str = Field(default="[]", description="JSON list of {id, kind, state, fps, published, lag, dropped}")
+
+    @model_validator(mode="after")
+    def _streams_are_a_list(self) -> WorkerRecord:
+        try:
+            streams = json.loads(self.streams)
+        except (ValueError, RecursionError):
+            raise ValueError("streams is not JSON") from None
+        if not isinstance(streams, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
+                                                    for s in streams):
+            raise ValueError("streams is not a list of objects with a string id")
+        return self
+
+
 class CameraRecord(BaseModel):
     """The JSON value of one field (the camera id) of the hash `<prefix>fleet:cameras`."""
 
@@ -227,7 +259,7 @@ class CameraRecord(BaseModel):
 
 
 RESULT_MODELS: tuple[type[BaseModel], ...] = (FrameEntry, EndOfStreamEntry, StatusEntry, UnknownEntry)
-FLEET_MODELS: tuple[type[BaseModel], ...] = (JobEntry, JobRecord, CameraRecord)
+FLEET_MODELS: tuple[type[BaseModel], ...] = (JobEntry, JobRecord, CameraRecord, WorkerRecord)
 
 EntryKind = Literal["frame", "eos", "status", "unknown"]
 
@@ -303,7 +335,7 @@ def json_schema() -> dict[str, Any]:
         "Result-stream entries (field `data` of each entry of <prefix><stream-id>): an object with `frame` is a "
         "FrameEntry, with `eos` an EndOfStreamEntry, with `status` a StatusEntry, with none of them an "
         "UnknownEntry (skip it). Fleet: JobEntry (jobs stream fields), JobRecord (job hash, string values), "
-        "CameraRecord (cameras hash values). Unknown keys are allowed everywhere. Beyond JSON Schema: a mask's "
+        "CameraRecord (cameras hash values), WorkerRecord (worker heartbeat hash, string values). Unknown keys are allowed everywhere. Beyond JSON Schema: a mask's "
         "counts add up to height x width of its size, which equals the frame's [height, width].")
     # A result entry's kind follows from its keys (message_kind), so the document dispatches the same way.
     ref = {m: {"$ref": f"#/$defs/{m.__name__}"} for m in RESULT_MODELS}

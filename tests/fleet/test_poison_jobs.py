@@ -5,6 +5,7 @@ A job whose result stream holds a malformed entry still resumes after its last v
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -85,6 +86,10 @@ def test_two_workers_given_10_malformed_and_5_valid_jobs_finish_the_valid_ones_a
     expected = write_malformed_jobs(redis_client, clips[1])
     queue.ensure_group()
     redis_client.xreadgroup("workers", "silent", {JOBS: ">"}, count=4)
+
+    # A forged heartbeat hash: every worker reads its peers' hashes to balance cameras, status lists them.
+    redis_client.hset("segstream:fleet:worker:forged", mapping={"capacity": "x", "load": "0", "streams": "{"})
+    redis_client.zadd("segstream:fleet:workers", {"forged": time.time() + 3600})
 
     for name in ("w1", "w2"):
         workers.append(WorkerProcess(config, name, capacity=2, log_dir=tmp_path))
