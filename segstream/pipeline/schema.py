@@ -23,7 +23,7 @@ descriptions, as JSON Schema cannot express it. torch-free: consumers import thi
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
@@ -102,7 +102,7 @@ class Mask(BaseModel):
     """A full-frame binary mask as COCO compressed RLE, column-major."""
 
     model_config = _STRICT
-    size: list[int] = Field(min_length=2, max_length=2,
+    size: list[Annotated[int, Field(ge=0)]] = Field(min_length=2, max_length=2,
                             description="[height, width] of the frame, pixels; height x width <= 8192 x 8192")
     counts: str = Field(description="COCO compressed RLE string; its runs (zeros first, column-major) add up "
                                     "to height x width")
