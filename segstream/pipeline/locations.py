@@ -1,5 +1,5 @@
 """Where a stream comes from: its kind (a finite file or a live feed), its default id, and its
-URL as shown to people (password redacted everywhere: logs, status entries, errors, the API).
+URL as shown to people (secrets redacted everywhere: logs, status entries, errors, the API, the fleet).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 #: Feeds that never end on their own: re-joined when they drop, frames dropped when late.
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "rtp://", "srt://", "tcp://")
@@ -44,27 +44,86 @@ def default_stream_id(location: str) -> str:
     return tail or host
 
 
+#: Query parameters whose name contains one of these (case-insensitive) carry a secret.
+SECRET_PARAMETER_WORDS = ("pass", "pwd", "token", "key", "secret", "sig", "auth", "credential", "session",
+                          "cookie", "jwt", "bearer")
+HIDDEN = "***"
+
+
+def secret_parameter(name: str) -> bool:
+    """True for query parameter names that carry secrets: password, passwd, pwd, token, key, apikey,
+    x-api-key, access_token, secret, signature, sig, auth, credential(s), ... (case-insensitive)."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_PARAMETER_WORDS)
+
+
+def _netloc_redacted(netloc: str) -> str:
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        return netloc
+    user, colon, _password = userinfo.partition(":")
+    # user:password -> user:***; a user name alone is often the secret itself (rtsp://TOKEN@cam/s)
+    return f"{user}:{HIDDEN}@{host}" if colon else f"{HIDDEN}@{host}"
+
+
+def _query_redacted(query: str) -> str:
+    parts = []
+    for piece in re.split(r"([&;])", query):
+        if piece in ("&", ";"):
+            parts.append(piece)
+            continue
+        name, eq, _value = piece.partition("=")
+        parts.append(f"{name}={HIDDEN}" if eq and secret_parameter(unquote(name)) else piece)
+    return "".join(parts)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for anything a person or a log sees."""
+    """The URL with its secrets replaced by ***, for anything a person or a log sees: the password
+    (`user:***@`), a user name given alone (`***@`, often a token) and the values of query parameters
+    whose names carry secrets (`?user=admin&password=***`). Local paths are returned as they are."""
     if "://" not in url:
         return url
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        password = None
-    if password is None:
-        # Unparseable netlocs still must not leak: hide anything between ':' and '@' in it.
-        return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    scheme, _, rest = url.partition("://")
+    # Split by hand rather than with urlsplit: a URL it refuses (a bad port, a stray bracket) must
+    # still not leak, and the shown URL keeps every other character as given.
+    cut = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    path, q, query = tail.partition("?")
+    fragment = ""
+    if q:
+        query, h, fragment = query.partition("#")
+        fragment = h + fragment
+    return f"{scheme}://{_netloc_redacted(netloc)}{path}{q}{_query_redacted(query) if q else ''}{fragment}"
+
+
+def secrets_of(url: str) -> list[str]:
+    """The secret parts of `url` (password, lone user name, secret query values), raw and decoded."""
+    if "://" not in url:
+        return []
+    rest = url.partition("://")[2]
+    cut = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    found = []
+    userinfo, at, _host = rest[:cut].rpartition("@")
+    if at:
+        user, colon, password = userinfo.partition(":")
+        found.append(password if colon else user)
+    query = rest[cut:].partition("?")[2].partition("#")[0]
+    for piece in re.split(r"[&;]", query):
+        name, eq, value = piece.partition("=")
+        if eq and secret_parameter(unquote(name)):
+            found.append(value)
+    out = []
+    for secret in found:
+        for form in (secret, unquote(secret)):
+            if form and form not in out:
+                out.append(form)
+    return sorted(out, key=len, reverse=True)
 
 
 def redact_text(text: str, url: str) -> str:
-    """`text` (e.g. an FFmpeg error) with `url`'s password removed wherever it appears."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
+    """`text` (e.g. an FFmpeg error) with `url`'s secrets removed wherever they appear."""
     text = text.replace(url, redact(url))
-    return text.replace(password, "***") if password else text
+    for secret in secrets_of(url):
+        if len(secret) >= 3:  # shorter ones would mangle the text; they only leak inside the URL, replaced above
+            text = text.replace(secret, HIDDEN)
+    return text

@@ -22,6 +22,7 @@ from segstream.pipeline.config import ConfigError, RunConfig
 from segstream.pipeline.locations import default_stream_id
 from segstream.pipeline.runtime import Chain, StageStats
 from segstream.pipeline.sinks import Sink
+from segstream.pipeline.source_policy import protocol_whitelist
 from segstream.pipeline.sources import SourceError, VideoFileSource
 from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
 from segstream.pipeline.streams import StreamState
@@ -91,7 +92,7 @@ def _video_fps(sources: list[Source], default: float) -> float:
 
     for source in sources:
         if isinstance(source, VideoFileSource):
-            with av.open(source.path) as container:
+            with av.open(source.path, options={"protocol_whitelist": protocol_whitelist(source.path)}) as container:
                 rate = container.streams.video[0].average_rate
                 if rate:
                     return float(rate)

@@ -54,7 +54,10 @@ def parse_http(value: str) -> tuple[str, int]:
 
 
 def stream_specs(config: RunConfig) -> list[Any]:
-    """The config's `streams:` entries as StreamSpecs; an error names streams.N.key."""
+    """The config's `streams:` entries as StreamSpecs; an error names streams.N.key. Each URL is
+    judged by the source policy here, before the model loads (a config file is trusted: local files
+    anywhere, or under sources.media_root when it is set)."""
+    from segstream.pipeline.source_policy import SourceRefused, check_source
     from segstream.pipeline.streaming import StreamSpec
 
     specs, seen = [], set()
@@ -68,6 +71,10 @@ def stream_specs(config: RunConfig) -> list[Any]:
             raise ConfigError(f"streams.{i}{'.' + key if key else ''}: {message}") from None
         if spec.id in seen:
             raise ConfigError(f"streams.{i}.id: {spec.id!r} is used twice")
+        try:
+            check_source(spec.url, config.sources, "trusted")
+        except SourceRefused as exc:
+            raise ConfigError(f"streams.{i}.{str(exc)}" if str(exc).startswith("url:") else f"streams.{i}.url: {exc}") from None
         seen.add(spec.id)
         specs.append(spec)
     return specs
