@@ -143,7 +143,7 @@ def check_source(location: str, policy: "SourcesSection", origin: Origin = "trus
         raise SourceRefused(f"url: not a valid URL ({exc}): {shown(location)}") from None
     if not policy.allow_listen:
         _refuse_listening(scheme, parts, location)
-    if not parts.hostname and scheme not in ("udp", "rtp"):
+    if not parts.hostname and scheme not in ("udp", "rtp") and not (policy.allow_listen and scheme in ("srt", "tcp")):
         raise SourceRefused(f"url: no host in {shown(location)}")
     return Admitted(scheme + location[len(scheme):], scheme, PROTOCOLS[scheme])
 
