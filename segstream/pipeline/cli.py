@@ -105,9 +105,13 @@ def print_summary(summary, out=sys.stderr) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from segstream.pipeline.run import run
+    from segstream.pipeline.source_policy import check_source
 
     config = config_from_args(args)
+    for source in args.sources:  # refused before anything heavy is even imported, let alone opened
+        check_source(source, config.sources, "trusted")
+    from segstream.pipeline.run import run
+
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
         from segstream.service.command import Endpoints
