@@ -69,10 +69,9 @@ def private(tmp_path) -> Path:
     return write_clip(tmp_path / "private" / "secret.mp4", frames=4)
 
 
-@pytest.mark.parametrize("name", ["crlf", "crlf-encoded", "gopher", "concat", "udp-listen"])
-def test_segstream_run_refuses_hostile_sources_before_opening_them(name, redis_server, redis_url, private):
-    source, cause = hostile(redis_server.port, private)[name]
-    one_error_line(segstream("run", source, "--redis", redis_url, "--no-progress"), cause)
+def test_segstream_run_refuses_hostile_sources_before_opening_them(redis_server, redis_url, private):
+    for source, cause in hostile(redis_server.port, private).values():
+        one_error_line(segstream("run", source, "--redis", redis_url, "--no-progress"), cause)
     assert not redis_server.client().exists("canary")
     assert not [k for k in redis_server.client().scan_iter("segstream:*")]
 
@@ -84,15 +83,13 @@ def test_segstream_run_keeps_local_files_inside_a_configured_media_root(tmp_path
 
 
 def test_hostile_streams_in_a_config_stop_serve_before_it_starts(tmp_path, redis_server, redis_url, private):
-    for i, (name, (source, cause)) in enumerate(sorted(hostile(redis_server.port, private).items())):
+    for name, (source, cause) in hostile(redis_server.port, private).items():
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump({"redis": {"url": redis_url}, "streams": [
             {"id": "fine", "url": "rtsp://10.20.0.7/live"}, {"id": "bad", "url": source}]}))
         result = segstream("serve", "--config", str(config), "--http", f"127.0.0.1:{free_port()}", timeout=60)
         error = one_error_line(result, cause)
         assert "streams.1.url" in error and "\r" not in error, error
-        if i >= 2:
-            break  # the rest are the same code path; three are enough to keep the suite short
     assert not redis_server.client().exists("canary")
 
 
