@@ -162,7 +162,8 @@ def _refuse_controls(location: str) -> None:
 def _refuse_listening(scheme: str, parts, location: str) -> None:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         key = key.lower()
-        if key in _LISTEN_KEYS or key.startswith("listen") or (key == "mode" and value.lower() != "caller"):
+        srt_server = scheme == "srt" and key == "mode" and value.lower() != "caller"  # listener, rendezvous
+        if key in _LISTEN_KEYS or key.startswith("listen") or srt_server:
             raise SourceRefused(f"url: {key}={value[:20]} makes the service listen for connections; "
                                 f"refused unless sources.allow_listen: {shown(location)}")
     if scheme in ("udp", "rtp"):

@@ -64,6 +64,7 @@ def test_hostile_urls_are_refused_from_every_origin_with_their_cause(name, origi
 @pytest.mark.parametrize("url", ["rtsp://10.20.0.7:554/Streaming/Channels/101", "rtsps://cam.plant.local/live",
                                  "rtmp://10.0.0.9/live/key", "srt://10.0.0.9:9000?mode=caller", "udp://239.0.0.1:5004",
                                  "http://10.1.1.1/clip.mp4", "https://files.example.com/a/b.mp4?X-Amz-Signature=abc",
+                                 "https://files.example.com/b.mp4?mode=night&width=640",
                                  "rtsp://admin:p%40ss@10.0.0.7/live"])
 def test_normal_camera_and_file_urls_pass_unchanged(url):
     for origin in ("api", "trusted"):
