@@ -57,62 +57,74 @@ def secret_parameter(name: str) -> bool:
     return any(word in lowered for word in SECRET_PARAMETER_WORDS)
 
 
-def _netloc_redacted(netloc: str) -> str:
-    userinfo, at, host = netloc.rpartition("@")
-    if not at:
-        return netloc
-    user, colon, _password = userinfo.partition(":")
-    # user:password -> user:***; a user name alone is often the secret itself (rtsp://TOKEN@cam/s)
-    return f"{user}:{HIDDEN}@{host}" if colon else f"{HIDDEN}@{host}"
+def _split(url: str) -> tuple[str, str | None, str, str | None, str]:
+    """(scheme, user info or None, host and path, query or None, fragment with its '#').
+
+    By hand rather than with urlsplit: a URL it refuses (a bad port, a stray bracket) must still
+    not leak, and a raw '/' or '@' inside a password must not move the secret into the "path". So
+    the user info runs up to the last '@' before the query."""
+    scheme, _, rest = url.partition("://")
+    end = min([i for i in (rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    at = rest.rfind("@", 0, end)
+    userinfo = rest[:at] if at >= 0 else None
+    after = rest[at + 1:] if at >= 0 else rest
+    body, q, query = after.partition("?")
+    fragment = ""
+    if q:
+        query, h, fragment = query.partition("#")
+        fragment = h + fragment
+    else:
+        body, h, fragment = body.partition("#")
+        fragment = h + fragment
+    return scheme, userinfo, body, (query if q else None), fragment
 
 
-def _query_redacted(query: str) -> str:
-    parts = []
-    for piece in re.split(r"([&;])", query):
-        if piece in ("&", ";"):
-            parts.append(piece)
-            continue
-        name, eq, _value = piece.partition("=")
-        parts.append(f"{name}={HIDDEN}" if eq and secret_parameter(unquote(name)) else piece)
-    return "".join(parts)
+def _parameters(query: str) -> list[tuple[str, str, bool]]:
+    """(name, value, has '=') of each `&`/`;` separated piece."""
+    out = []
+    for piece in re.split(r"[&;]", query):
+        name, eq, value = piece.partition("=")
+        out.append((name, value, bool(eq)))
+    return out
 
 
 def redact(url: str) -> str:
     """The URL with its secrets replaced by ***, for anything a person or a log sees: the password
     (`user:***@`), a user name given alone (`***@`, often a token) and the values of query parameters
-    whose names carry secrets (`?user=admin&password=***`). Local paths are returned as they are."""
+    whose names carry secrets (`?user=admin&password=***`). Local paths are returned as they are.
+    An '@' in a path hides what precedes it too: shown less, never leaked."""
     if "://" not in url:
         return url
-    scheme, _, rest = url.partition("://")
-    # Split by hand rather than with urlsplit: a URL it refuses (a bad port, a stray bracket) must
-    # still not leak, and the shown URL keeps every other character as given.
-    cut = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    path, q, query = tail.partition("?")
-    fragment = ""
-    if q:
-        query, h, fragment = query.partition("#")
-        fragment = h + fragment
-    return f"{scheme}://{_netloc_redacted(netloc)}{path}{q}{_query_redacted(query) if q else ''}{fragment}"
+    scheme, userinfo, body, query, fragment = _split(url)
+    shown = f"{scheme}://"
+    if userinfo is not None:
+        user, colon, _password = userinfo.partition(":")
+        # user:password -> user:***; a user name alone is often the secret itself (rtsp://TOKEN@cam/s)
+        shown += f"{user}:{HIDDEN}@" if colon else f"{HIDDEN}@"
+    shown += body
+    if query is not None:
+        pieces = re.split(r"([&;])", query)
+        shown += "?" + "".join(p if p in ("&", ";") else _piece_redacted(p) for p in pieces)
+    return shown + fragment
+
+
+def _piece_redacted(piece: str) -> str:
+    name, eq, _value = piece.partition("=")
+    return f"{name}={HIDDEN}" if eq and secret_parameter(unquote(name)) else piece
 
 
 def secrets_of(url: str) -> list[str]:
-    """The secret parts of `url` (password, lone user name, secret query values), raw and decoded."""
+    """The secret parts of `url` (password, lone user name, secret query values), raw and decoded,
+    longest first."""
     if "://" not in url:
         return []
-    rest = url.partition("://")[2]
-    cut = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    _scheme, userinfo, _body, query, _fragment = _split(url)
     found = []
-    userinfo, at, _host = rest[:cut].rpartition("@")
-    if at:
+    if userinfo is not None:
         user, colon, password = userinfo.partition(":")
         found.append(password if colon else user)
-    query = rest[cut:].partition("?")[2].partition("#")[0]
-    for piece in re.split(r"[&;]", query):
-        name, eq, value = piece.partition("=")
-        if eq and secret_parameter(unquote(name)):
-            found.append(value)
-    out = []
+    found += [value for name, value, eq in _parameters(query or "") if eq and secret_parameter(unquote(name))]
+    out: list[str] = []
     for secret in found:
         for form in (secret, unquote(secret)):
             if form and form not in out:

@@ -32,3 +32,9 @@ def test_an_ffmpeg_error_naming_the_secret_is_redacted_too():
     shown = redact_text(text, url)
     assert "TOKEN123" not in shown and "pw!x" not in shown and "pw%21x" not in shown, shown
     assert "rtsp://***@cam/s?password=***" in shown
+
+
+def test_a_raw_slash_or_at_sign_in_a_password_does_not_move_it_out_of_sight():
+    assert redact("rtsp://user:pa/ss@cam/x?a=1") == "rtsp://user:***@cam/x?a=1"
+    assert redact("rtsp://user:p@ss@cam/x") == "rtsp://user:***@cam/x"
+    assert redact("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
