@@ -10,10 +10,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag, load_config, override
+from segstream.pipeline.locations import redact
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
@@ -39,9 +39,13 @@ def submit_main(argv: Sequence[str]) -> int:
     p.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
     p.add_argument("--prefix", default="segstream:")
     p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
+    p.add_argument("--config", help="YAML config whose `sources:` section judges the sources (workers judge again)")
     args = p.parse_args(list(argv))
     from segstream.fleet.jobs import JobQueue
-    from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
+    from segstream.pipeline.locations import default_stream_id, source_kind
+    from segstream.pipeline.source_policy import check_source
+
+    policy = load_config(args.config).sources
 
     ids = args.stream_id or [default_stream_id(s) for s in args.sources]
     if len(ids) != len(args.sources):
@@ -50,9 +54,11 @@ def submit_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
     locations = []
     for source in args.sources:
-        if source_kind(source) == "live":
-            raise ConfigError(f"{source} is a live feed: add cameras with `segstream cameras add ID URL`")
-        locations.append(source if is_remote(source) else str(Path(source).absolute()))
+        admitted = check_source(source, policy, "trusted")  # SourceRefused: one line, exit 2, nothing queued
+        if source_kind(admitted.location) == "live":
+            raise ConfigError(f"{redact(source)} is a live feed: add cameras with `segstream cameras add ID URL`")
+        # Local paths absolute and resolved: workers on other machines need the same path (a shared volume).
+        locations.append(admitted.location)
     from segstream.fleet.jobs import STREAM_ID
 
     for stream_id in ids:
@@ -147,11 +153,14 @@ def cameras_main(argv: Sequence[str]) -> int:
     add.add_argument("url", metavar="URL")
     remove = sub.add_parser("remove", parents=[common], help="stop a camera")
     remove.add_argument("camera_id", metavar="ID")
+    add.add_argument("--config", help="YAML config whose `sources:` section judges the URL (workers judge again)")
     sub.add_parser("list", parents=[common], help="the wanted cameras and their owners")
     args = p.parse_args(list(argv))
     from segstream.fleet.cameras import CameraBook
-    from segstream.pipeline.locations import redact
+    from segstream.pipeline.source_policy import check_source
 
+    if args.action == "add":  # judged before Redis is even reached: a refused URL is never stored
+        check_source(args.url, load_config(args.config).sources, "trusted")
     book = CameraBook(_client(args.redis), _keys(args.prefix))
     if args.action == "add":
         try:

@@ -45,7 +45,7 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
     jobs = []
     for r in records:
         stream = streams_by_id.get(r["stream_id"]) if r.get("state") == "running" else None
-        jobs.append({"id": r["id"], "stream": r["stream_id"], "source": r["source"], "state": r.get("state"),
+        jobs.append({"id": r["id"], "stream": r["stream_id"], "source": _redacted(r["source"]), "state": r.get("state"),
                      "worker": r.get("worker") or None, "attempts": int(r.get("attempts", 0)),
                      "worker_alive": (r.get("worker") in alive) if r.get("state") == "running" else None,
                      "frames": int(r["frames"]) if r.get("frames") else (stream or {}).get("published"),

@@ -72,6 +72,7 @@ class Worker:
         self.jobs: dict[str, RunningJob] = {}  # by stream id
         self.cameras: dict[str, OwnedCamera] = {}
         self.removing: dict[str, threading.Thread] = {}
+        self.refused: dict[str, str] = {}  # camera id -> the URL the source policy refused
         self.stopping = threading.Event()
         self.pipeline: StreamingPipeline | None = None
         self.client: redis.Redis | None = None
@@ -219,9 +220,9 @@ class Worker:
         if claim.stream_id in self.pipeline.sources or claim.stream_id in self.jobs:
             self.jobs_q.finish(claim, "failed", reason=f"stream {claim.stream_id} is already being published on {self.name}")
             return
-        try:
+        try:  # the job's source is judged by this worker's policy before anything is opened
             spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame)
-            source = make_source(spec, self.config)
+            source = make_source(spec, self.config, "trusted")
             source.check()
         except (SourceError, ValueError) as exc:
             reason = str(exc).splitlines()[0]
@@ -339,12 +340,15 @@ class Worker:
             self.book.release(camera_id, self.name)
             return
         start = self.book.next_frame(camera_id)
-        try:
-            source = make_source(StreamSpec(id=camera_id, url=url, kind="live", start_frame=start), self.config)
-        except ValueError as exc:
-            log.warning("camera %s: %s", camera_id, str(exc).splitlines()[0])
+        try:  # judged by this worker's source policy before anything is opened
+            source = make_source(StreamSpec(id=camera_id, url=url, kind="live", start_frame=start), self.config, "trusted")
+        except (SourceError, ValueError) as exc:
+            if self.refused.get(camera_id) != url:  # said once per URL, not on every balancing round
+                log.warning("camera %s refused: %s", camera_id, str(exc).splitlines()[0])
+                self.refused[camera_id] = url
             self.book.release(camera_id, self.name)
             return
+        self.refused.pop(camera_id, None)
         self.pipeline.redis.fence(camera_id, self.keys.camera_fence(camera_id), token)
         self.cameras[camera_id] = OwnedCamera(camera_id, url, token)
         self.pipeline.add_source(source)

@@ -30,6 +30,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             StageFailed)
 
 
+def _is_user_error(exc: BaseException) -> bool:
+    from segstream.pipeline.config import ConfigError
+    from segstream.pipeline.streams import SourceError
+
+    # The common ones first: _user_errors() imports the engines (torch, seconds) for the others.
+    return isinstance(exc, (ConfigError, SourceError)) or isinstance(exc, _user_errors())
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from segstream.pipeline.config import ENGINE_KINDS
 
@@ -105,9 +113,13 @@ def print_summary(summary, out=sys.stderr) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from segstream.pipeline.run import run
+    from segstream.pipeline.source_policy import check_source
 
     config = config_from_args(args)
+    for source in args.sources:  # refused before anything heavy is even imported, let alone opened
+        check_source(source, config.sources, "trusted")
+    from segstream.pipeline.run import run
+
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
         from segstream.service.command import Endpoints
@@ -204,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for the user, never a traceback
         if debug:
             raise
-        if isinstance(exc, _user_errors()):
+        if _is_user_error(exc):
             print(f"segstream: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(f"segstream: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segstream.pipeline.source_policy import DEFAULT_SCHEMES, PROTOCOLS
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
@@ -73,6 +75,35 @@ class SourceSection(_Section):
             raise ValueError("source.reconnect_window was replaced by source.give_up_after "
                              "(seconds, or null to retry a camera for ever, the default)")
         return raw
+
+
+class SourcesSection(_Section):
+    """Which sources may enter, from anywhere (pipeline/source_policy.py, docs/security-sources.md)."""
+
+    # URL schemes accepted; only network protocols can be named (never file, concat, pipe, ...).
+    schemes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCHEMES))
+    # Local files through the HTTP API only under this folder (None: none at all); the CLI, config
+    # files and fleet jobs may name any local file, or only files under it when it is set.
+    media_root: str | None = None
+    # Listening modes (tcp ?listen, srt listener, udp receiving on a unicast/any address).
+    allow_listen: bool = False
+
+    @field_validator("schemes")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        value = [s.lower().removesuffix("://") for s in value]
+        unknown = [s for s in value if s not in PROTOCOLS]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} cannot be allowed; choose from {' '.join(PROTOCOLS)} "
+                             "(local files are paths, restricted by sources.media_root)")
+        return value
+
+    @field_validator("media_root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_absolute():
+            raise ValueError("must be an absolute path")
+        return None if value is None else str(Path(value).expanduser())
 
 
 class QueueSection(_Section):
@@ -159,6 +190,7 @@ class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
     source: SourceSection = Field(default_factory=SourceSection)
+    sources: SourcesSection = Field(default_factory=SourcesSection)
     queues: QueueSection = Field(default_factory=QueueSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     output: OutputSection = Field(default_factory=OutputSection)

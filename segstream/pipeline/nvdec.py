@@ -42,7 +42,9 @@ class NvdecFileSource:
     """Decodes a local video file on the GPU: every frame, in order, then EndOfStream(frames=N).
 
     device: the CUDA device the engine runs on. max_frames / start_frame: as VideoFileSource's
-    (frames before start_frame are skipped by seeking; numbering is kept).
+    (frames before start_frame are skipped by seeking; numbering is kept). `path` is a resolved
+    absolute path the source policy admitted (make_source): PyNvVideoCodec's own FFmpeg takes no
+    protocol whitelist, and an absolute path is always opened with FFmpeg's file protocol.
     """
 
     live = False

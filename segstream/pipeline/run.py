@@ -22,6 +22,7 @@ from segstream.pipeline.config import ConfigError, RunConfig
 from segstream.pipeline.locations import default_stream_id
 from segstream.pipeline.runtime import Chain, StageStats
 from segstream.pipeline.sinks import Sink
+from segstream.pipeline.source_policy import check_source, protocol_whitelist
 from segstream.pipeline.sources import SourceError, VideoFileSource
 from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
 from segstream.pipeline.streams import StreamState
@@ -60,6 +61,8 @@ class RunSummary:
 def make_sources(locations: list[str], stream_ids: list[str] | None, config: RunConfig,
                  kind: str = "auto") -> list[Source]:
     """One source per location, with ids from --stream-id (in order) or the file stem / URL."""
+    for location in locations:  # judged first: a refused source's cause is the line to show, not its id
+        check_source(location, config.sources, "trusted")
     if stream_ids and len(stream_ids) != len(locations):
         raise ConfigError(f"--stream-id: got {len(stream_ids)} ids for {len(locations)} sources")
     ids = stream_ids or [default_stream_id(loc) for loc in locations]
@@ -91,7 +94,7 @@ def _video_fps(sources: list[Source], default: float) -> float:
 
     for source in sources:
         if isinstance(source, VideoFileSource):
-            with av.open(source.path) as container:
+            with av.open(source.path, options={"protocol_whitelist": protocol_whitelist(source.path)}) as container:
                 rate = container.streams.video[0].average_rate
                 if rate:
                     return float(rate)

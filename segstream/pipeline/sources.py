@@ -24,6 +24,7 @@ from redis.backoff import EqualJitterBackoff
 
 from segstream.pipeline.locations import is_remote, redact, redact_text
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
+from segstream.pipeline.source_policy import protocol_whitelist
 from segstream.pipeline.streams import SourceCounters, SourceError, StreamState
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,11 @@ class VideoFileSource:
         container.close()
 
     def _open(self) -> av.container.InputContainer:
-        options = {}
+        # Only the protocols this scheme needs: a redirect or a playlist cannot reach file:, concat:, ...
+        options = {"protocol_whitelist": protocol_whitelist(self.path)}
         if is_remote(self.path):  # a dropped connection resumes where it was, not from the start
-            options = {"reconnect": "1", "reconnect_on_network_error": "1", "reconnect_delay_max": "5",
-                       "rw_timeout": str(int(self.read_timeout * 1e6))}
+            options.update({"reconnect": "1", "reconnect_on_network_error": "1", "reconnect_delay_max": "5",
+                            "rw_timeout": str(int(self.read_timeout * 1e6))})
         try:
             container = av.open(self.path, mode="r", options=options, timeout=(self.read_timeout, self.read_timeout))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -297,6 +299,8 @@ class CameraSource:
             fmt = "v4l2"
         else:
             options = {"rw_timeout": stall_us}
+        # Only the protocols this scheme needs: an RTSP redirect cannot reach file:, gopher:, ...
+        options["protocol_whitelist"] = protocol_whitelist(self.url)
         try:
             container = av.open(self.url, mode="r", format=fmt, options=options,
                                 timeout=(sup.open_timeout, sup.stall_timeout))

@@ -25,7 +25,7 @@ from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
-from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
+from segstream.pipeline.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
 from segstream.pipeline.nvdec import NvdecFileSource
 from segstream.pipeline.postprocess import Postprocess
@@ -36,6 +36,7 @@ from segstream.pipeline.runtime import Chain, EdgePolicy, StageStats
 from segstream.pipeline.sinks import Sink
 from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
 from segstream.pipeline.sinks.console import ConsoleSink
+from segstream.pipeline.source_policy import Origin, check_source
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
@@ -78,26 +79,31 @@ def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
     return engine, loaded
 
 
-def make_source(spec: StreamSpec, config: RunConfig) -> Source:
-    """A file or camera source for `spec` (kind from the URL unless the spec says). A local file
-    with a CUDA engine is decoded with NVDEC when usable (`source.decoder`, pipeline/nvdec.py)."""
+def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted") -> Source:
+    """A file or camera source for `spec` (kind from the URL unless the spec says), once the source
+    policy (`sources`, pipeline/source_policy.py) admitted its URL: raises SourceRefused otherwise,
+    before anything is opened. origin "api": what arrived over HTTP (local files only under
+    `sources.media_root`). A local file with a CUDA engine is decoded with NVDEC when usable
+    (`source.decoder`, pipeline/nvdec.py)."""
+    admitted = check_source(spec.url, config.sources, origin)
+    location = admitted.location
     src = config.source
     threads = src.decoder_threads
     if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
         threads = 1 if config.engine.device == "cpu" else 0
     max_frames = spec.max_frames or src.max_frames
-    if source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live":
+    if source_kind(location, None if spec.kind == "auto" else spec.kind) == "live":
         supervision = Supervision(src.open_timeout, src.stall_timeout, src.backoff_initial, src.backoff_max,
                                   src.give_up_after)
-        return CameraSource(spec.url, spec.id, supervision, max_frames, threads, start_frame=spec.start_frame)
-    if config.engine.device == "cuda" and src.decoder != "cpu" and not is_remote(spec.url):
+        return CameraSource(location, spec.id, supervision, max_frames, threads, start_frame=spec.start_frame)
+    if config.engine.device == "cuda" and src.decoder != "cpu" and admitted.local:
         backend = decode_backend("cuda", src.decoder)
         if backend.name == "nvdec":
-            return NvdecFileSource(spec.url, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
+            return NvdecFileSource(location, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
         if src.decoder == "nvdec":
             raise SourceError(f"source.decoder is nvdec, but {backend.reason.split(':')[0]}")
         log.info("%s: decoded on the CPU (%s)", spec.id, backend.reason)
-    return VideoFileSource(spec.url, spec.id, max_frames, threads, read_timeout=src.read_timeout,
+    return VideoFileSource(location, spec.id, max_frames, threads, read_timeout=src.read_timeout,
                            start_frame=spec.start_frame)
 
 

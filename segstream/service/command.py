@@ -54,7 +54,17 @@ def parse_http(value: str) -> tuple[str, int]:
 
 
 def stream_specs(config: RunConfig) -> list[Any]:
-    """The config's `streams:` entries as StreamSpecs; an error names streams.N.key."""
+    """The config's `streams:` entries as StreamSpecs; an error names streams.N.key. Each URL is
+    judged by the source policy here, before the model loads (a config file is trusted: local files
+    anywhere, or under sources.media_root when it is set)."""
+    from segstream.pipeline.source_policy import SourceRefused, check_source
+
+    for i, raw in enumerate(config.streams):  # before StreamSpec (and torch) is imported: refusals are instant
+        if isinstance(raw, dict) and isinstance(raw.get("url"), str):
+            try:
+                check_source(raw["url"], config.sources, "trusted")
+            except SourceRefused as exc:
+                raise ConfigError(_stream_refusal(i, exc)) from None
     from segstream.pipeline.streaming import StreamSpec
 
     specs, seen = [], set()
@@ -71,6 +81,11 @@ def stream_specs(config: RunConfig) -> list[Any]:
         seen.add(spec.id)
         specs.append(spec)
     return specs
+
+
+def _stream_refusal(index: int, exc: Exception) -> str:
+    text = str(exc)
+    return f"streams.{index}.{text}" if text.startswith("url:") else f"streams.{index}.url: {text}"
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -12,7 +12,9 @@ import logging
 import threading
 from typing import Any
 
+from segstream.pipeline.source_policy import Origin, SourceRefused, local_refusal, scheme_of
 from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream, make_source
+from segstream.pipeline.streams import SourceError
 from segstream.service.stream_book import StreamBook
 
 log = logging.getLogger("segstream.service")
@@ -33,7 +35,7 @@ class StreamControl:
         """Start the pipeline, add the config's streams, then (in the background, once Redis
         answers) the remembered ones."""
         self.pipeline.start()
-        for spec in self.config_streams:
+        for spec in self.config_streams:  # the config file is trusted: local files anywhere (or under media_root)
             self.pipeline.add_stream(spec)
         if self.book is not None:
             self.book.start(self._restore)
@@ -46,8 +48,11 @@ class StreamControl:
                 log.warning("ignoring a remembered stream that no longer validates (%s): %s", raw.get("id"), str(exc).splitlines()[0])
                 continue
             try:
-                self._add(spec, remember=False)
+                # Remembered specs came over the API: judged again, by today's policy.
+                self._add(spec, remember=False, origin="api")
                 log.info("stream %s added again (remembered from before the restart)", spec.id)
+            except SourceRefused as exc:
+                log.warning("skipping remembered stream %s: refused by the source policy (%s)", spec.id, exc)
             except StreamExists:
                 pass  # added over the API or by the config meanwhile
             except Exception as exc:  # a bad remembered stream must not stop the others
@@ -55,14 +60,22 @@ class StreamControl:
 
     def add(self, spec: StreamSpec) -> dict[str, Any]:
         """Add and remember a stream; raises StreamExists for a duplicate id."""
-        return self._add(spec, remember=True)
+        return self._add(spec, remember=True, origin="api")
 
-    def _add(self, spec: StreamSpec, remember: bool) -> dict[str, Any]:
+    def _add(self, spec: StreamSpec, remember: bool, origin: Origin = "api") -> dict[str, Any]:
+        """Raises SourceRefused (the source policy said no: nothing opened, nothing remembered),
+        SourceError (a file that cannot be read), StreamExists."""
         if spec.id in self.pipeline.registry:
             raise StreamExists(spec.id)
-        source = make_source(spec, self.pipeline.config)
+        source = make_source(spec, self.pipeline.config, origin)
         if not source.live:  # a missing or unreadable file is the caller's mistake: SourceError, one line
-            source.check()   # (cameras are never waited for: an unreachable one is retried)
+            try:             # (cameras are never waited for: an unreachable one is retried)
+                source.check()
+            except SourceError:
+                if origin == "api" and not scheme_of(spec.url):
+                    # Missing, a folder, not a video: one text, so the API cannot map the disk.
+                    raise SourceRefused(local_refusal(origin)) from None
+                raise
         state = self.pipeline.add_source(source)
         with self._lock:
             self._remembered.add(spec.id)

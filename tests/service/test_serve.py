@@ -109,6 +109,13 @@ def wait_alive(service: Service, timeout: float = 120) -> None:
     wait_for(alive, timeout, "the service to answer /livez", every=0.5)
 
 
+def media_folder(tmp_path_factory) -> Path:
+    """The service's `sources.media_root`: local files may be posted from here only."""
+    path = tmp_path_factory.getbasetemp() / "serve-media"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def cameras():
     server = RtspServer(width=320, height=180, fps=10)
@@ -129,6 +136,7 @@ def service(tmp_path_factory, cameras):
         "output": {"progress": False},
         "source": {"open_timeout": 2, "stall_timeout": 3},
         "viewer": {"fps": 5},
+        "sources": {"media_root": str(media_folder(tmp_path_factory))},
     }
     (folder / "service.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -189,8 +197,12 @@ def test_bad_requests_get_the_status_and_name_the_field(service):
     assert status == 422 and body["field"] == "colour"
     status, body, _ = service.call("POST", "/streams", {"id": "no spaces/allowed", "url": "rtsp://x/y"})
     assert status == 422 and body["field"] == "id"
-    status, body, _ = service.call("POST", "/streams", {"id": "gone", "url": "/no/such/clip.mp4"})
-    assert status == 400 and body["field"] == "url" and "not found" in body["error"], body
+    # A missing file and one outside the media root read the same: the API cannot map the disk.
+    for path in ("/no/such/clip.mp4", str(service.folder / "service.yaml"),
+                 str(service.folder.parent / "serve-media" / "gone.mp4")):
+        status, body, _ = service.call("POST", "/streams", {"id": "gone", "url": path})
+        assert status == 400 and body["field"] == "url", body
+        assert body["error"] == "url: no readable video file at that path under the media root", body
     status, body, _ = service.call("POST", "/streams", raw=b"{not json")
     assert status == 400 and "JSON" in body["error"]
     assert service.call("GET", "/streams/nope")[0] == 404
@@ -266,7 +278,7 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 def shapes_clip(tmp_path_factory) -> Path:
     from segstream.shapes.clip import render_clip
 
-    folder = tmp_path_factory.mktemp("clip")
+    folder = media_folder(tmp_path_factory)  # posted over the API: under the service's media root
     video = folder / "shapes.mp4"
     # Long enough (3+ s even with OpenVINO) for the page, which polls /streams every second, to
     # open the clip's MJPEG stream while it still runs.
