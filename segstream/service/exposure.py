@@ -63,7 +63,7 @@ def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     else:
         return None
     if len(token) < MIN_TOKEN_LENGTH:  # the token itself is never printed
-        raise ConfigError(f"{origin}: the token is {len(token)} characters; use at least {MIN_TOKEN_LENGTH} "
+        raise ConfigError(f"{origin}: the token is {len(token)} characters; it needs at least {MIN_TOKEN_LENGTH} characters "
                           "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
     return token
 
