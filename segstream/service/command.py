@@ -217,7 +217,8 @@ def _serve(config: RunConfig, specs: list[Any], endpoints: Endpoints) -> int:
         control.start()
         endpoints.attach(pipeline, control)
         log.info("serving on %s (viewer at /, API at /streams, metrics at /metrics%s); model %s on %s, loaded once",
-                 endpoints.url, ", token required" if endpoints.token else "", pipeline.model_source, pipeline.engine_name)
+                 endpoints.url, ", token required" if endpoints.token else ", no token: only loopback Host names are served",
+                 pipeline.model_source, pipeline.engine_name)
         while not stop.wait(0.5):
             if not endpoints.alive:
                 raise RuntimeError("the HTTP server stopped")
