@@ -209,16 +209,16 @@ def nobody_listens(port: int) -> bool:
 
 
 def test_a_public_bind_without_a_token_is_refused_in_one_line(redis):
-    for command in (["serve", "--redis", redis.url], ["run", "in.mp4", "--redis", redis.url],
-                    ["worker", "--redis", redis.url]):
-        for address in ("0.0.0.0:{port}", ":{port}" if command[0] != "worker" else "0.0.0.0:{port}"):
-            port = free_port()
-            result = run_cli(*command, "--http", address.format(port=port))
-            lines = result.stderr.strip().splitlines()
-            assert result.returncode == 2, (command, result.stderr)
-            assert len(lines) == 1 and lines[0].startswith("segstream: error: --http:") and "token" in lines[0], lines
-            assert "--insecure-no-auth" in lines[0]
-            assert nobody_listens(port)
+    for command, address in ((["serve", "--redis", redis.url], "0.0.0.0:{port}"), (["serve", "--redis", redis.url], ":{port}"),
+                             (["run", "in.mp4", "--redis", redis.url], "0.0.0.0:{port}"),
+                             (["worker", "--redis", redis.url], "0.0.0.0:{port}")):
+        port = free_port()
+        result = run_cli(*command, "--http", address.format(port=port))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (command, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("segstream: error: --http:") and "token" in lines[0], lines
+        assert "--insecure-no-auth" in lines[0]
+        assert nobody_listens(port)
 
 
 def test_insecure_no_auth_says_so_in_one_line():
@@ -233,29 +233,37 @@ def test_insecure_no_auth_says_so_in_one_line():
     assert lines[-1].startswith("segstream: error: --http: cannot listen"), lines
 
 
-def test_a_short_token_is_refused_wherever_it_comes_from(tmp_path):
+def test_a_short_token_on_the_command_line_is_refused_and_the_flag_warned_about():
     short = "short-secret-15"  # 15 characters
-    token_file = tmp_path / "token"
-    token_file.write_text(short + "\n")
-    for extra, env in ((["--token", short], None), (["--token-file", str(token_file)], None), ([], {"SEGSTREAM_TOKEN": short})):
-        result = run_cli("serve", "--redis", "redis://127.0.0.1:9/0", "--http", f"127.0.0.1:{free_port()}", *extra, env=env)
-        assert result.returncode == 2, result.stderr
-        error = [line for line in result.stderr.splitlines() if "error" in line]
-        assert len(error) == 1 and "at least 16 characters" in error[0], result.stderr
-        assert short not in result.stderr  # the secret is never printed
-    missing = run_cli("serve", "--redis", "redis://127.0.0.1:9/0", "--token-file", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "--token-file: cannot read" in missing.stderr
+    result = run_cli("serve", "--redis", "redis://127.0.0.1:9/0", "--http", f"127.0.0.1:{free_port()}", "--token", short)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "segstream: warning: --token shows the token in the process list; prefer $SEGSTREAM_TOKEN or --token-file",
+        "segstream: error: --token: the token is 15 characters; it needs at least 16 characters "
+        "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"]
+    assert short not in result.stderr  # the secret is never printed
 
 
-def test_a_token_on_the_command_line_is_warned_about():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        result = run_cli("serve", "--redis", "redis://127.0.0.1:9/0", "--http", f"127.0.0.1:{port}", "--token", TOKEN)
-    assert result.returncode == 2
-    assert "warning: --token shows the token in the process list" in result.stderr
-    assert TOKEN not in result.stderr
+def test_a_short_token_from_a_file_or_the_environment_is_refused_too(tmp_path):
+    import argparse
+    import io
+
+    from segstream.pipeline.config import ConfigError
+    from segstream.service.exposure import resolve_token
+
+    short = "short-secret-15"
+    (tmp_path / "token").write_text(short + "\n")
+    (tmp_path / "good").write_text(TOKEN + "\n")
+    flags = lambda **kw: argparse.Namespace(**{"token": None, "token_file": None, **kw})  # noqa: E731
+    for args, env in ((flags(token_file=str(tmp_path / "token")), {}), (flags(), {"SEGSTREAM_TOKEN": short})):
+        with pytest.raises(ConfigError, match="at least 16 characters") as refused:
+            resolve_token(args, env, warn=io.StringIO())
+        assert short not in str(refused.value)
+    with pytest.raises(ConfigError, match="--token-file: cannot read"):
+        resolve_token(flags(token_file=str(tmp_path / "nope")), {})
+    assert resolve_token(flags(token_file=str(tmp_path / "good")), {}) == TOKEN
+    assert resolve_token(flags(), {"SEGSTREAM_TOKEN": TOKEN}) == TOKEN
+    assert resolve_token(flags(), {}) is None
 
 
 # -- fleet worker probes ----------------------------------------------------------------------
