@@ -1,5 +1,6 @@
 """The real API fuzzed against its own OpenAPI document (schemathesis + Hypothesis), valid and
-invalid requests mixed: not one answer is 5xx and the service still answers /livez afterwards.
+invalid requests mixed: not one answer is 5xx, every answer is one the document describes (status,
+media type, body schema), and the service still answers /livez afterwards.
 Twice: with a token (sent, as a client would) and with none on a loopback bind.
 
 Bounded: a fixed number of examples per service (about a minute each on a loaded 2-core machine),
@@ -19,6 +20,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
 
 EXAMPLES = 250
+ACCURACY = [schemathesis.checks.status_code_conformance, schemathesis.checks.content_type_conformance,
+            schemathesis.checks.response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,11 @@ def fuzz(service: ServeProcess) -> Counter:
         seen[response.status_code] += 1
         if response.status_code >= 500:
             failures.append(f"{case.method} {case.formatted_path} {case.body!r:.200} -> {response.status_code}")
+        # the document is accurate: every answer's status, media type and body are the documented ones
+        try:
+            case.validate_response(response, checks=ACCURACY)
+        except (AssertionError, BaseExceptionGroup) as exc:  # one failure, or a group of them
+            failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {str(exc)[:300]}")
 
     one()
     print(f"fuzzed {service.base} (token: {bool(service.token)}): {dict(sorted(seen.items()))}")
