@@ -8,7 +8,8 @@ rules hold for every answer, errors and 404s included:
   `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`;
 - without a token, only loopback Host names (localhost, 127.0.0.1, [::1], any port) and
   `serve.allowed_hosts`: a web page that rebinds its own name to 127.0.0.1 sends its own name as
-  Host and is refused (400) before anything runs;
+  Host and is refused (400) before anything runs (the probes /livez and /readyz excepted: the
+  kubelet probes by address, and they carry nothing secret);
 - a request with a body needs `Content-Type: application/json` (415), so a cross-site "simple"
   POST (text/plain, form) cannot reach a handler; the login page's form is the one exception;
 - bodies are bounded (`serve.max_body_bytes`): a larger Content-Length is answered 413 before a
@@ -42,6 +43,8 @@ FORM_PATHS = frozenset({"/login"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Answered whatever the Host: an orchestrator probes the pod's address, and they tell nothing secret.
+PROBE_PATHS = frozenset({"/livez", "/readyz"})
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(LOGIN_STYLE.encode()).digest()).decode()
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'sha256-" + _STYLE_HASH + "'; "
@@ -163,7 +166,8 @@ class HttpGuards:
                 await respond_json(send_secured, 500, {"error": "internal error (logged)"})
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> BodyError | None:
-        if not self.token_set and "host" in headers and not host_allowed(host_name(headers["host"]), self.allowed_hosts):
+        if (not self.token_set and "host" in headers and scope["path"] not in PROBE_PATHS
+                and not host_allowed(host_name(headers["host"]), self.allowed_hosts)):
             return BodyError(400, "Host not allowed: without a token only localhost, 127.0.0.1 and [::1] "
                              "(and serve.allowed_hosts) are served")
         return None

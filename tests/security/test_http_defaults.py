@@ -79,6 +79,8 @@ def test_a_forged_host_is_refused_without_a_token(open_service, redis):
         assert answer.status == 400 and b"Host" in answer.body, (host, answer)
     assert "rebound" not in open_service.stream_ids()
     assert "rebound" not in stream_keys(redis, "open:")
+    # the probes answer any Host (a kubelet probes the pod's address); they tell nothing secret
+    assert open_service.request("GET", "/readyz", headers={"Host": "10.1.2.3:8080"}).status == 200
     for host in ("localhost", f"localhost:{open_service.port}", "127.0.0.1", f"[::1]:{open_service.port}",
                  "LOCALHOST", "cams.plant.example:8080"):  # the last from serve.allowed_hosts
         assert open_service.request("GET", "/streams", headers={"Host": host}).status == 200, host
