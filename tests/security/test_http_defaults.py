@@ -308,3 +308,36 @@ def test_worker_probes_bind_loopback_and_status_needs_the_token(redis):
         assert get("/readyz")[0] in (200, 503)  # the probes need no token (Kubernetes' carry none)
     finally:
         stop_process(worker)
+
+
+def test_a_tokenless_worker_shows_its_status_to_loopback_host_names_only(redis):
+    import http.client
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("segstream")
+    worker = subprocess.Popen([str(exe), "worker", "--redis", redis.url, "--http", f"127.0.0.1:{port}", "--input-size", "128x224"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env_without_token())
+
+    def status_with_host(host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/status", headers={"Host": host})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert worker.poll() is None
+            try:
+                first = status_with_host(f"127.0.0.1:{port}")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        assert first == 200
+        assert status_with_host("attacker.example") == 400  # a rebound page cannot read the jobs
+        assert status_with_host(f"localhost:{port}") == 200
+    finally:
+        stop_process(worker)
