@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
-from service_process import PREFIX, SHORT, TOKEN, ServeProcess
-from servers import segstream_cli
+from service_process import TOKEN, ServeProcess
 
 SECURITY_HEADERS = ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy")
 CAMERA = {"id": "cam1", "url": "rtsp://127.0.0.1:9/cam1", "kind": "live"}  # nobody listens: retried quietly
