@@ -16,12 +16,12 @@ pipeline's threads.
     GET    /readyz                200 when the model is loaded and Redis answers, else 503 (no paths shown)
     GET    /openapi.json          the OpenAPI document of the above (service/openapi.py)
     POST   /login                 the viewer's sign-in form (service/auth.py)
+    GET    /viewer/streams/{id}.mjpg  the viewer's frames (multipart/x-mixed-replace JPEGs)
+    GET    /viewer/status         the viewer's own counters (watchers, frames drawn, seconds spent)
 
 Every request first passes the edge rules of service/guards.py (Host, Content-Type, body size,
 security headers) and the token of service/auth.py. No answer repeats more than a short prefix of
 what was sent (guards.clip).
-    GET    /viewer/streams/{id}.mjpg  the viewer's frames (multipart/x-mixed-replace JPEGs)
-    GET    /viewer/status         the viewer's own counters (watchers, frames drawn, seconds spent)
 """
 
 from __future__ import annotations
