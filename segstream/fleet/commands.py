@@ -78,13 +78,24 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--config", help="YAML config (the `fleet:` section: lease, heartbeat, max_attempts, capacity)")
     p.add_argument("--name", help="worker name (default: host-pid)")
     p.add_argument("--capacity", type=int, help="streams (jobs + cameras) run at once; cameras are balanced by it")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve /livez, /readyz and /status")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /livez, /readyz and /status (':PORT': loopback; "
+                   "another address needs a token or --insecure-no-auth; /status needs the token when set)")
+    from segstream.service.exposure import add_access_flags
+
+    add_access_flags(p)
     p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
     p.add_argument("--input-size", help="network input HxW, multiples of 32")
     p.add_argument("--engine", choices=ENGINE_KINDS)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--batch-size", type=int)
     args = p.parse_args(list(argv))
+    token = None
+    if args.http:  # refused before anything loads: one error line
+        from segstream.fleet.probes import parse_address
+        from segstream.service.exposure import check_bind, resolve_token
+
+        token = resolve_token(args)
+        check_bind(parse_address(args.http)[0], token, args.insecure_no_auth)
     config = load_config(args.config)
     if args.input_size:
         override(config, "model.input_size", input_size_flag(args.input_size))
@@ -117,7 +128,7 @@ def worker_main(argv: Sequence[str]) -> int:
             worker = holder[0] if holder else None
             return bool(worker and worker.pipeline is not None and worker.pipeline.ready() and not worker.stopping.is_set())
 
-        serve_probes(args.http, live=lambda: True, ready=ready,
+        serve_probes(args.http, live=lambda: True, ready=ready, token=token,
                      status=lambda: holder[0].snapshot() if holder and holder[0].pipeline else {"loading": True})
     from segstream.fleet.worker import Worker
 

@@ -62,7 +62,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console", action="store_true", help="print one line per frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status lines")
     p.add_argument("--http", metavar="HOST:PORT", help="while running, serve GET /streams, /metrics, /livez, /readyz "
-                   "and the live viewer here (read-only; $SEGSTREAM_TOKEN, when set, is required)")
+                   "and the live viewer here (read-only; the token, when set, is required)")
+    from segstream.service.exposure import add_access_flags  # light: argparse and the config only
+
+    add_access_flags(p)  # --token-file, --token, --insecure-no-auth (for --http)
     p.add_argument("--keep-trying", action="store_true",
                    help="a single camera unreachable at start is retried instead of failing the run")
     kind = p.add_mutually_exclusive_group()
@@ -123,8 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
         from segstream.service.command import Endpoints
+        from segstream.service.exposure import resolve_token
 
-        endpoints = Endpoints(args.http, os.environ.get("SEGSTREAM_TOKEN") or None, read_only=True)
+        endpoints = Endpoints(args.http, resolve_token(args), read_only=True, insecure_no_auth=args.insecure_no_auth)
     try:
         summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
                       kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)

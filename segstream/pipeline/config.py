@@ -164,6 +164,17 @@ class ViewerSection(_Section):
     jpeg_quality: int = Field(default=75, ge=10, le=95)
 
 
+class ServeSection(_Section):
+    """The HTTP side of `serve`, `run --http` and `worker --http` (docs/security.md)."""
+
+    # Host names accepted besides localhost/127.0.0.1/[::1] when no token is set (DNS rebinding
+    # defence); "*.example.com" matches subdomains. With a token every Host is accepted.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)  # larger bodies: 413, unread
+    max_json_depth: int = Field(default=32, ge=2, le=256)  # deeper JSON bodies: 400
+    max_streams: int = Field(default=32, ge=1, le=4096)  # running streams (config, API, restored); past it: 409
+
+
 class TrackingSection(_Section):
     """Track ids across frames (pipeline/tracking.py); overlaps are 0..1 (box IoU averaged with mask IoU)."""
 
@@ -197,6 +208,7 @@ class RunConfig(_Section):
     fleet: FleetSection = Field(default_factory=FleetSection)
     shutdown_timeout: float = Field(default=10.0, gt=0)  # SIGINT/SIGTERM: seconds to drain before giving up
     viewer: ViewerSection = Field(default_factory=ViewerSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
     # `segstream serve`: streams added at start, each {id, url, kind?, max_frames?}; validated by
     # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
     streams: list[dict[str, Any]] = Field(default_factory=list)

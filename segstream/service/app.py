@@ -13,9 +13,15 @@ pipeline's threads.
     DELETE /streams/{id}          stop it, drained (a file gets its EOS entry) -> 200 + its final counters | 404
     GET    /metrics               Prometheus text format
     GET    /livez                 200 while the process answers
-    GET    /readyz                200 when the model is loaded and Redis answers, else 503
+    GET    /readyz                200 when the model is loaded and Redis answers, else 503 (no paths shown)
+    GET    /openapi.json          the OpenAPI document of the above (service/openapi.py)
+    POST   /login                 the viewer's sign-in form (service/auth.py)
     GET    /viewer/streams/{id}.mjpg  the viewer's frames (multipart/x-mixed-replace JPEGs)
     GET    /viewer/status         the viewer's own counters (watchers, frames drawn, seconds spent)
+
+Every request first passes the edge rules of service/guards.py (Host, Content-Type, body size,
+security headers) and the token of service/auth.py. No answer repeats more than a short prefix of
+what was sent (guards.clip).
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from segstream.pipeline.config import ServeSection
 from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
 from segstream.service.auth import TokenAuth
-from segstream.service.control import StreamControl
+from segstream.service.control import StreamControl, TooManyStreams
+from segstream.service.guards import BodyError, HttpGuards, clip, json_body
+from segstream.service.openapi import openapi_document
 from segstream.service.viewer import Viewer
 
 log = logging.getLogger("segstream.service")
@@ -43,33 +52,54 @@ STATIC = Path(__file__).parent / "static"
 BOUNDARY = "segstreamframe"
 
 
+#: Most validation errors listed in one answer (a body of 10 000 unknown keys gets 10).
+MAX_ERRORS_LISTED = 10
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    return JSONResponse({"error": clip(message, 300), **extra}, status_code=status)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    return clip(".".join(str(p) for p in loc), 64) or "body"  # an unknown key is the client's text
 
 
 def _validation_error(exc: ValidationError) -> JSONResponse:
     """422 naming the first bad field, e.g. {"error": "url: Field required", "field": "url"}."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+    errors = exc.errors(include_input=False, include_url=False)
+    first = errors[0]
+    where = _field(first["loc"])
+    message = "unknown field" if first["type"] == "extra_forbidden" else clip(first["msg"], 200)
     return _error(422, f"{where}: {message}", field=where,
-                  errors=[{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()])
+                  errors=[{"field": _field(e["loc"]), "message": clip(e["msg"], 200)} for e in errors[:MAX_ERRORS_LISTED]])
+
+
+def _model_name(source: Any) -> str | None:
+    """The model as /readyz names it: a file's name, never its folder (the disk is nobody's business)."""
+    if source is None:
+        return None
+    text = str(source)
+    return Path(text).name if ("/" in text or "\\" in text) else text
 
 
 def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry, token: str | None = None,
-              metrics_public: bool = False, secure_cookie: bool = False, read_only: bool = False) -> TokenAuth:
-    """The whole HTTP side; `token` None/empty leaves every endpoint open. read_only (`segstream
-    run --http`): no POST/DELETE, streams come from the command line."""
+              metrics_public: bool = False, secure_cookie: bool = False, read_only: bool = False,
+              serve: ServeSection | None = None) -> HttpGuards:
+    """The whole HTTP side; `token` None/empty leaves every endpoint open (to loopback Host names and
+    serve.allowed_hosts only). read_only (`segstream run --http`): no POST/DELETE, streams come from
+    the command line. `serve`: the limits (default ServeSection())."""
     pipeline = control.pipeline
+    serve = serve or ServeSection()
+    document = openapi_document(read_only=read_only, token=bool(token), metrics_public=metrics_public)
 
     async def list_streams(request: Request) -> Response:
         return JSONResponse(control.list())
 
     async def add_stream(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the body is not JSON: send a JSON object like {\"id\": \"cam1\", \"url\": \"rtsp://...\"}")
+        try:  # the guards bounded the body's size; json_body bounds its depth
+            body = json_body(await request.body(), serve.max_json_depth)
+        except BodyError as exc:
+            return _error(exc.status, str(exc))
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object like {\"id\": \"cam1\", \"url\": \"rtsp://...\"}")
         try:
@@ -80,10 +110,12 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
             snapshot = await run_in_threadpool(control.add, spec)
         except StreamExists:
             return _error(409, f"stream {spec.id!r} exists already: DELETE /streams/{spec.id} first", field="id")
+        except TooManyStreams as exc:
+            return _error(409, str(exc), reason="max_streams")
         except ValidationError as exc:
             return _validation_error(exc)
         except (ValueError, OSError, RuntimeError) as exc:  # the source was refused (SourceError: e.g. a missing file)
-            return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, field="url")
+            return _error(400, clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200), field="url")
         log.info("stream %s added over the API (%s)", spec.id, snapshot.get("url"))
         return JSONResponse(snapshot, status_code=201, headers={"location": f"/streams/{spec.id}"})
 
@@ -92,14 +124,14 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
         try:
             return JSONResponse(control.get(stream_id))
         except UnknownStream:
-            return _error(404, f"no stream {stream_id!r}")
+            return _error(404, f"no stream {clip(stream_id, 64)!r}")
 
     async def delete_stream(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         try:
             snapshot = await run_in_threadpool(control.remove, stream_id)
         except UnknownStream:
-            return _error(404, f"no stream {stream_id!r}")
+            return _error(404, f"no stream {clip(stream_id, 64)!r}")
         log.info("stream %s removed over the API", stream_id)
         return JSONResponse(snapshot)
 
@@ -113,7 +145,7 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
     async def readyz(request: Request) -> Response:
         ready = bool(pipeline.ready())
         body = {"status": "ready" if ready else "not ready", "redis": bool(pipeline.redis_up),
-                "redis_down_since": pipeline.redis_down_since, "model": pipeline.model_source}
+                "redis_down_since": pipeline.redis_down_since, "model": _model_name(pipeline.model_source)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def viewer_page(request: Request) -> Response:
@@ -122,13 +154,16 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
     async def viewer_frames(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         if pipeline.registry.get(stream_id) is None:
-            return _error(404, f"no stream {stream_id!r}")
+            return _error(404, f"no stream {clip(stream_id, 64)!r}")
         exists = lambda sid: pipeline.registry.get(sid) is not None  # noqa: E731
         return StreamingResponse(viewer.mjpeg(stream_id, BOUNDARY, exists), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     async def viewer_status(request: Request) -> Response:
         return JSONResponse(viewer.status())
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
 
     routes = [
         Route("/", viewer_page, methods=["GET"]),
@@ -141,7 +176,9 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
         Route("/readyz", readyz, methods=["GET"]),
         Route("/viewer/streams/{stream_id}.mjpg", viewer_frames, methods=["GET"]),
         Route("/viewer/status", viewer_status, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
-    return TokenAuth(app, token, metrics_public=metrics_public, secure_cookie=secure_cookie)
+    auth = TokenAuth(app, token, metrics_public=metrics_public, secure_cookie=secure_cookie)
+    return HttpGuards(auth, token_set=bool(token), allowed_hosts=serve.allowed_hosts, max_body_bytes=serve.max_body_bytes)

@@ -1,7 +1,10 @@
 """`segstream serve`: the long-running camera service.
 
-    segstream serve [--config FILE] [--http HOST:PORT] [--redis URL] [--token TOKEN]
-                    [--tls-cert FILE --tls-key FILE] [--metrics-public]
+    segstream serve [--config FILE] [--http HOST:PORT] [--redis URL] [--token-file FILE | --token TOKEN]
+                    [--insecure-no-auth] [--tls-cert FILE --tls-key FILE] [--metrics-public]
+
+The token comes from $SEGSTREAM_TOKEN, --token-file or --token (service/exposure.py); a
+non-loopback --http needs one unless --insecure-no-auth.
 
 Loads the model once, starts the pipeline with the config's `streams:` and the streams remembered
 from the API, and serves the HTTP API, /metrics, the probes and the live viewer until SIGTERM or
@@ -25,6 +28,7 @@ from typing import Any, Sequence
 from pydantic import ValidationError
 
 from segstream.pipeline.config import ConfigError, RunConfig, load_config, override
+from segstream.service.exposure import add_access_flags, check_bind, resolve_token
 
 log = logging.getLogger("segstream.service")
 DEFAULT_HTTP = "127.0.0.1:8080"
@@ -36,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/service.yaml): model, engine, redis, viewer, streams")
     p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_HTTP})")
     p.add_argument("--redis", help="redis://[user:password@]host:port/db (overrides redis.url)")
-    p.add_argument("--token", help="require Authorization: Bearer TOKEN on every endpoint but /livez and /readyz "
-                   "(default: $SEGSTREAM_TOKEN; unset: open)")
+    # The token is required as Authorization: Bearer TOKEN on every endpoint but /livez and /readyz.
+    add_access_flags(p)
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM), with --tls-key")
     p.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     p.add_argument("--metrics-public", action="store_true", help="leave /metrics open when a token is set")
@@ -133,8 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_http(args.http)
     tls = _tls(args)
     specs = stream_specs(config)
-    token = args.token if args.token is not None else os.environ.get("SEGSTREAM_TOKEN") or None
-    endpoints = Endpoints(args.http, token, tls, args.metrics_public)
+    if len(specs) > config.serve.max_streams:
+        raise ConfigError(f"streams: {len(specs)} streams, more than serve.max_streams ({config.serve.max_streams})")
+    token = resolve_token(args)
+    endpoints = Endpoints(args.http, token, tls, args.metrics_public, insecure_no_auth=args.insecure_no_auth)
     try:
         return _serve(config, specs, endpoints)
     finally:
@@ -150,8 +156,9 @@ class Endpoints:
     """
 
     def __init__(self, http: str, token: str | None = None, tls: tuple[str | None, str | None] = (None, None),
-                 metrics_public: bool = False, read_only: bool = False) -> None:
+                 metrics_public: bool = False, read_only: bool = False, insecure_no_auth: bool = False) -> None:
         self.host, self.port = parse_http(http)
+        check_bind(self.host, token, insecure_no_auth)  # before anything listens
         self.sock = listen(self.host, self.port)
         self.token, self.tls, self.metrics_public, self.read_only = token, tls, metrics_public, read_only
         self.viewer: Any = None
@@ -181,7 +188,7 @@ class Endpoints:
         registry = build_registry(PipelineCollector(pipeline, self.viewer, info))
         app = build_app(control or StreamControl(pipeline), self.viewer, registry, token=self.token,
                         metrics_public=self.metrics_public, secure_cookie=self.tls[0] is not None,
-                        read_only=self.read_only)
+                        read_only=self.read_only, serve=config.serve)
         self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                                                     lifespan="off", ssl_certfile=self.tls[0], ssl_keyfile=self.tls[1],
                                                     timeout_graceful_shutdown=2))
@@ -210,7 +217,8 @@ def _serve(config: RunConfig, specs: list[Any], endpoints: Endpoints) -> int:
     from segstream.service.stream_book import StreamBook
 
     pipeline = StreamingPipeline(config)  # loads the model: the only time
-    control = StreamControl(pipeline, StreamBook(config.redis.url, config.redis.prefix), specs)
+    control = StreamControl(pipeline, StreamBook(config.redis.url, config.redis.prefix), specs,
+                            max_streams=config.serve.max_streams)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -224,7 +232,8 @@ def _serve(config: RunConfig, specs: list[Any], endpoints: Endpoints) -> int:
         control.start()
         endpoints.attach(pipeline, control)
         log.info("serving on %s (viewer at /, API at /streams, metrics at /metrics%s); model %s on %s, loaded once",
-                 endpoints.url, ", token required" if endpoints.token else "", pipeline.model_source, pipeline.engine_name)
+                 endpoints.url, ", token required" if endpoints.token else ", no token: only loopback Host names are served",
+                 pipeline.model_source, pipeline.engine_name)
         while not stop.wait(0.5):
             if not endpoints.alive:
                 raise RuntimeError("the HTTP server stopped")

@@ -4,6 +4,12 @@ Config streams (the config's `streams:` list) are added at start and are not wri
 config file remembers them. Streams added over the API are remembered in the StreamBook until they
 are deleted or end on their own (a file reaching its end, a camera reaching `max_frames`). A
 remembered stream that was in flight when the service stopped is added again on the next start.
+
+At most `max_streams` streams are held at once (running, or ended and not yet deleted; config,
+API and remembered ones alike): each running stream is a decoder thread and a queue, so an
+unbounded number is a way to stop the service. Past it, adding is refused with TooManyStreams
+(the API answers 409 with `"reason": "max_streams"`); a remembered stream past it is skipped
+with a warning (it stays remembered until deleted).
 """
 
 from __future__ import annotations
@@ -20,15 +26,22 @@ from segstream.service.stream_book import StreamBook
 log = logging.getLogger("segstream.service")
 
 
-class StreamControl:
-    """What the HTTP API calls; thread-safe (handlers run on a thread pool)."""
+class TooManyStreams(Exception):
+    """The service holds `max_streams` streams already; the message says what to do."""
 
-    def __init__(self, pipeline: Any, book: StreamBook | None = None, config_streams: list[StreamSpec] | None = None) -> None:
+
+class StreamControl:
+    """What the HTTP API calls; thread-safe (handlers run on a thread pool). `max_streams` None: no cap."""
+
+    def __init__(self, pipeline: Any, book: StreamBook | None = None, config_streams: list[StreamSpec] | None = None,
+                 max_streams: int | None = None) -> None:
         self.pipeline = pipeline
+        self.max_streams = max_streams
         self.book = book
         self.config_streams = list(config_streams or [])
         self._remembered: set[str] = set()
         self._lock = threading.Lock()
+        self._adding = threading.Lock()  # never held by the pipeline's threads (_on_state takes _lock)
         self._stopping = False
 
     def start(self) -> None:
@@ -55,6 +68,8 @@ class StreamControl:
                 log.warning("skipping remembered stream %s: refused by the source policy (%s)", spec.id, exc)
             except StreamExists:
                 pass  # added over the API or by the config meanwhile
+            except TooManyStreams as exc:
+                log.warning("not adding remembered stream %s: %s", spec.id, exc)
             except Exception as exc:  # a bad remembered stream must not stop the others
                 log.warning("cannot add remembered stream %s: %s", spec.id, exc)
 
@@ -64,19 +79,24 @@ class StreamControl:
 
     def _add(self, spec: StreamSpec, remember: bool, origin: Origin = "api") -> dict[str, Any]:
         """Raises SourceRefused (the source policy said no: nothing opened, nothing remembered),
-        SourceError (a file that cannot be read), StreamExists."""
-        if spec.id in self.pipeline.registry:
-            raise StreamExists(spec.id)
-        source = make_source(spec, self.pipeline.config, origin)
-        if not source.live:  # a missing or unreadable file is the caller's mistake: SourceError, one line
-            try:             # (cameras are never waited for: an unreachable one is retried)
-                source.check()
-            except SourceError:
-                if origin == "api" and not scheme_of(spec.url):
-                    # Missing, a folder, not a video: one text, so the API cannot map the disk.
-                    raise SourceRefused(local_refusal(origin)) from None
-                raise
-        state = self.pipeline.add_source(source)
+        SourceError (a file that cannot be read), StreamExists, TooManyStreams."""
+        with self._adding:  # one add at a time: two concurrent POSTs cannot both take the last place
+            if spec.id in self.pipeline.registry:
+                raise StreamExists(spec.id)
+            held = len(self.pipeline.registry.all())
+            if self.max_streams is not None and held >= self.max_streams:
+                raise TooManyStreams(f"the service holds {held} streams, its limit (serve.max_streams = "
+                                     f"{self.max_streams}): DELETE one first (ended streams count until deleted)")
+            source = make_source(spec, self.pipeline.config, origin)
+            if not source.live:  # a missing or unreadable file is the caller's mistake: SourceError, one line
+                try:             # (cameras are never waited for: an unreachable one is retried)
+                    source.check()
+                except SourceError:
+                    if origin == "api" and not scheme_of(spec.url):
+                        # Missing, a folder, not a video: one text, so the API cannot map the disk.
+                        raise SourceRefused(local_refusal(origin)) from None
+                    raise
+            state = self.pipeline.add_source(source)
         with self._lock:
             self._remembered.add(spec.id)
         if remember and self.book is not None:

@@ -254,13 +254,16 @@ def test_without_the_token_everything_but_the_probes_is_401(service):
     assert service.call("DELETE", "/streams/cam1", token=None)[0] == 401
     assert service.call("GET", "/livez", token=None)[0] == 200
     assert service.call("GET", "/readyz", token=None)[0] == 200
-    # the viewer page: a sign-in form, then the token kept in a cookie (good for reading only)
+    # the viewer page: a sign-in form that POSTs the token (never in an address), then the token
+    # kept in a cookie (good for reading only)
     status, page, _ = service.call("GET", "/", token=None)
-    assert status == 401 and "token" in page
-    opener = urllib.request.build_opener(NoRedirect)
+    assert status == 401 and "token" in page and 'method="post"' in page
     query = urllib.parse.urlencode({"token": TOKEN})
+    assert service.call("GET", f"/?{query}", token=None)[0] == 401  # a token in the address logs nobody in
+    opener = urllib.request.build_opener(NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as redirect:
-        opener.open(f"{service.base}/?{query}")
+        opener.open(urllib.request.Request(f"{service.base}/login", data=query.encode(), method="POST",
+                                           headers={"Content-Type": "application/x-www-form-urlencoded"}))
     assert redirect.value.code == 303
     cookie = redirect.value.headers["set-cookie"].split(";")[0]
     assert "HttpOnly" in redirect.value.headers["set-cookie"]
@@ -308,6 +311,17 @@ def chromium():
     return webdriver.Chrome(options=options, service=DriverService(executable_path="/usr/bin/chromedriver"))
 
 
+def sign_in(browser, base: str) -> None:
+    """Type the token into the viewer's sign-in form and submit it, as a person would."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/")
+    field = browser.find_element(By.NAME, "token")
+    field.send_keys(TOKEN)
+    field.submit()
+    wait_for(lambda: browser.get_cookie("segstream_token") is not None, 10, "the sign-in cookie")
+
+
 def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, shapes_clip, tmp_path):
     from segstream.service.viewer import MASK_ALPHA, class_colour
     from segstream.pipeline.wire import decode_mask
@@ -316,7 +330,7 @@ def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, 
     assert before["rendered"] == 0 and before["watchers"] == {}  # nobody watched: nothing was drawn
     browser = chromium()
     try:
-        browser.get(f"{service.base}/?token={urllib.parse.quote(TOKEN)}")  # once; then the cookie
+        sign_in(browser, service.base)  # once; then the cookie
         browser.get(f"{service.base}/#clip")
         wait_for(lambda: "cam1" in browser.page_source, 20, "the stream list in the page")
         # the clip starts only now, so the page is already waiting for it

@@ -63,7 +63,8 @@ def test_a_cli_run_with_http_serves_the_read_only_endpoints(rtsp_server, redis_u
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
     def get(path: str, method: str = "GET") -> tuple[int, bytes]:
-        request = urllib.request.Request(base + path, method=method, data=b"{}" if method == "POST" else None)
+        request = urllib.request.Request(base + path, method=method, data=b"{}" if method == "POST" else None,
+                                         headers={"Content-Type": "application/json"} if method == "POST" else {})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read()

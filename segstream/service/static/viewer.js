@@ -1,6 +1,6 @@
 // The live viewer: the stream list (GET /streams every second) and the chosen stream's frames
 // (an <img> on the MJPEG endpoint; the server draws masks, boxes, labels, scores and track ids).
-// Auth: the page's cookie (set once from ?token=) goes along with these same-origin requests.
+// Auth: the page's cookie (set once by the sign-in form's POST /login) goes along with these same-origin requests.
 "use strict";
 
 const rows = document.getElementById("streams");
