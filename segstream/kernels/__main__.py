@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from segstream.kernels import device_build, host_build
 
@@ -18,7 +19,8 @@ def main() -> None:
     try:
         host_build.check()
     except host_build.KernelLibraryError as exc:
-        raise SystemExit(f"segstream: error: {exc}") from None
+        print(f"segstream: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"CPU library: {host_build.library_path()}")
     for arch in args.cuda_arch:
         for target in ("cubin", "ptx"):
