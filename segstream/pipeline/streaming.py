@@ -20,7 +20,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from segstream.engines.factory import open_engine
-from segstream.kernels import host_build
 from segstream.engines.models import LoadedModel, load_model
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
@@ -113,6 +112,8 @@ class StreamingPipeline:
 
     def __init__(self, config: RunConfig, engine: Engine | None = None, extra_sinks: list[Sink] | None = None,
                  keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True) -> None:
+        from segstream.kernels import host_build
+
         host_build.check()  # a missing/broken kernel library stops here, before Redis or an engine is touched
         self.config = config
         sinks: list[Sink] = []
