@@ -97,3 +97,20 @@ def test_a_fresh_base_venv_runs_a_file_through_redis_with_no_compiler(
     assert all(m["instances"] for m in frames), "a frame of the bundled model's domain came without instances"
     assert ends == [{"schema": 1, "stream": "wheel", "eos": True, "frames": decoded}]
     assert not list((tmp_path / "cache").rglob("*.so")), "something was compiled at run time"
+
+
+@pytest.mark.parametrize("command, extra", [
+    (["export", "onnx", "--model", "shapes"], "torch"),
+    (["train", "--steps", "1"], "torch"),
+])
+def test_a_base_install_asked_for_an_extras_command_names_the_extra(
+    base_venv: Path, tmp_path: Path, command: list[str], extra: str
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEGSTREAM_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([str(base_venv / "bin" / "segstream"), *command], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-4000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segstream: error:"), done.stderr
+    assert f"segstream[{extra}]" in lines[0]
+    assert "Traceback" not in done.stderr
