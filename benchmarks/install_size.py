@@ -6,7 +6,9 @@ disk), minus pip/setuptools (the venv's own tools, not segstream's). Prints the 
 of each, the ratio base / full, and whether the base install holds torch, torchvision, triton or
 nvidia-* (it must not).
 
-    .venv/bin/python benchmarks/install_size.py [--skip-full] [--keep DIR]
+    .venv/bin/python benchmarks/install_size.py [--skip-full] [--extras demo,eval] [--keep DIR]
+
+--extras also measures the base install plus each named extra (e.g. demo: what `make demo` installs).
 
 The full venv gets torch/torchvision pinned as in the Makefile (torch==2.14.1 torchvision==0.29.1,
 PyPI's CUDA builds), then the wheel with the `all` extra.
@@ -66,6 +68,7 @@ def report(label: str, site: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-full", action="store_true", help="measure the base install only")
+    parser.add_argument("--extras", default="", help="comma-separated extras to measure on top of the base install")
     parser.add_argument("--keep", type=Path, help="build the venvs here and keep them (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segstream-size-") as tmp:
@@ -77,6 +80,12 @@ def main() -> int:
         base = report("base install (pip install segstream)", base_site)
         forbidden = sorted(p.name for p in base_site.iterdir() if p.name.lower().startswith(FORBIDDEN))
         print(f"  torch/torchvision/triton/nvidia-* in the base install: {forbidden or 'none'}")
+        for extra in filter(None, args.extras.split(",")):
+            extra_site = venv_with(work / f"base-{extra}", f"{wheel}[{extra}]")
+            size = report(f"base + {extra} extra (pip install 'segstream[{extra}]')", extra_site)
+            leaked = sorted(p.name for p in extra_site.iterdir() if p.name.lower().startswith(FORBIDDEN))
+            print(f"  torch/torchvision/triton/nvidia-* with the {extra} extra: {leaked or 'none'}; "
+                  f"{size - base:+.0f} MiB over the base")
         if not args.skip_full:
             full_site = venv_with(work / "full", " ".join(TORCH_PINS), f"{wheel}[all]")
             full = report("full install (torch pins, then segstream[all])", full_site)
