@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,13 @@ def test_a_run_with_a_missing_or_broken_kernel_library_stops_at_start_and_publis
 ) -> None:
     clip = write_clip(tmp_path / "clip.mp4", frames=4)
     site = _package_copy(tmp_path, library)
-    env = {**os.environ, "PYTHONPATH": str(site), "SEGSTREAM_CACHE": str(tmp_path / "cache")}
+    # -S: no .pth files, so no editable-install import hook (scikit-build-core's sits in front of
+    # PYTHONPATH); the copy first, then this interpreter's site-packages for the dependencies.
+    paths = sysconfig.get_paths()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), paths["purelib"], paths["platlib"]]),
+           "SEGSTREAM_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(clip), "--redis", redis_url, "--stream-id", "cam"],
+        [sys.executable, "-S", "-m", "segstream.pipeline.cli", "run", str(clip), "--redis", redis_url, "--stream-id", "cam"],
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,  # cwd: -m puts it first on sys.path
     )
     assert done.returncode == 2, done.stderr
