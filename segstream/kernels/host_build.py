@@ -1,22 +1,25 @@
-"""The CPU build of the kernels: compiled with the system C++ compiler on first use, loaded with ctypes.
+"""The CPU build of the kernels: a prebuilt shared library, loaded with ctypes. Nothing is compiled here.
 
-The library is ``host.cpp`` plus the shared headers, built once per source digest into the
-cache (see :mod:`segstream.kernels.sources`). ``-ffp-contract=off`` keeps the compiler from
-fusing multiply-adds, so float results round like torchvision's CPU kernels.
+``libsegstream_kernels.so`` is ``csrc/host.cpp`` plus the shared headers, compiled by CMake
+(``CMakeLists.txt``, run by scikit-build-core) when the wheel is built, with ``-O3
+-ffp-contract=off -fno-fast-math``: ``-ffp-contract=off`` keeps the compiler from fusing
+multiply-adds, so float results round like torchvision's CPU kernels. The wheel carries it next to
+this file; an editable install puts it in site-packages (found through the package's ``__path__``);
+a checkout used through ``PYTHONPATH`` gets it with ``make kernels``.
+
+A missing or unloadable library is :class:`KernelLibraryError`, raised by :func:`check` when an
+engine or pipeline starts (the CLI prints it as one ``segstream: error:`` line, exit 2).
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
-from segstream.kernels import sources
+import segstream.kernels
 
+# The flags CMakeLists.txt compiles with (tests/kernels/host_compile.py builds test variants with these).
 CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 LIBRARY_NAME = "libsegstream_kernels.so"
 ABI_VERSION = 1
@@ -49,54 +52,54 @@ _RESTYPES = {"segstream_kernels_abi_version": ctypes.c_int, "segstream_rle_encod
              "segstream_rle_compress": ctypes.c_longlong, "segstream_rle_decode_region": ctypes.c_int}
 
 
-class BuildError(RuntimeError):
-    """The C++ compiler failed on the kernel sources; the message holds its output."""
+class KernelLibraryError(RuntimeError):
+    """The prebuilt CPU kernel library is missing, does not load, or belongs to another version."""
 
 
-def compiler() -> str:
-    """The C++ compiler used: ``$CXX``, else ``c++``/``g++`` on PATH."""
-    for candidate in (os.environ.get("CXX"), "c++", "g++"):
-        if candidate and shutil.which(candidate):
-            return candidate
-    raise BuildError("no C++ compiler found (set CXX or install g++); the CPU kernels need one")
-
-
-def _compiler_identity(cxx: str) -> str:
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.splitlines()[0] if out.stdout else cxx
+_REINSTALL = ("reinstall segstream from its wheel (pip install --force-reinstall segstream), "
+              "or in a checkout run `make kernels`")
 
 
 def library_path() -> Path:
-    """Path of the built library, compiling it first if this source digest has none yet."""
-    cxx = compiler()
-    digest = sources.source_digest(f"host|{_compiler_identity(cxx)}|{' '.join(CXX_FLAGS)}")
-    target = sources.cache_dir(digest) / LIBRARY_NAME
-    if target.exists():
-        return target
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{LIBRARY_NAME}.", suffix=".tmp")
-    os.close(fd)
+    """Path of the installed library: the first ``segstream/kernels/`` directory holding it.
+
+    Raises KernelLibraryError when no directory of the package has it; never compiles.
+    """
+    searched = [Path(entry) for entry in segstream.kernels.__path__]
+    for folder in searched:
+        candidate = folder / LIBRARY_NAME
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(folder) for folder in searched)
+    raise KernelLibraryError(f"the CPU kernel library {LIBRARY_NAME} is not installed (looked in {where}): {_REINSTALL}")
+
+
+def _load(path: Path) -> ctypes.CDLL:
     try:
-        cmd = [cxx, *CXX_FLAGS, f"-I{sources.CSRC}", str(sources.CSRC / sources.HOST_SOURCE), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise BuildError(f"{' '.join(cmd)}\n{result.stderr}")
-        os.replace(tmp, target)  # atomic: a concurrent builder's identical file may win, harmlessly
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return target
+        lib = ctypes.CDLL(str(path))
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes = argtypes
+            fn.restype = _RESTYPES.get(name)
+    except (OSError, AttributeError) as exc:  # not a library for this machine, or one without our symbols
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise KernelLibraryError(f"the CPU kernel library {path} does not load ({reason}): {_REINSTALL}") from None
+    found = lib.segstream_kernels_abi_version()
+    if found != ABI_VERSION:
+        raise KernelLibraryError(f"the CPU kernel library {path} has ABI version {found}, this segstream needs "
+                                 f"{ABI_VERSION}: {_REINSTALL}")
+    return lib
 
 
 def library() -> ctypes.CDLL:
-    """The loaded CPU library with argument types set (built on first call)."""
+    """The loaded CPU library with argument types set. Raises KernelLibraryError, never compiles."""
     global _library
     with _lock:
         if _library is None:
-            lib = ctypes.CDLL(str(library_path()))
-            for name, argtypes in _SIGNATURES.items():
-                fn = getattr(lib, name)
-                fn.argtypes = argtypes
-                fn.restype = _RESTYPES.get(name)
-            if lib.segstream_kernels_abi_version() != ABI_VERSION:
-                raise BuildError("CPU kernel library ABI does not match this Python package")
-            _library = lib
+            _library = _load(library_path())
         return _library
+
+
+def check() -> None:
+    """Load the library now, so a broken install stops a run at start rather than on its first frame."""
+    library()

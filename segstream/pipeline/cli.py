@@ -21,13 +21,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.engines.factory import EngineError
     from segstream.engines.model_config import ModelConfigError
     from segstream.engines.models import ModelError
+    from segstream.kernels.host_build import KernelLibraryError
     from segstream.pipeline.config import ConfigError
     from segstream.pipeline.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.sources import SourceError
 
     return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
-            StageFailed)
+            StageFailed, KernelLibraryError)
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -220,6 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for the user, never a traceback
         if debug:
             raise
+        from segstream.pipeline.extras import missing_extra, missing_extra_message
+
+        if extra := missing_extra(exc):  # a base install running what an extra brings (checked first:
+            # the error classes below live in modules that may import it themselves)
+            print(f"segstream: error: {missing_extra_message(args.command, exc, extra)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if _is_user_error(exc):
             print(f"segstream: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -118,6 +118,9 @@ class StreamingPipeline:
 
     def __init__(self, config: RunConfig, engine: Engine | None = None, extra_sinks: list[Sink] | None = None,
                  keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True) -> None:
+        from segstream.kernels import host_build
+
+        host_build.check()  # a missing/broken kernel library stops here, before Redis or an engine is touched
         self.config = config
         sinks: list[Sink] = []
         self.redis: RedisStreamSink | None = None

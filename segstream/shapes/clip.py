@@ -24,8 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segstream.shapes.backgrounds import HELDOUT_PHOTOS, random_background
-from segstream.shapes.dataset import FRAME_SIZE, random_scene
-from segstream.shapes.scene import CLASS_NAMES, paint
+from segstream.shapes.scene import CLASS_NAMES, FRAME_SIZE, paint, random_scene
 
 #: Visible parts smaller than this (frame pixels) are not annotated: a few pixels of an object
 #: cannot be told apart from its background, in the ground truth or by a viewer.

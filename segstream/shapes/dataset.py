@@ -17,18 +17,10 @@ from PIL import Image
 
 from segstream.pipeline.preprocess import fit_size
 from segstream.shapes.backgrounds import TRAIN_PHOTOS, random_background
-from segstream.shapes.scene import Shape, paint, random_shape
-
-FRAME_SIZE = (640, 360)  # (width, height) of the domain's camera frames
+from segstream.shapes.scene import FRAME_SIZE, Shape, paint, random_scene, random_shape  # noqa: F401 (re-exported)
 
 #: Visible instances smaller than this many input pixels are not used as targets.
 MIN_VISIBLE_PIXELS = 12
-
-
-def random_scene(rng: np.random.Generator, width: int, height: int) -> list[Shape]:
-    """1..9 objects in drawing order, skewed towards a handful."""
-    count = int(min(9, 1 + rng.poisson(3.0)))
-    return [random_shape(rng, width, height) for _ in range(count)]
 
 
 def camera_degrade(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,14 +20,16 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+if TYPE_CHECKING:  # torch only for predict_clip/main (the model run directly): the metrics need none
+    import torch
 
 FrameResult = dict
 
@@ -241,7 +243,6 @@ def decode_frames(video: str | Path, max_frames: int | None = None) -> Iterator[
             yield frame.to_ndarray(format="rgb24")
 
 
-@torch.inference_mode()
 def predict_clip(model: torch.nn.Module, video: str | Path, class_names: Sequence[str],
                  mask_threshold: float = 0.5, batch_size: int = 4, max_frames: int | None = None) -> Iterator[FrameResult]:
     """Frame results of a torchvision Mask R-CNN run directly on a video (no pipeline).
@@ -249,6 +250,8 @@ def predict_clip(model: torch.nn.Module, video: str | Path, class_names: Sequenc
     The model's own transform resizes each frame to fit its input size and pads it; its
     postprocess maps boxes back to frame pixels and pastes the masks at frame resolution.
     """
+    import torch
+
     model.eval()
     batch: list[np.ndarray] = []
     index = 0
@@ -256,7 +259,9 @@ def predict_clip(model: torch.nn.Module, video: str | Path, class_names: Sequenc
     def flush() -> Iterator[FrameResult]:
         nonlocal index
         tensors = [torch.from_numpy(f).permute(2, 0, 1).float().div_(255.0) for f in batch]
-        for frame, out in zip(batch, model(tensors)):
+        with torch.inference_mode():
+            outputs = model(tensors)
+        for frame, out in zip(batch, outputs):
             h, w = frame.shape[:2]
             masks = (out["masks"][:, 0] >= mask_threshold).numpy().astype(np.uint8)
             instances = []
@@ -290,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segstream.shapes.model import load_shapes_model
 
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     model, config = load_shapes_model(args.model, score_threshold=args.score_threshold)
     metrics = evaluate_clip(args.video, args.gt, lambda v: predict_clip(model, v, config.class_names,

@@ -20,6 +20,7 @@ CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 MODEL_CLASS_NAMES: tuple[str, ...] = ("__background__",) + CLASS_NAMES
 
 #: Radius range as a fraction of the frame height (the spec says about 7%-22%).
+FRAME_SIZE = (640, 360)  # (width, height) of the domain's camera frames
 RADIUS_RANGE = (0.065, 0.23)
 
 
@@ -108,6 +109,12 @@ def random_shape(rng: np.random.Generator, width: int, height: int, class_id: in
         vy=speed * math.sin(heading),
         spin=float(rng.uniform(-0.06, 0.06)),
     )
+
+
+def random_scene(rng: np.random.Generator, width: int, height: int) -> list[Shape]:
+    """1..9 objects in drawing order, skewed towards a handful."""
+    count = int(min(9, 1 + rng.poisson(3.0)))
+    return [random_shape(rng, width, height) for _ in range(count)]
 
 
 def random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
