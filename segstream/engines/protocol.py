@@ -4,11 +4,12 @@ the optional split of an engine into two halves, and the engines' error."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from segstream.engines.model_config import ModelConfig
+
+if TYPE_CHECKING:  # the torch-free engine (openvino_runtime) and the base install import this module without torch
+    import torch
 
 
 class EngineError(RuntimeError):
@@ -23,18 +24,19 @@ class Detections:
     scores:  float32 [K]     descending.
     classes: int64   [K]     class ids 1..C (0 is background and never appears).
     masks:   float32 [K, M, M] mask probabilities in [0, 1] over each box (M = 28 for Mask R-CNN).
-    All tensors live on the engine's device; K may be 0.
+    All tensors live on the engine's device; K may be 0. The torch-free engine (openvino_runtime)
+    fills the fields with numpy arrays of the same shapes and dtypes.
     """
 
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    classes: torch.Tensor
-    masks: torch.Tensor
+    boxes: "torch.Tensor"
+    scores: "torch.Tensor"
+    classes: "torch.Tensor"
+    masks: "torch.Tensor"
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: "torch.device | str") -> "Detections":
         return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.classes, self.masks)))
 
 
@@ -50,7 +52,7 @@ class Engine(Protocol):
 
     name: str
     config: ModelConfig
-    device: torch.device
+    device: "torch.device"
     max_batch: int
 
     def close(self) -> None:
@@ -58,7 +60,7 @@ class Engine(Protocol):
         TensorRT contexts). Idempotent; the pipeline calls it when it is done with the engine."""
         ...
 
-    def infer(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[Detections]:
+    def infer(self, images: "torch.Tensor", image_sizes: list[tuple[int, int]]) -> list[Detections]:
         """Run the model.
 
         images: float32 [B, 3, H, W] on `device`, B <= max_batch, (H, W) = config.input_size,
@@ -81,7 +83,7 @@ class SplitEngine(Engine, Protocol):
     while it is alive (the pipeline holds a few between the two stages).
     """
 
-    def extract(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> "Features":
+    def extract(self, images: "torch.Tensor", image_sizes: list[tuple[int, int]]) -> "Features":
         """The first half on a batch (same arguments as `infer`): the dense trunk, as a Features value."""
         ...
 
