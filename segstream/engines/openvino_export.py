@@ -90,7 +90,9 @@ def sidecar_for(model: LoadedModel, graph: StaticMaskRCNN, name: str, batch: int
             "score_threshold": graph.score_threshold, "nms_threshold": graph.nms_threshold,
             "detections_per_image": graph.max_detections,
         },
-        "checkpoint_digest": model_digest(model), "source": model.source,
+        # The checkpoint's file name, not where it lay on the exporting machine.
+        "checkpoint_digest": model_digest(model),
+        "source": Path(model.source).name if Path(model.source).is_file() else model.source,
         "segstream_version": segstream.__version__, "openvino_version": openvino_version(ov),
     }
 

@@ -107,17 +107,19 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class OpenVinoRuntimeEngine:
-    """Engine/SplitEngine protocol over an artifact directory, without torch (CPU only).
+    """Engine/SplitEngine protocol over an artifact directory, without torch (CPU only; `host_arrays`:
+    numpy batches in, Detections of numpy arrays out).
 
     folder: an artifact directory (segstream export openvino), or an Artifact already loaded.
     max_batch: the batch the trunk was exported at (the artifact's); smaller batches are zero-padded.
     precision: fp32 | bf16 (compile-time hint on fp32 weights) | int8 (needs an int8 artifact);
         default: the artifact's own.
     threads: OpenVINO inference threads of each part (default: half the cores the process may use).
+    score_threshold: replaces the artifact's detection score threshold (`model.score_threshold`).
     """
 
     def __init__(self, folder: str | Path | Artifact, max_batch: int | None = None, precision: str | None = None,
-                 threads: int | None = None, source: str | None = None) -> None:
+                 threads: int | None = None, source: str | None = None, score_threshold: float | None = None) -> None:
         try:
             import openvino as ov
         except ImportError:
@@ -128,7 +130,14 @@ class OpenVinoRuntimeEngine:
             raise EngineError(str(exc)) from None
         side = artifact.sidecar
         self.artifact = artifact
+        self.host_arrays = True
         self.config = artifact.config
+        self._score_threshold = side.roi.score_threshold
+        if score_threshold is not None:
+            if not 0.0 <= score_threshold <= 1.0:
+                raise EngineError(f"score threshold {score_threshold} is not within [0, 1]")
+            self.config = self.config.replace(score_threshold=score_threshold)
+            self._score_threshold = float(score_threshold)
         self.device = HostDevice("cpu")
         self.source = source or str(artifact.folder)
         precision = precision or side.precision
@@ -288,7 +297,7 @@ class OpenVinoRuntimeEngine:
         keep = (self._candidate_rows[None] < num_proposals[:, None]) & _large_enough(boxes, 1e-2)
         scores = np.where(keep, scores, _DROPPED)
         labels = np.broadcast_to(self._candidate_labels, scores.shape)
-        result = host_ops.batched_nms(boxes, scores, labels, roi.nms_threshold, roi.score_threshold,
+        result = host_ops.batched_nms(boxes, scores, labels, roi.nms_threshold, self._score_threshold,
                                       roi.detections_per_image)
         return result.count, result.boxes, result.scores, result.classes
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from segstream.engines.factory import open_engine
-from segstream.engines.models import LoadedModel, load_model
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
@@ -40,6 +38,9 @@ from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
 from segstream.pipeline.tracking import Tracking
+
+if TYPE_CHECKING:
+    from segstream.engines.factory import OpenedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,18 @@ class UnknownStream(KeyError):
     """No stream with this id."""
 
 
-def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
+def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
+    """The run's engine: an artifact (bundled or --model DIR) on the torch-free engine, else the torch model's."""
+    from segstream.engines.factory import open_model_engine
+
     m, e = config.model, config.engine
-    loaded = load_model(m.name, m.weights, m.input_size, m.allow_download)
-    if m.score_threshold is not None:
-        loaded.config = loaded.config.replace(score_threshold=m.score_threshold)
-        loaded.network.roi_heads.score_thresh = m.score_threshold
-    if e.threads:
+    opened = open_model_engine(m.name, m.weights, m.input_size, m.allow_download, e.kind, e.device, e.batch_size,
+                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold)
+    if e.threads and opened.loaded is not None:  # (the torch-free path never imports torch for this)
+        import torch
+
         torch.set_num_threads(e.threads)
-    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision, threads=e.threads)
-    return engine, loaded
+    return opened.engine, opened
 
 
 def make_source(spec: StreamSpec, config: RunConfig) -> Source:
