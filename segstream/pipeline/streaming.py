@@ -14,18 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from segstream.engines.protocol import Engine
+from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
 from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
-from segstream.pipeline.nvdec import NvdecFileSource
 from segstream.pipeline.postprocess import Postprocess
 from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress
@@ -39,12 +37,13 @@ from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSourc
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
 from segstream.pipeline.tracking import Tracking
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model loaders may too
     from segstream.engines.factory import OpenedModel
+    from segstream.pipeline.nvdec import NvdecFileSource
 
 log = logging.getLogger(__name__)
 
-Source = VideoFileSource | NvdecFileSource | CameraSource
+Source = Union[VideoFileSource, "NvdecFileSource", CameraSource]
 
 
 class StreamSpec(BaseModel):
@@ -96,6 +95,8 @@ def make_source(spec: StreamSpec, config: RunConfig) -> Source:
     if config.engine.device == "cuda" and src.decoder != "cpu" and not is_remote(spec.url):
         backend = decode_backend("cuda", src.decoder)
         if backend.name == "nvdec":
+            from segstream.pipeline.nvdec import NvdecFileSource
+
             return NvdecFileSource(spec.url, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
         if src.decoder == "nvdec":
             raise SourceError(f"source.decoder is nvdec, but {backend.reason.split(':')[0]}")
@@ -154,7 +155,7 @@ class StreamingPipeline:
         self.chain = Chain(
             producers=[],
             stages=[
-                Preprocess(engine.config, engine.device, batch),
+                Preprocess(engine.config, engine.device, batch, host_arrays=takes_host_arrays(engine)),
                 *engine_part,  # features (a split engine's trunk) and inference
                 # GPU detections are encoded a batch at a time on the device; the mask regions that
                 # drawing (video, the service's viewer) and the tracker's mask IoU need are rebuilt
