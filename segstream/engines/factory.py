@@ -200,6 +200,9 @@ def open_model_engine(
     """
     if kind not in ENGINE_KINDS:
         raise EngineError(f"unknown engine {kind!r}: use one of {', '.join(ENGINE_KINDS)}")
+    if Path(model).is_dir() and not is_artifact(model):
+        raise EngineError(f"--model {model}: a directory without a model artifact's sidecar "
+                          f"(make one with `segstream export openvino -o {model}`)")
     if is_artifact(model):
         where = f"--model {model} is an OpenVINO artifact"
         if kind in TORCH_KINDS:

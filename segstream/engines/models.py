@@ -174,7 +174,7 @@ def load_model(
 
     if is_artifact(model):
         raise ModelError(f"--model {model} is an OpenVINO artifact: it runs on --engine auto or openvino, on the CPU")
-    require_torch(f"--model {model}")
+    require_torch(f"--model {model}", model)
     if model in PRESETS:
         config = preset_config(model, input_size)
         network = build_network(config)
@@ -214,16 +214,16 @@ def load_model(
     return LoadedModel(config=config, network=network, placeholder=placeholder, source=source)
 
 
-def require_torch(what: str) -> None:
-    """ModelError naming the torch extra (and the artifact route) when torch or torchvision do not import."""
+def require_torch(what: str, model: str | None = None) -> None:
+    """ModelError naming the torch extra (and, for a model, the artifact route) when torch or
+    torchvision do not import."""
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError:
-        raise ModelError(
-            f"{what} needs torch, which this install does not have: {TORCH_HINT} "
-            f"(or, where torch is installed, `segstream export openvino --model ... -o DIR` once and run --model DIR here)"
-        ) from None
+        route = "" if model is None else (
+            f" (or, where torch is installed, `segstream export openvino --model {model} -o DIR` once and run --model DIR here)")
+        raise ModelError(f"{what} needs torch, which this install does not have: {TORCH_HINT}{route}") from None
 
 
 def placeholder_config(name: str) -> ModelConfig:
