@@ -238,8 +238,13 @@ def open_model_engine(
         elif max_batch > side.batch:
             misfit = f"--batch-size {max_batch}"
         if misfit is None:
-            engine = _runtime_engine(artifact, kind, device, max_batch, precision, threads, score_threshold)
-            return OpenedModel(engine, f"{model} (bundled OpenVINO artifact)", False)
+            try:
+                engine = _runtime_engine(artifact, kind, device, max_batch, precision, threads, score_threshold)
+                return OpenedModel(engine, f"{model} (bundled OpenVINO artifact)", False)
+            except EngineError:
+                # auto with torch installed falls back as before (torch, saying why); otherwise this is the error.
+                if kind != "auto" or _torch_missing():
+                    raise
         if _torch_missing():
             raise EngineError(
                 f"{misfit}: the bundled {model} model without torch runs on --engine auto|openvino, on the CPU, at "

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from segstream.engines.model_config import ModelConfig, ModelConfigError
 
+#: What to install when OpenVINO does not import (shared with openvino_build, which needs torch).
+INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e . installs it)"
 SIDECAR = "segstream-model.json"
 FORMAT = "segstream-openvino"
 FORMAT_VERSION = 1

@@ -43,10 +43,10 @@ from torch import Tensor, nn
 
 from segstream.engines.export import cache_root, model_digest
 from segstream.engines.models import LoadedModel
+from segstream.engines.openvino_artifact import INSTALL_HINT
 from segstream.engines.static_graph import StaticMaskRCNN
 
 PRECISIONS = ("fp32", "bf16", "int8")
-INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e . installs it)"
 INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
 #: Bump when the converted parts change for the same weights, so stale cached builds are not reused.
 BUILD_VERSION = "4"

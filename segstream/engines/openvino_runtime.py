@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from segstream.engines.openvino_artifact import ANCHORS, Artifact, ArtifactError, load_artifact
+from segstream.engines.openvino_artifact import ANCHORS, INSTALL_HINT, Artifact, ArtifactError, load_artifact
 from segstream.engines.protocol import Detections, EngineError, Features
 from segstream.kernels import host_ops
 
@@ -123,7 +123,7 @@ class OpenVinoRuntimeEngine:
         try:
             import openvino as ov
         except ImportError:
-            raise EngineError("OpenVINO is not installed: pip install segstream (openvino is a base dependency)") from None
+            raise EngineError(f"--engine openvino: OpenVINO is not installed: {INSTALL_HINT}") from None
         try:
             artifact = folder if isinstance(folder, Artifact) else load_artifact(folder)
         except ArtifactError as exc:
