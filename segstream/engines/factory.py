@@ -220,6 +220,8 @@ def open_model_engine(
             height, width = artifact.config.input_size
             raise EngineError(f"--input-size {input_size[0]}x{input_size[1]}: {where} exported at {height}x{width}; "
                               f"export it again with `segstream export openvino --input-size ...`")
+        if precision == "fp32":  # the default: an artifact runs at the precision it was exported for
+            precision = artifact.sidecar.precision
         engine = _runtime_engine(artifact, kind, device, max_batch, precision, threads, score_threshold)
         return OpenedModel(engine, str(Path(model)), False)
     bundled = bundled_artifact(model) if weights is None else None
