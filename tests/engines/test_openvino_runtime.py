@@ -199,3 +199,22 @@ def test_a_damaged_artifact_is_refused_with_the_cause(clip, tmp_path):
             f.seek(1000)
             f.write(b"\x7f\x7f\x7f\x7f")
         load_artifact(artifact, verify=True)
+
+
+def test_an_int8_artifact_made_at_export_runs_on_a_base_install_at_its_own_precision(clip, tmp_path):
+    out = tmp_path / "shapes-int8"
+    done = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "--model", "shapes",
+                           "--input-size", "192x320", "--precision", "int8", "--calibration-frames", "8", "-o", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    sidecar = json.loads((out / SIDECAR).read_text())
+    assert sidecar["weights"] == "int8" and "8 shapes-domain images" in sidecar["calibration"]
+    assert sum(p.stat().st_size for p in out.glob("*.bin")) < sum(
+        p.stat().st_size for p in bundled_artifact("shapes").glob("*.bin")), "int8 weights are smaller"
+
+    ran = base_install("run", str(clip), "--model", str(out), "--redis", "none", "--no-progress", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "openvino-runtime int8" in ran.stderr and "16 frames published" in ran.stderr
+    refused = base_install("run", str(clip), "--model", str(out), "--precision", "bf16", "--redis", "none",
+                           "--no-progress", cwd=tmp_path)
+    assert refused.returncode == 2 and "holds int8 weights" in refused.stderr
