@@ -194,9 +194,9 @@ def open_model_engine(
     """The engine a run of `--model model --engine kind` uses (see the module docstring).
 
     An artifact directory runs only on the torch-free engine (auto or openvino, CPU, its own input
-    size, a batch up to the exported one). The bundled shapes artifact is used whenever it fits the
-    request (same kinds, no --weights, its input size, fp32/bf16 and its batch); otherwise the torch
-    model is loaded as before (int8, a larger batch or another input size convert it on first use).
+    size; any batch, run in chunks of the exported one). The bundled shapes artifact is used whenever it fits the
+    request (same kinds, no --weights, its input size, fp32/bf16); otherwise the torch model is
+    loaded as before (int8 or another input size convert it on first use).
     """
     if kind not in ENGINE_KINDS:
         raise EngineError(f"unknown engine {kind!r}: use one of {', '.join(ENGINE_KINDS)}")
@@ -237,8 +237,6 @@ def open_model_engine(
             misfit = f"--input-size {input_size[0]}x{input_size[1]}"
         elif (precision == "int8") != (side.weights == "int8") or precision == "fp16":
             misfit = f"--precision {precision}"
-        elif max_batch > side.batch:
-            misfit = f"--batch-size {max_batch}"
         if misfit is None:
             try:
                 engine = _runtime_engine(artifact, kind, device, max_batch, precision, threads, score_threshold)
@@ -250,7 +248,7 @@ def open_model_engine(
         if _torch_missing():
             raise EngineError(
                 f"{misfit}: the bundled {model} model without torch runs on --engine auto|openvino, on the CPU, at "
-                f"{side.precision} and batch {side.batch}; for {misfit} install the torch extra: {TORCH_HINT}")
+                f"{side.precision} and its input size; for {misfit} install the torch extra: {TORCH_HINT}")
     loaded = load_model(model, weights, input_size, allow_download)
     if score_threshold is not None:
         loaded.config = loaded.config.replace(score_threshold=score_threshold)

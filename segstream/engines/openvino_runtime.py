@@ -111,7 +111,8 @@ class OpenVinoRuntimeEngine:
     numpy batches in, Detections of numpy arrays out).
 
     folder: an artifact directory (segstream export openvino), or an Artifact already loaded.
-    max_batch: the batch the trunk was exported at (the artifact's); smaller batches are zero-padded.
+    max_batch: the largest batch `infer` takes (default: the artifact's). The trunk and RPN head run
+        at the batch they were exported at, so a batch is run in chunks of it, the last one zero-padded.
     precision: fp32 | bf16 (compile-time hint on fp32 weights) | int8 (needs an int8 artifact);
         default: the artifact's own.
     threads: OpenVINO inference threads of each part (default: half the cores the process may use).
@@ -147,13 +148,13 @@ class OpenVinoRuntimeEngine:
             have = "int8" if side.weights == "int8" else "fp32 (fp32 or bf16)"
             raise EngineError(f"--precision {precision}: the artifact {artifact.folder} holds {have} weights; "
                               f"export one with `segstream export openvino --precision {precision}`")
-        if max_batch is not None and max_batch > side.batch:
-            raise EngineError(f"--batch-size {max_batch}: the artifact {artifact.folder} was exported at batch "
-                              f"{side.batch}; export it again with `segstream export openvino --batch {max_batch}`")
+        if max_batch is not None and max_batch < 1:
+            raise EngineError(f"--batch-size: {max_batch} must be >= 1")
         core = ov.Core()
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise EngineError("--precision bf16: this CPU has no bfloat16 arithmetic (use fp32 or int8)")
-        self.max_batch = side.batch
+        self.max_batch = max_batch or side.batch
+        self._chunk = side.batch  # the trunk's and RPN head's fixed batch
         self.precision = precision
         self.threads = threads or max(1, usable_cores() // 2)
         self.name = f"openvino-runtime {precision}"
@@ -200,8 +201,9 @@ class OpenVinoRuntimeEngine:
         return self.detect(self.extract(images, image_sizes))
 
     def extract(self, images: Any, image_sizes: list[tuple[int, int]]) -> Features:
-        """The trunk on a batch: FPN maps float32 [max_batch, H/s, W/s, C] per level, copied out of
-        the request's buffers so the next call may run while `detect` still reads them."""
+        """The trunk on a batch: FPN maps float32 [B', H/s, W/s, C] per level (B' = the batch rounded up
+        to the exported batch), copied out of the request's buffers so the next call may run while
+        `detect` still reads them."""
         feed = np.ascontiguousarray(np.asarray(images), dtype=np.float32)
         count = feed.shape[0]
         height, width = self.config.input_size
@@ -211,22 +213,32 @@ class OpenVinoRuntimeEngine:
             raise ValueError(f"batch of {count} exceeds max_batch {self.max_batch}")
         if len(image_sizes) != count:
             raise ValueError(f"{count} images but {len(image_sizes)} image sizes")
-        if count < self.max_batch:
-            padded = np.zeros((self.max_batch, *feed.shape[1:]), dtype=np.float32)
+        rows = -(-max(count, 1) // self._chunk) * self._chunk
+        if count < rows:
+            padded = np.zeros((rows, *feed.shape[1:]), dtype=np.float32)
             padded[:count] = feed
             feed = padded
-        sizes = np.array([list(s) for s in image_sizes] + [[height, width]] * (self.max_batch - count), np.int32)
-        outputs = self._trunk.infer([feed], share_inputs=True, share_outputs=False)
-        maps = [outputs[i] for i in range(self._levels)]
+        sizes = np.array([list(s) for s in image_sizes] + [[height, width]] * (rows - count), np.int32)
+        chunks = []
+        for start in range(0, rows, self._chunk):
+            outputs = self._trunk.infer([feed[start : start + self._chunk]], share_inputs=True, share_outputs=False)
+            chunks.append([outputs[i] for i in range(self._levels)])
+        maps = chunks[0] if len(chunks) == 1 else [np.concatenate(level) for level in zip(*chunks)]
         return Features(count, list(image_sizes), {"sizes": sizes, "maps": maps})
 
     def detect(self, features: Features) -> list[Detections]:
         """RPN head, proposals, box head, detections and mask head on `extract`'s maps."""
         sizes, maps = features.tensors["sizes"], features.tensors["maps"]
         levels = self._levels
-        outputs = self._rpn_head.infer(maps, share_inputs=True, share_outputs=True)
-        objectness = [outputs[i] for i in range(levels)]
-        deltas = [outputs[levels + i] for i in range(levels)]
+        objectness, deltas = [], []
+        for start in range(0, sizes.shape[0], self._chunk):
+            part = maps if sizes.shape[0] == self._chunk else [
+                np.ascontiguousarray(m[start : start + self._chunk]) for m in maps]
+            outputs = self._rpn_head.infer(part, share_inputs=True, share_outputs=False)
+            objectness.append([outputs[i] for i in range(levels)])
+            deltas.append([outputs[levels + i] for i in range(levels)])
+        objectness = [np.concatenate(level) for level in zip(*objectness)]
+        deltas = [np.concatenate(level) for level in zip(*deltas)]
         num_proposals, proposals = self.select_proposals(objectness, deltas, sizes)
         num, boxes, scores, classes = self.select_detections(maps, proposals, num_proposals, sizes)
         masks = self.masks(maps, boxes, num, classes)

@@ -218,3 +218,21 @@ def test_an_int8_artifact_made_at_export_runs_on_a_base_install_at_its_own_preci
     refused = base_install("run", str(clip), "--model", str(out), "--precision", "bf16", "--redis", "none",
                            "--no-progress", cwd=tmp_path)
     assert refused.returncode == 2 and "holds int8 weights" in refused.stderr
+
+
+def test_a_bigger_batch_than_exported_runs_in_chunks_with_each_frames_own_detections():
+    from segstream.engines.openvino_build import calibration_images
+
+    single = OpenVinoRuntimeEngine(bundled_artifact("shapes"))
+    triple = OpenVinoRuntimeEngine(bundled_artifact("shapes"), max_batch=3)
+    height, width = single.config.input_size
+    images = np.concatenate([i.numpy() for i in calibration_images(load_model("shapes"), 3, seed=12)])
+    sizes = [(height, width), (height - 32, width), (height, width)]
+    images[1, :, height - 32:] = 0
+    alone = [single.infer(images[i : i + 1], sizes[i : i + 1])[0] for i in range(3)]
+    for together in (triple.infer(images, sizes), triple.infer(images[:2], sizes[:2])):
+        for a, b in zip(alone, together):
+            assert len(a) == len(b) and a.classes.tolist() == b.classes.tolist()
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.masks, b.masks)
+    assert sum(len(a) for a in alone) >= 3
