@@ -14,7 +14,7 @@ DELEGATED = {
     "demo": ("segstream.pipeline.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
     "eval": ("segstream.pipeline.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
     "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
-    "export": ("segstream.engines.export:main", "export onnx|tensorrt"),
+    "export": ("segstream.engines.export:main", "export onnx|tensorrt|openvino"),
     "submit": ("segstream.fleet.commands:submit_main", "enqueue file jobs for the fleet's workers"),
     "worker": ("segstream.fleet.commands:worker_main", "run fleet jobs and cameras on this machine's engine"),
     "status": ("segstream.fleet.commands:status_main", "the fleet at a glance: workers, jobs, cameras"),
