@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pycocotools import mask as coco_mask
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from media import write_clip
+from media import write_clip, write_shapes_clip
 from segstream.engines.model_config import ModelConfig
 from segstream.engines.protocol import Detections
 from segstream.pipeline.bilinear import axis_taps, resize_image
@@ -27,17 +27,32 @@ from segstream.pipeline.preprocess import Preprocess
 RUNNER = Path(__file__).with_name("torch_free_run.py")
 
 
-def test_a_file_run_with_a_numpy_engine_publishes_every_frame_and_never_imports_torch(tmp_path, redis_url,
-                                                                                      redis_client):
-    clip = write_clip(tmp_path / "clip.mp4", "h264-mp4", 320, 180, frames=12)
-    done = subprocess.run([sys.executable, "-X", "importtime", str(RUNNER), str(clip), redis_url],
-                          capture_output=True, text=True, timeout=120)
+def _bundled_artifact() -> Path | None:
+    try:
+        from segstream.engines.openvino_artifact import BUNDLED
+    except ImportError:
+        return None
+    folder = BUNDLED.get("shapes")
+    return folder if folder is not None and (folder / "segstream-model.json").is_file() else None
+
+
+def _run_without_torch(clip: Path, redis_url: str, artifact: Path | None = None) -> dict:
+    """One file run in a fresh process (-X importtime); its report, after checking the import log."""
+    done = subprocess.run([sys.executable, "-X", "importtime", str(RUNNER), str(clip), redis_url,
+                           *([str(artifact)] if artifact else [])], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["torch_imported"] is False and report["torch_like"] == []
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
     assert "segstream.pipeline.postprocess" in imported, "the import log covers the run"
     assert not [name for name in imported if name.split(".")[0] in ("torch", "torchvision")]
+    return report
+
+
+def test_a_file_run_with_a_numpy_engine_publishes_every_frame_and_never_imports_torch(tmp_path, redis_url,
+                                                                                      redis_client):
+    clip = write_clip(tmp_path / "clip.mp4", "h264-mp4", 320, 180, frames=12)
+    report = _run_without_torch(clip, redis_url)
 
     entries = [json.loads(fields[b"data"]) for _, fields in redis_client.xrange("segstream:clip")]
     frames, eos = entries[:-1], entries[-1]
@@ -53,6 +68,18 @@ def test_a_file_run_with_a_numpy_engine_publishes_every_frame_and_never_imports_
         # The network input is the 320x180 frame scaled by 0.7: the box (16..176, 16..112) in frame pixels.
         assert (x1, y1, x2, y2) == pytest.approx((16 / 0.7, 16 / 0.7, 176 / 0.7, 112 / 0.7), abs=0.05)
         assert xs.min() >= int(x1) - 1 and xs.max() <= x2 + 1 and ys.min() >= int(y1) - 1 and ys.max() <= y2 + 1
+
+
+@pytest.mark.skipif(_bundled_artifact() is None,
+                    reason="CONDITION: the bundled shapes artifact (wip/edge-engine) is not in this tree yet")
+def test_the_bundled_model_runs_a_shapes_clip_through_redis_without_importing_torch(tmp_path, redis_url,
+                                                                                    redis_client):
+    clip = write_shapes_clip(tmp_path / "shapes.mp4", frames=10)
+    report = _run_without_torch(clip, redis_url, _bundled_artifact())
+    entries = [json.loads(fields[b"data"]) for _, fields in redis_client.xrange("segstream:clip")]
+    assert [m["frame"] for m in entries[:-1]] == list(range(10)) and entries[-1]["eos"]
+    assert report["published"] == 10 and not [m for m in entries[:-1] if "error" in m]
+    assert sum(len(m["instances"]) for m in entries[:-1]) >= 10, "the painted shapes are found"
 
 
 def test_resize_taps_are_torchs_and_a_resized_frame_is_torchs_to_an_ulp():

@@ -1,12 +1,13 @@
 """A `segstream run` of one file through Redis with an engine that works on numpy arrays, in a
 process of its own; prints one JSON line: what was published and whether torch was imported.
 
-    python -X importtime tests/pipeline/torch_free_run.py CLIP REDIS_URL
+    python -X importtime tests/pipeline/torch_free_run.py CLIP REDIS_URL [ARTIFACT_DIR]
 
-The engine is a stand-in for a torch-free engine (same protocol: `host_arrays`, numpy in, numpy
-Detections out): it finds one object per frame, the pixels brighter than the frame's mean inside
-a fixed box, as a 28x28 mask. Everything after it is the real pipeline: decode, preprocess,
-postprocess (paste + RLE), tracking, the Redis sink.
+With ARTIFACT_DIR (from `segstream export openvino`) the engine is the torch-free OpenVINO
+engine (engines/openvino_runtime.py). Without, a numpy stand-in with the same protocol
+(`host_arrays`, numpy in, numpy Detections out): it finds one object per frame, the pixels
+brighter than the frame's mean inside a fixed box, as a 28x28 mask. Everything around the
+engine is the real pipeline: decode, preprocess, postprocess (paste + RLE), tracking, the Redis sink.
 """
 
 from __future__ import annotations
@@ -55,9 +56,16 @@ class BrightSpotEngine:
         pass
 
 
-def main(clip: str, redis_url: str) -> None:
-    config = parse_config({"engine": {"batch_size": 2}, "redis": {"url": redis_url}, "output": {"progress": False}})
-    engine = BrightSpotEngine()
+def main(clip: str, redis_url: str, artifact: str | None = None) -> None:
+    if artifact:
+        from segstream.engines.openvino_runtime import OpenVinoRuntimeEngine
+
+        engine = OpenVinoRuntimeEngine(artifact)
+        engine.calls = 0
+    else:
+        engine = BrightSpotEngine()
+    config = parse_config({"engine": {"batch_size": engine.max_batch}, "redis": {"url": redis_url},
+                           "output": {"progress": False}})
     summary = run([clip], config, stream_ids=["clip"], engine=engine, handle_signals=False)
     print(json.dumps({"published": summary.frames, "instances": summary.instances, "engine_calls": engine.calls,
                       "torch_imported": "torch" in sys.modules,
@@ -65,4 +73,4 @@ def main(clip: str, redis_url: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
