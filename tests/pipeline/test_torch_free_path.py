@@ -5,6 +5,7 @@ the numpy resize and paste give what torch's give."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pycocotools import mask as coco_mask
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from media import write_clip, write_shapes_clip
+from servers import segstream_cli
 from segstream.engines.model_config import ModelConfig
 from segstream.engines.protocol import Detections
 from segstream.pipeline.bilinear import axis_taps, resize_image
@@ -80,6 +82,30 @@ def test_the_bundled_model_runs_a_shapes_clip_through_redis_without_importing_to
     assert [m["frame"] for m in entries[:-1]] == list(range(10)) and entries[-1]["eos"]
     assert report["published"] == 10 and not [m for m in entries[:-1] if "error" in m]
     assert sum(len(m["instances"]) for m in entries[:-1]) >= 10, "the painted shapes are found"
+
+
+@pytest.mark.skipif(_bundled_artifact() is None,
+                    reason="CONDITION: the bundled shapes artifact (wip/edge-engine) is not in this tree yet")
+def test_segstream_run_on_the_bundled_artifact_never_imports_torch(tmp_path, redis_url, redis_client):
+    """`segstream run clip.mp4 --model DIR` as a user types it; a sitecustomize in the process
+    writes, at exit, which torch modules it ever loaded."""
+    clip = write_shapes_clip(tmp_path / "shapes.mp4", frames=8)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    loaded = tmp_path / "loaded.json"
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, json, sys\n"
+        f"atexit.register(lambda: open({str(loaded)!r}, 'w').write(json.dumps("
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))))\n")
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = segstream_cli("run", str(clip), "--model", str(_bundled_artifact()), "--redis", redis_url,
+                         "--stream-id", "shapes", "--no-progress", env={"PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(loaded.read_text()) == [], "torch was imported"
+    entries = [json.loads(fields[b"data"]) for _, fields in redis_client.xrange("segstream:shapes")]
+    assert [m["frame"] for m in entries[:-1]] == list(range(8)) and entries[-1] == {
+        "schema": 1, "stream": "shapes", "eos": True, "frames": 8}
+    assert sum(len(m["instances"]) for m in entries[:-1]) >= 8
 
 
 def test_resize_taps_are_torchs_and_a_resized_frame_is_torchs_to_an_ulp():
