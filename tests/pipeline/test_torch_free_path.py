@@ -170,3 +170,23 @@ def test_numpy_detections_publish_torchvisions_paste_as_pycocotools_encodes_it()
     assert [i.class_id for i in got] == found.classes.tolist() and all(isinstance(i.score, float) for i in got)
     # Torch tensors from a torch engine on a CPU take the same host path.
     assert [i.rle for i in post.instances(found, scale, height, width)] == [i.rle for i in got]
+
+
+def test_the_c_row_pass_pastes_exactly_what_numpy_pastes(monkeypatch):
+    """The paste's row pass runs in C where the CPU library has it, else in numpy: same masks."""
+    from segstream.pipeline import bilinear
+
+    rng = np.random.default_rng(9)
+    cases = []
+    for _ in range(200):
+        mask = rng.random((30, 30), dtype=np.float32)
+        bx0, by0 = int(rng.integers(-50, 600)), int(rng.integers(-50, 300))
+        box = (bx0, by0, bx0 + int(rng.integers(0, 400)), by0 + int(rng.integers(0, 300)))
+        clip = (max(box[0], 0), max(box[1], 0), min(box[2] + 1, 640), min(box[3] + 1, 360))
+        if clip[2] > clip[0] and clip[3] > clip[1]:
+            cases.append((mask, box, clip))
+    assert bilinear._paste_rows() is not None, "the CPU library has the row pass"
+    in_c = [bilinear.paste_mask(*case, 0.5) for case in cases]
+    monkeypatch.setattr(bilinear, "_rows", [None])
+    in_numpy = [bilinear.paste_mask(*case, 0.5) for case in cases]
+    assert len(cases) > 100 and all(np.array_equal(a, b) for a, b in zip(in_c, in_numpy))
