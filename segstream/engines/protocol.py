@@ -29,8 +29,8 @@ class Detections:
     scores:  float32 [K]     descending.
     classes: int64   [K]     class ids 1..C (0 is background and never appears).
     masks:   float32 [K, M, M] mask probabilities in [0, 1] over each box (M = 28 for Mask R-CNN).
-    The fields are numpy arrays (an engine with `host_arrays`, see Engine) or torch tensors on the
-    engine's device; K may be 0.
+    The fields are numpy arrays of these shapes and dtypes (an engine with `host_arrays`, see
+    Engine; the torch-free engine, openvino_runtime) or torch tensors on the engine's device; K may be 0.
     """
 
     boxes: Array
@@ -49,9 +49,13 @@ class Detections:
 
 
 def takes_host_arrays(engine: Any) -> bool:
-    """True when `engine` takes numpy images and returns numpy Detections (its `host_arrays` is
-    set): the pipeline then runs without torch, on the host."""
-    return bool(getattr(engine, "host_arrays", False))
+    """True when `engine` takes numpy images and returns numpy Detections: the pipeline then runs
+    without torch, on the host. Said by the engine's `host_arrays`, else by its device being a
+    plain string rather than a torch.device (the torch-free engine's "cpu")."""
+    declared = getattr(engine, "host_arrays", None)
+    if declared is not None:
+        return bool(declared)
+    return isinstance(getattr(engine, "device", None), str)
 
 
 @runtime_checkable
@@ -62,8 +66,8 @@ class Engine(Protocol):
     config: the model's description (class names, input size, normalisation, thresholds).
     device: where `infer` expects its input and leaves its output (a torch.device, or "cpu").
     max_batch: the largest batch `infer` accepts.
-    host_arrays (optional, default False): `infer` takes a numpy float32 batch and returns
-        Detections of numpy arrays; set by engines that run without torch (`takes_host_arrays`).
+    host_arrays (optional): `infer` takes a numpy float32 batch and returns Detections of numpy
+        arrays; engines that run without torch set it, or have a str device (`takes_host_arrays`).
     """
 
     name: str

@@ -10,24 +10,21 @@ stream without host synchronisation). Both are cached under ``$SEGSTREAM_CACHE``
 
 from __future__ import annotations
 
-from importlib import import_module
+import importlib
 from typing import Any
 
 __all__ = ["KERNEL_NAMES", "NMSResult", "batched_nms", "kernel_ptx", "multilevel_roi_align"]
 
-# These names come from modules that import torch; they are loaded on first use (PEP 562), so
-# that the torch-free path (pipeline/rle.py: the C RLE encoder in the CPU library) can import
-# segstream.kernels.host_build without importing torch.
+# The torch bindings load on first use: the torch-free modules of this package (host_build,
+# host_ops, mask_rle) must import without torch on a base install.
 _LAZY = {
-    "KERNEL_NAMES": "segstream.kernels.device_build",
-    "kernel_ptx": "segstream.kernels.device_build",
-    "NMSResult": "segstream.kernels.nms",
-    "batched_nms": "segstream.kernels.nms",
+    "KERNEL_NAMES": "segstream.kernels.device_build", "kernel_ptx": "segstream.kernels.device_build",
+    "NMSResult": "segstream.kernels.nms", "batched_nms": "segstream.kernels.nms",
     "multilevel_roi_align": "segstream.kernels.roi_align",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_LAZY[name]), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'segstream.kernels' has no attribute {name!r}")

@@ -13,10 +13,16 @@ rounding of a fused multiply-add that torch's vectorised build may use in the su
 tests compare thresholded masks pixel for pixel).
 
 Only the output rows and columns asked for are computed: pasting a 28x28 mask into a box
-touches the part of the box inside the frame, never a frame-sized array.
+touches the part of the box inside the frame, never a frame-sized array. The paste's column pass
+is numpy on the small [m, width] array; its row pass, the one over the whole region, is one C
+loop (`segstream_paste_rows`, kernels/csrc/host.cpp) writing the thresholded bytes directly.
 """
 
 from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Callable
 
 import numpy as np
 
@@ -78,6 +84,34 @@ def paste_mask(mask: np.ndarray, box: tuple[int, int, int, int], clip: tuple[int
     cy0, cy1, wy0, wy1 = axis_taps(m, max(by1 - by0 + 1, 1), y0 - by0, y1 - by0)
     cols = mask[:, cx0] * wx0  # [m, x1 - x0]: every input row, the clipped output columns
     cols += mask[:, cx1] * wx1
-    out = cols[cy0] * wy0[:, None]
-    out += cols[cy1] * wy1[:, None]
-    return out > np.float32(threshold)
+    rows_pass = _paste_rows()
+    if rows_pass is None:  # numpy: four passes over the region and two temporaries
+        out = cols[cy0] * wy0[:, None]
+        out += cols[cy1] * wy1[:, None]
+        return out > np.float32(threshold)
+    cols = np.ascontiguousarray(cols)  # fancy indexing on axis 1 may leave it column-major
+    region = np.empty((len(cy0), cols.shape[1]), dtype=np.uint8)
+    rows_pass(cols.ctypes.data, cols.shape[1], cy0.ctypes.data, cy1.ctypes.data, wy0.ctypes.data,
+              wy1.ctypes.data, len(cy0), float(threshold), region.ctypes.data, region.shape[1])
+    return region.view(bool)
+
+
+_rows_lock = threading.Lock()
+_rows: list[Callable[..., None] | None] = []
+
+
+def _paste_rows() -> Callable[..., None] | None:
+    """The C row pass (`segstream_paste_rows` in kernels/csrc/host.cpp: one pass over the region,
+    the same float32 arithmetic as numpy's), or None where the CPU library lacks it."""
+    if not _rows:
+        with _rows_lock:
+            if not _rows:
+                from segstream.kernels.host_build import library
+
+                fn = getattr(library(), "segstream_paste_rows", None)
+                if fn is not None:
+                    p, i64, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_float
+                    fn.argtypes = [p, i64, p, p, p, p, i64, f32, p, i64]
+                    fn.restype = None
+                _rows.append(fn)
+    return _rows[0]
