@@ -73,7 +73,7 @@ def test_a_file_run_with_a_numpy_engine_publishes_every_frame_and_never_imports_
 
 
 @pytest.mark.skipif(_bundled_artifact() is None,
-                    reason="CONDITION: the bundled shapes artifact (wip/edge-engine) is not in this tree yet")
+                    reason="the bundled shapes artifact is missing from this tree")
 def test_the_bundled_model_runs_a_shapes_clip_through_redis_without_importing_torch(tmp_path, redis_url,
                                                                                     redis_client):
     clip = write_shapes_clip(tmp_path / "shapes.mp4", frames=10)
@@ -85,7 +85,7 @@ def test_the_bundled_model_runs_a_shapes_clip_through_redis_without_importing_to
 
 
 @pytest.mark.skipif(_bundled_artifact() is None,
-                    reason="CONDITION: the bundled shapes artifact (wip/edge-engine) is not in this tree yet")
+                    reason="the bundled shapes artifact is missing from this tree")
 def test_segstream_run_on_the_bundled_artifact_never_imports_torch(tmp_path, redis_url, redis_client):
     """`segstream run clip.mp4 --model DIR` as a user types it; a sitecustomize in the process
     writes, at exit, which torch modules it ever loaded."""
