@@ -9,8 +9,10 @@ Two paths, each a `segstream run` of its own process through a private redis-ser
   today:      the bundled shapes model with `--engine openvino` on the torch install (OpenVINO
               runs the trunk and heads, torch the glue, resize and paste).
 Both run the same sources with the same config; the process is this script's `child` mode (the
-same `run()` that `segstream run` calls, with the engine opened as each path opens it), so the
-figures include Python's start, the imports, the model's load, decoding, Redis.
+same `run()` that `segstream run` calls; the torch-free path opens its engine from `--model DIR`
+as `segstream run` does, today's is opened by name: OpenVinoEngine over the torch model, which
+`--engine openvino` no longer picks for the bundled model), so the figures include Python's start,
+the imports, the model's load, decoding, Redis.
 
 Printed, per path:
   - peak RSS of the process and its children (sampled every 10 ms from /proc), of a one-file run
@@ -52,14 +54,14 @@ def child(path: str, artifact: str, redis_url: str, sources: list[str], max_fram
     if max_frames:
         raw["source"] = {"max_frames": max_frames}
     engine = None
-    if path == "torch-free":
-        from segstream.engines.openvino_runtime import OpenVinoRuntimeEngine
+    if path == "torch-free":  # as `segstream run --model DIR` opens it (engines/factory.py)
+        raw["model"] = {"name": artifact}
+    else:  # today's engine by name: `--engine openvino` on the shapes model now picks the artifact
+        from segstream.engines.factory import open_engine
+        from segstream.engines.models import load_model
 
-        engine = OpenVinoRuntimeEngine(artifact)
-        raw["engine"] = {"batch_size": engine.max_batch}
-    else:
-        raw["model"] = {"name": "shapes"}
-        raw["engine"] = {"kind": "openvino", "batch_size": 1}
+        engine = open_engine("openvino", load_model("shapes", None, None, False), "cpu", 1)
+    raw["engine"] = {"batch_size": 1}
     config = parse_config(raw)
     ids = [f"s{i}" for i in range(len(sources))]
     summary = run(sources, config, stream_ids=ids, engine=engine, handle_signals=False)
