@@ -14,7 +14,6 @@ RoIAlign PTX), so an edited kernel rebuilds the engine instead of loading stale 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -26,8 +25,11 @@ GRAPH_VERSION = "1"
 
 
 def cache_root() -> Path:
-    """$SEGSTREAM_CACHE or ~/.cache/segstream (shared with segstream.kernels' build cache)."""
-    return Path(os.environ.get("SEGSTREAM_CACHE") or Path.home() / ".cache" / "segstream")
+    """$SEGSTREAM_CACHE, else $XDG_CACHE_HOME/segstream, else ~/.cache/segstream (shared with
+    segstream.kernels' build cache)."""
+    from segstream.kernels.sources import cache_root as root
+
+    return root()
 
 
 def model_digest(model: LoadedModel) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from segstream.engines.model_config import ModelConfig, ModelConfigError
+
+if TYPE_CHECKING:  # torch and safetensors load on use: the errors and read_model_config stay importable on a base install
+    import torch
 
 MODEL_KEY = "segstream.model"
 HASH_KEY = "segstream.sha256"
@@ -27,6 +27,8 @@ class CheckpointError(RuntimeError):
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and contents, independent of dict order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -39,6 +41,8 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], config: ModelConfig) -> Path:
     """Write weights and their ModelConfig to one .safetensors file (atomically)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared storage; clone so every tensor owns its bytes.
@@ -67,6 +71,8 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}

@@ -1,4 +1,5 @@
-"""`segstream export onnx|tensorrt`: the static Mask R-CNN as an ONNX file or a TensorRT engine.
+"""`segstream export onnx|tensorrt|openvino`: the static Mask R-CNN as an ONNX file or a TensorRT engine,
+or the model as a deployable OpenVINO artifact directory (segstream/engines/openvino_export.py).
 
     segstream export onnx --model shapes --input-size 384x640 --batch 1 -o shapes.onnx
     segstream export tensorrt --model shapes --input-size 384x640 --batch 1 --precision fp16 -o shapes.plan
@@ -114,7 +115,38 @@ def _parser() -> argparse.ArgumentParser:
         if target == "tensorrt":
             p.add_argument("--onnx", help="ONNX file to build from (default: exported and cached)")
             p.add_argument("--workspace-mib", type=int, default=2048, help="builder workspace limit (MiB)")
+    p = sub.add_parser("openvino", help="write a deployable artifact directory (runs on a base install: --model DIR)")
+    p.add_argument("--model", default="shapes", help="model name or .safetensors checkpoint (default: shapes)")
+    p.add_argument("--weights", help="weights file for a torchvision preset")
+    p.add_argument("--input-size", type=_input_size, help="network input HxW, multiples of 32 (default: the model's)")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size of the trunk (default: 1)")
+    p.add_argument("--score-threshold", type=float, help="override the model's detection score threshold")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="fp32 (default); bf16 (fp32 weights, bf16 arithmetic where the CPU has it); int8 (NNCF)")
+    p.add_argument("--calibration-frames", type=int, default=48,
+                   help="int8: images of the shapes domain to calibrate on (default: 48)")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write (new, empty, or an artifact)")
     return parser
+
+
+def _export_openvino(args: argparse.Namespace, model: LoadedModel) -> int:
+    from segstream.engines.openvino_build import CALIBRATION_SEED, OpenVinoUnavailable, calibration_images
+    from segstream.engines.openvino_export import export_artifact
+
+    calibration, note = None, None
+    if args.precision == "int8":
+        # The engines take calibration images as data; here (the command) is where they come from.
+        calibration = calibration_images(model, args.calibration_frames, CALIBRATION_SEED)
+        note = f"{args.calibration_frames} shapes-domain images, seed {CALIBRATION_SEED:#x}"
+    name = Path(args.model).stem if args.model.endswith(".safetensors") else args.model
+    try:
+        folder = export_artifact(model, args.output, name, args.precision, args.batch, calibration, note)
+    except OpenVinoUnavailable as exc:
+        print(f"segstream export openvino: {exc}", file=sys.stderr)
+        return 2
+    height, width = model.config.input_size
+    print(f"wrote {folder} ({args.precision}, batch {args.batch}, input {height}x{width}); run it with --model {folder}")
+    return 0
 
 
 def _deliver(cached: Path, output: str | None) -> Path:
@@ -143,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.score_threshold is not None:
             model.config = model.config.replace(score_threshold=args.score_threshold)
             apply_test_thresholds(model.network, model.config)
+        if args.target == "openvino":
+            return _export_openvino(args, model)
         if args.target == "onnx":
             path = _deliver(cached_onnx(model, args.batch, args.precision), args.output)
             print(f"wrote {path} (batch {args.batch}, input {model.config.input_size[0]}x{model.config.input_size[1]})")

@@ -18,13 +18,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torchvision
-from torchvision.models.detection import MaskRCNN
+from typing import TYPE_CHECKING
 
 from segstream.engines.checkpoint import CheckpointError, load_checkpoint
 from segstream.engines.model_config import ModelConfig
+
+if TYPE_CHECKING:  # torch loads when a network is built: this module's names import on a base install
+    import torch
+    import torchvision
+    from torchvision.models.detection import MaskRCNN
+
+TORCH_HINT = "pip install 'segstream[torch]'"
 
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"
 BUNDLED = {"shapes": BUNDLED_DIR / "shapes.safetensors"}
@@ -54,6 +58,8 @@ class LoadedModel:
 
 def build_network(config: ModelConfig) -> MaskRCNN:
     """An untrained torchvision MaskRCNN of the architecture `config` describes."""
+    import torchvision
+
     if config.architecture == "compact":
         from segstream.engines.compact import build_compact_maskrcnn
 
@@ -93,7 +99,9 @@ def preset_config(name: str, input_size: tuple[int, int] | None = None) -> Model
     )
 
 
-def _preset_weights(name: str) -> torchvision.models.WeightsEnum:
+def _preset_weights(name: str) -> "torchvision.models.WeightsEnum":
+    import torchvision
+
     enum = {
         "maskrcnn_resnet50_fpn": torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights,
         "maskrcnn_resnet50_fpn_v2": torchvision.models.detection.MaskRCNN_ResNet50_FPN_V2_Weights,
@@ -103,6 +111,8 @@ def _preset_weights(name: str) -> torchvision.models.WeightsEnum:
 
 def preset_cache_path(name: str) -> Path:
     """Where torchvision keeps the preset's downloaded weights."""
+    import torch
+
     url = _preset_weights(name).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
@@ -127,7 +137,9 @@ def _fetch_preset(name: str, timeout: float = 20.0) -> Path:
     return path
 
 
-def _load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
+def _load_torch_weights(path: Path) -> dict[str, "torch.Tensor"]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean the same to the user
@@ -156,7 +168,13 @@ def load_model(
     weights: a local weights file for a torchvision preset (a .pth state dict or a project
         .safetensors checkpoint); default: torchvision's cache, downloaded when online.
     input_size: override the network input (height, width), multiples of 32.
+    Without torch (a base install) this is one ModelError naming the extra to install.
     """
+    from segstream.engines.openvino_artifact import is_artifact
+
+    if is_artifact(model):
+        raise ModelError(f"--model {model} is an OpenVINO artifact: it runs on --engine auto or openvino, on the CPU")
+    require_torch(f"--model {model}", model)
     if model in PRESETS:
         config = preset_config(model, input_size)
         network = build_network(config)
@@ -194,6 +212,18 @@ def load_model(
     apply_test_thresholds(network, config)
     network.eval()
     return LoadedModel(config=config, network=network, placeholder=placeholder, source=source)
+
+
+def require_torch(what: str, model: str | None = None) -> None:
+    """ModelError naming the torch extra (and, for a model, the artifact route) when torch or
+    torchvision do not import."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        route = "" if model is None else (
+            f" (or, where torch is installed, `segstream export openvino --model {model} -o DIR` once and run --model DIR here)")
+        raise ModelError(f"{what} needs torch, which this install does not have: {TORCH_HINT}{route}") from None
 
 
 def placeholder_config(name: str) -> ModelConfig:

@@ -43,10 +43,10 @@ from torch import Tensor, nn
 
 from segstream.engines.export import cache_root, model_digest
 from segstream.engines.models import LoadedModel
+from segstream.engines.openvino_artifact import INSTALL_HINT
 from segstream.engines.static_graph import StaticMaskRCNN
 
 PRECISIONS = ("fp32", "bf16", "int8")
-INSTALL_HINT = "pip install openvino (a dependency of segstream: pip install -e . installs it)"
 INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
 #: Bump when the converted parts change for the same weights, so stale cached builds are not reused.
 BUILD_VERSION = "4"
@@ -238,8 +238,13 @@ def _quantize(ov_model, samples: list[np.ndarray]):
         return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
 
 
-def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov) -> None:
-    """Convert (and for int8 quantize) the trunk, RPN head and mask head of `model` into `folder` as IR files."""
+def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov,
+                calibration: list[Tensor] | None = None) -> None:
+    """Convert (and for int8 quantize) the trunk, RPN head and mask head of `model` into `folder` as IR files.
+
+    calibration: int8 only, network inputs f32 [1,3,H,W] (normalised, padded) to calibrate on;
+    default: CALIBRATION_FRAMES images of the shapes domain (calibration_images).
+    """
     network = model.network
     graph = StaticMaskRCNN(network, model.config).eval()
     height, width = model.config.input_size
@@ -253,7 +258,7 @@ def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov
     rpn_head = _convert(ov, RpnHead(graph), maps, dynamic_rows=False)
     mask_head = _convert(ov, MaskHead(graph), pooled, dynamic_rows=True)
     if precision == "int8":
-        frames = calibration_images(model)
+        frames = calibration if calibration is not None else calibration_images(model)
         batches = [torch.cat(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
         fp32 = {"INFERENCE_PRECISION_HINT": "f32"}
         maps_seen, pooled_seen = _head_inputs(graph, ov.Core().compile_model(trunk, "CPU", fp32),

@@ -1,5 +1,9 @@
 """The openvino backend: the model's dense parts compiled by OpenVINO on the CPU, the rest in torch.
 
+This is the path for a torch model (a checkpoint or preset, with the torch extra). Artifact
+directories (`segstream export openvino`) and the bundled shapes model run on the torch-free engine
+instead (segstream/engines/openvino_runtime.py, chosen by factory.open_model_engine).
+
 Per batch:
 
     trunk (OpenVINO)      images -> FPN maps (backbone + FPN)            most of the time of a frame

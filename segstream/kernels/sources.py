@@ -31,10 +31,18 @@ def source_digest(build_description: str) -> str:
     return h.hexdigest()[:20]
 
 
+def cache_root() -> Path:
+    """segstream's cache: $SEGSTREAM_CACHE, else $XDG_CACHE_HOME/segstream, else ~/.cache/segstream
+    (every cache of the package lives under it: kernels, ONNX, OpenVINO, TensorRT)."""
+    explicit = os.environ.get("SEGSTREAM_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segstream"
+
+
 def cache_dir(digest: str) -> Path:
     """The directory for one build's artefacts (created)."""
-    root = Path(os.environ.get("SEGSTREAM_CACHE") or Path.home() / ".cache" / "segstream")
-    path = root / "kernels" / digest
+    path = cache_root() / "kernels" / digest
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -45,7 +45,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
+    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], a .safetensors checkpoint, "
+                   "or an OpenVINO artifact DIR (segstream export openvino; runs without torch)")
     p.add_argument("--weights", help="local weights file for a torchvision preset")
     p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
     p.add_argument("--engine", choices=ENGINE_KINDS,

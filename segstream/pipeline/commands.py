@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from typing import Callable
 
 DELEGATED = {
     "demo": ("segstream.pipeline.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
     "eval": ("segstream.pipeline.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
     "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
-    "export": ("segstream.engines.export:main", "export onnx|tensorrt"),
+    "export": ("segstream.engines.export:main", "export onnx|tensorrt|openvino"),
     "submit": ("segstream.fleet.commands:submit_main", "enqueue file jobs for the fleet's workers"),
     "worker": ("segstream.fleet.commands:worker_main", "run fleet jobs and cameras on this machine's engine"),
     "status": ("segstream.fleet.commands:status_main", "the fleet at a glance: workers, jobs, cameras"),
@@ -23,10 +24,24 @@ DELEGATED = {
 }
 
 
-def _delegate(target: str) -> Callable[[argparse.Namespace], int]:
+#: Modules of the extras a base install lacks, and the extra that brings each.
+EXTRA_OF = {"torch": "torch", "torchvision": "torch", "onnx": "onnx", "onnxruntime": "onnx", "nncf": "int8"}
+
+
+def _delegate(target: str, name: str = "") -> Callable[[argparse.Namespace], int]:
     def call(args: argparse.Namespace) -> int:
         module, function = target.split(":")
-        return int(getattr(importlib.import_module(module), function)(args.rest) or 0)
+        try:
+            loaded = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            # A base install (no torch): one line naming the extra, not a traceback.
+            root = (exc.name or "").split(".")[0]
+            if root not in EXTRA_OF:
+                raise
+            print(f"segstream {name}: needs {root}, which this install does not have: "
+                  f"pip install 'segstream[{EXTRA_OF[root]}]'", file=sys.stderr)
+            return 2
+        return int(getattr(loaded, function)(args.rest) or 0)
 
     return call
 
@@ -35,7 +50,7 @@ def _register(sub: argparse._SubParsersAction) -> None:
     for name, (target, help_text) in DELEGATED.items():
         p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(target))
+        p.set_defaults(func=_delegate(target, name))
 
 
 REGISTRARS = [_register]

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+from segstream.pipeline.device_streams import device_type
+
+if TYPE_CHECKING:  # torch is imported where a GPU is used: a CPU run may have no torch
+    import torch
 
 Decoder = Literal["auto", "nvdec", "cpu"]
 
@@ -38,17 +42,19 @@ class DecodeBackend:
     reason: str
 
 
-def decode_backend(device: str | torch.device, prefer: Decoder = "auto") -> DecodeBackend:
+def decode_backend(device: "str | torch.device", prefer: Decoder = "auto") -> DecodeBackend:
     """The decoder a file on `device` uses: NVDEC through PyNvVideoCodec when it loads and a CUDA
     device exists, else CPU decoding (PyAV) with one pinned upload per frame.
 
     prefer: auto or nvdec (NVDEC when usable), cpu (always the CPU).
     """
-    device = torch.device(device)
+    kind = device_type(device)
     if prefer == "cpu":
         return DecodeBackend("cpu", "CPU decoding was asked for")
-    if device.type != "cuda":
-        return DecodeBackend("cpu", f"the engine runs on {device.type}: frames are decoded on the CPU")
+    if kind != "cuda":
+        return DecodeBackend("cpu", f"the engine runs on {kind}: frames are decoded on the CPU")
+    import torch
+
     if not torch.cuda.is_available():
         return DecodeBackend("cpu", "no CUDA device: frames are decoded on the CPU")
     return _nvdec_loads()
@@ -70,8 +76,8 @@ def _nvdec_loads() -> DecodeBackend:
 
 class _Slot:
     def __init__(self) -> None:
-        self.buffer: torch.Tensor | None = None
-        self.done: torch.cuda.Event | None = None
+        self.buffer: "torch.Tensor | None" = None
+        self.done: "torch.cuda.Event | None" = None
 
 
 class PinnedUpload:
@@ -82,13 +88,17 @@ class PinnedUpload:
     On a CPU device it returns a tensor sharing the frame's memory (nothing to upload).
     """
 
-    def __init__(self, device: str | torch.device, slots: int = 4) -> None:
+    def __init__(self, device: "str | torch.device", slots: int = 4) -> None:
+        import torch
+
         self.device = torch.device(device)
         self._slots = [_Slot() for _ in range(max(1, slots))]
         self._next = 0
         self.allocations = 0  # pinned buffers allocated so far (tests: reuse means few)
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image: np.ndarray) -> "torch.Tensor":
+        import torch
+
         if self.device.type != "cuda":
             return torch.from_numpy(np.ascontiguousarray(image))
         slot = self._slots[self._next]

@@ -18,14 +18,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported only where a CUDA stream exists: a CPU run may have no torch
+    import torch
 
 
-def stage_stream(device: torch.device | str) -> "torch.cuda.Stream | None":
-    """A new CUDA stream for one stage on `device`; None on a CPU."""
-    device = torch.device(device)
-    return torch.cuda.Stream(device) if device.type == "cuda" else None
+def device_type(device: Any) -> str:
+    """"cpu", "cuda", ...: the kind of a torch.device or of a device string ("cuda:0")."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def stage_stream(device: "torch.device | str") -> "torch.cuda.Stream | None":
+    """A new CUDA stream for one stage on `device`; None on a CPU (without importing torch)."""
+    if device_type(device) != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.Stream(torch.device(device))
 
 
 @contextlib.contextmanager
@@ -34,12 +44,14 @@ def on_stream(stream: "torch.cuda.Stream | None") -> Iterator[None]:
     if stream is None:
         yield
         return
+    import torch
+
     with torch.cuda.stream(stream):
         yield
 
 
 def take_over(stream: "torch.cuda.Stream | None", ready: Iterable["torch.cuda.Event | None"],
-              tensors: Iterable[torch.Tensor]) -> None:
+              tensors: Iterable["torch.Tensor"]) -> None:
     """Order `stream` after the producers' events and mark their CUDA tensors as used on it."""
     if stream is None:
         return
@@ -57,6 +69,8 @@ def hand_over(stream: "torch.cuda.Stream | None") -> "torch.cuda.Event | None":
     """An event recorded on `stream` after everything queued so far (None on a CPU)."""
     if stream is None:
         return None
+    import torch
+
     event = torch.cuda.Event()
     event.record(stream)
     return event

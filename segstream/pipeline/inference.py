@@ -16,14 +16,13 @@ detections (published with an `error` field), until `max_consecutive_errors` in 
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any, Iterable
 
-import torch
-
-from segstream.engines.factory import usable_cores
 from segstream.engines.protocol import Engine, SplitEngine
-from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream, take_over
+from segstream.pipeline.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import Batch, BatchFeatures, FrameDetections
 
@@ -127,9 +126,20 @@ def engine_stages(engine: Engine, max_consecutive_errors: int, overlap: bool, th
     """
     failures = EngineFailures(max_consecutive_errors)
     inference = Inference(engine, max_consecutive_errors, failures)
-    if overlap and isinstance(engine, SplitEngine) and engine.device.type == "cpu":
-        if threads is None:
-            torch.set_num_threads(max(1, usable_cores() // 2))
+    if overlap and isinstance(engine, SplitEngine) and device_type(engine.device) == "cpu":
+        # Only an engine that computes with torch has torch's thread pool to size (it has imported
+        # torch by now); a torch-free engine sizes its own threads.
+        torch = sys.modules.get("torch")
+        if threads is None and torch is not None:
+            torch.set_num_threads(max(1, _usable_cores() // 2))
         return [Features(engine, failures), inference]
     return [inference]
+
+
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 

@@ -13,12 +13,14 @@ way, between the frames it separates. Stages pass both on untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from segstream.engines.protocol import Detections
+
+if TYPE_CHECKING:  # device images and CUDA events exist only on the GPU path; a CPU run may have no torch
+    import torch
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Frame:
     index: int
     pts: float | None
     time: float
-    image: np.ndarray
+    image: "np.ndarray | torch.Tensor"
     live: bool = False
     source_size: tuple[int, int] | None = None  # (H, W) of the decoded frame when `image` is scaled
     ready: "torch.cuda.Event | None" = None  # a device image: recorded on the decoder's stream after it
@@ -68,6 +70,8 @@ class Frame:
         if isinstance(image, np.ndarray):
             picked = image if rows is None else image[rows]
             return picked if cols is None else picked[:, cols]
+        import torch  # a device image: torch is loaded already
+
         if self.ready is not None:  # the decoder's stream wrote the image
             torch.cuda.current_stream(image.device).wait_event(self.ready)
         if rows is not None:
@@ -111,13 +115,14 @@ class StreamStatus:
 class Batch:
     """Frames resized, normalised and padded into one network input.
 
-    images: float32 [B, 3, H, W] on the engine's device, (H, W) = the engine's input size.
+    images: float32 [B, 3, H, W] on the engine's device, (H, W) = the engine's input size: a numpy
+        array for an engine that takes host arrays (`host_arrays`, engines/protocol.py), else a torch tensor.
     image_sizes: per frame (height, width) of its resized area inside the padded input.
     scales: per frame (sy, sx) = resized size / frame size; network-input pixel / scale = frame pixel.
     """
 
     frames: list[Frame]
-    images: torch.Tensor
+    images: "np.ndarray | torch.Tensor"
     image_sizes: list[tuple[int, int]]
     scales: list[tuple[float, float]]
     ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the preprocess stream after `images` is made

@@ -3,7 +3,9 @@
 Masks are pasted the way torchvision's `paste_masks_in_image` does (the 28x28 probabilities,
 padded by one cell, resized bilinearly onto the integer box grown by the same margin), but only
 the box region is computed and thresholded: the frame-sized mask is never materialised, and the
-RLE is computed from the region (see rle.py).
+RLE is computed from the region (see rle.py). On the host this is numpy (pipeline/bilinear.py:
+two gathers and two weighted sums per axis, over the clipped box only) and the C RLE encoder, so
+detections in numpy arrays (a torch-free engine) are finished without importing torch.
 
 When the engine leaves its detections on a GPU, the stage takes every frame waiting (up to
 `take`), and one kernel pastes, thresholds and run-length encodes all their instances on the
@@ -12,69 +14,92 @@ per batch into a reused pinned buffer, and only the compression of the counts in
 runs on the host. On a GPU the stage works on its own CUDA stream, after the inference stage's
 event (pipeline/device_streams.py), so its one wait per batch waits for nothing else. Where
 something needs the mask regions (drawing, the tracker's mask IoU), they are rebuilt from those
-counts on the host (`region_from_counts`, the cost of the region), not pasted again. The CPU
-path is the one above.
+counts on the host (`region_from_counts`, the cost of the region), not pasted again.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from segstream.engines.protocol import Detections
+from segstream.pipeline.bilinear import paste_mask
 from segstream.pipeline.device_streams import on_stream, stage_stream, take_over
 from segstream.pipeline.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
 from segstream.pipeline.rle import encode_region, region_from_counts
+
+if TYPE_CHECKING:  # the device path's types; detections in numpy arrays never import torch
+    import torch
 
 #: Columns before the counts in the packed per-instance row copied back from the device:
 #: num counts, region x0 y0 x1 y1, box x1 y1 x2 y2 (float32 bits), score (float32 bits), class.
 _HEADER = 11
 
 
-def frame_boxes(boxes: torch.Tensor, scale: tuple[float, float], height: int, width: int) -> torch.Tensor:
-    """float32 [K, 4] network-input boxes -> frame pixels, clipped to the frame."""
+def host_array(values: Any) -> np.ndarray:
+    """A numpy view of a numpy array or a torch tensor (copied to the host when on a device)."""
+    if isinstance(values, np.ndarray):
+        return values
+    return values.detach().cpu().numpy()  # a torch tensor: torch is loaded already
+
+
+def frame_boxes(boxes: Any, scale: tuple[float, float], height: int, width: int) -> Any:
+    """float32 [K, 4] network-input boxes -> frame pixels, clipped to the frame (numpy in, numpy
+    out; a torch tensor in, a torch tensor out: the device path)."""
     sy, sx = scale
-    out = boxes / boxes.new_tensor([sx, sy, sx, sy])
-    out[:, 0::2] = out[:, 0::2].clamp(0, width)
-    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    if not isinstance(boxes, np.ndarray):
+        out = boxes / boxes.new_tensor([sx, sy, sx, sy])
+        out[:, 0::2] = out[:, 0::2].clamp(0, width)
+        out[:, 1::2] = out[:, 1::2].clamp(0, height)
+        return out
+    out = boxes.astype(np.float32) / np.array([sx, sy, sx, sy], dtype=np.float32)
+    np.clip(out[:, 0::2], 0, width, out=out[:, 0::2])
+    np.clip(out[:, 1::2], 0, height, out=out[:, 1::2])
     return out
 
 
 def paste_regions(
-    masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float
+    masks: Any, boxes: Any, height: int, width: int, threshold: float
 ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
     """Threshold each mask pasted into its box, computing only the box region.
 
-    masks: float32 [K, M, M] probabilities; boxes: float32 [K, 4] in frame pixels.
+    masks: float32 [K, M, M] probabilities; boxes: float32 [K, 4] in frame pixels (numpy arrays,
+    or torch tensors, which are copied to the host).
     Returns K pairs (region bool [y1 - y0, x1 - x0], (x0, y0, x1, y1)) in frame pixels, end exclusive.
+
+    Semantics of torchvision's `paste_masks_in_image`: the mask padded by one cell is resized
+    bilinearly onto the integer box grown by the same margin (float32 arithmetic, truncated to
+    integers as torch's `.to(int64)`); the resampling is pipeline/bilinear.py's, in numpy.
     """
+    masks, boxes = host_array(masks), host_array(boxes)
     if masks.shape[0] == 0:
         return []
     m = masks.shape[-1]
-    padded = F.pad(masks, (1, 1, 1, 1))
-    grow = (m + 2) / m
+    padded = np.pad(masks.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))
+    boxes = boxes.astype(np.float32, copy=False)
+    grow = (m + 2) / m  # a Python float: float32 arithmetic below, as torch's tensor * scalar
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * grow
     half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * grow
     cx = (boxes[:, 2] + boxes[:, 0]) * 0.5
     cy = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    grown = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1).to(torch.int64).tolist()
+    grown = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.int64).tolist()
     out = []
     for i, (bx0, by0, bx1, by1) in enumerate(grown):
-        w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-        x0, x1 = max(bx0, 0), min(bx1 + 1, width)
-        y0, y1 = max(by0, 0), min(by1 + 1, height)
+        x0, x1 = max(bx0, 0), min(max(bx1, bx0) + 1, width)
+        y0, y1 = max(by0, 0), min(max(by1, by0) + 1, height)
         if x1 <= x0 or y1 <= y0:
             out.append((np.zeros((0, 0), dtype=bool), (0, 0, 0, 0)))
             continue
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        region = resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0] > threshold
-        out.append((region.cpu().numpy(), (x0, y0, x1, y1)))
+        out.append((paste_mask(padded[i], (bx0, by0, bx1, by1), (x0, y0, x1, y1), threshold), (x0, y0, x1, y1)))
     return out
+
+
+def _on_cuda(values: Any) -> bool:
+    """True for a torch tensor on a GPU (a numpy array has no `is_cuda`)."""
+    return bool(getattr(values, "is_cuda", False))
 
 
 class Postprocess:
@@ -94,12 +119,12 @@ class Postprocess:
         self.take = take
         self.regions = regions
         self.device_path = device_path
-        self._pinned: torch.Tensor | None = None  # reused host buffer of the device path
-        self.stream: torch.cuda.Stream | None = None  # made for the first detections on a GPU
+        self._pinned: "torch.Tensor | None" = None  # reused host buffer of the device path
+        self.stream: "torch.cuda.Stream | None" = None  # made for the first detections on a GPU
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         on_gpu = [item for item in items if isinstance(item, FrameDetections) and item.detections is not None
-                  and item.detections.masks.is_cuda]
+                  and _on_cuda(item.detections.masks)]
         if on_gpu and self.stream is None:
             self.stream = stage_stream(on_gpu[0].detections.masks.device)
         with on_stream(self.stream if on_gpu else None):
@@ -130,7 +155,7 @@ class Postprocess:
     def _device_path(self, item: Any) -> bool:
         if self.device_path is False or not isinstance(item, FrameDetections) or item.detections is None:
             return False
-        return self.device_path is True or item.detections.masks.device.type == "cuda"
+        return self.device_path is True or _on_cuda(item.detections.masks)
 
     def _finish(self, item: FrameDetections, found: list[Instance] | Exception) -> FrameResult:
         frame = item.frame
@@ -146,12 +171,16 @@ class Postprocess:
         and `region_box` only when `regions` is set (rebuilt from the counts) or for a row whose
         counts did not fit (pasted on the CPU).
         """
+        import torch
+
         from segstream.kernels.mask_rle import compress_counts, default_cap, mask_rle_counts
 
-        device = items[0].detections.masks.device
+        as_tensors = [found if not isinstance(found.masks, np.ndarray) else found.to("cpu")
+                      for found in (item.detections for item in items)]
+        device = as_tensors[0].masks.device
         boxes, masks, scores, classes, sizes, per_frame = [], [], [], [], [], []
-        for item in items:
-            found, frame = item.detections, item.frame
+        for item, found in zip(items, as_tensors):
+            frame = item.frame
             boxes.append(frame_boxes(found.boxes.float(), item.scale, frame.height, frame.width))
             masks.append(found.masks.float())
             scores.append(found.scores.float())
@@ -201,8 +230,10 @@ class Postprocess:
             start += count
         return out
 
-    def _host_buffer(self, shape: torch.Size) -> torch.Tensor:
+    def _host_buffer(self, shape: "torch.Size") -> "torch.Tensor":
         """A pinned int32 host tensor of `shape`, a view of one buffer grown as needed."""
+        import torch
+
         size = int(np.prod(shape))
         if self._pinned is None or self._pinned.numel() < size:
             self._pinned = torch.empty(max(size, 1 << 16), dtype=torch.int32, pin_memory=torch.cuda.is_available())
@@ -226,11 +257,11 @@ class Postprocess:
         """Instances in frame pixels, in the engine's (descending score) order."""
         if len(found) == 0:
             return []
-        boxes = frame_boxes(found.boxes.float(), scale, height, width)
-        regions = paste_regions(found.masks.float(), boxes, height, width, self.mask_threshold)
+        boxes = frame_boxes(host_array(found.boxes).astype(np.float32, copy=False), scale, height, width)
+        regions = paste_regions(host_array(found.masks), boxes, height, width, self.mask_threshold)
         out = []
         for box, score, class_id, (region, (x0, y0, x1, y1)) in zip(
-            boxes.tolist(), found.scores.tolist(), found.classes.tolist(), regions
+            boxes.tolist(), host_array(found.scores).tolist(), host_array(found.classes).tolist(), regions
         ):
             label = self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
             out.append(

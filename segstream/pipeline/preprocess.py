@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from segstream.engines.model_config import ModelConfig
-from segstream.pipeline.device_frames import PinnedUpload
-from segstream.pipeline.device_streams import hand_over, on_stream, stage_stream, take_over
+from segstream.pipeline.bilinear import resize_image
+from segstream.pipeline.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
 from segstream.pipeline.messages import Batch, Frame
+
+if TYPE_CHECKING:  # the GPU path's types; a CPU batch is made in numpy
+    import torch
 
 
 def fit_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -26,7 +27,10 @@ class Preprocess:
     """Takes up to `batch_size` waiting frames and makes one network input of them.
 
     On the CPU the arithmetic runs in numpy, single-threaded: the engine's thread pool owns the
-    cores, and a second torch thread pool contending with it costs more than it gains. On a GPU
+    cores, and a second torch thread pool contending with it costs more than it gains. A frame
+    that does not fit as decoded is resized in numpy with torch's bilinear semantics
+    (pipeline/bilinear.py). host_arrays: the engine takes the numpy batch itself (a torch-free
+    engine, engines/protocol.py); otherwise the batch is wrapped as a torch tensor (no copy). On a GPU
     each frame is uploaded once from a reused pinned buffer (device_frames.PinnedUpload) and the
     colour conversion, resize and normalisation run on the device, on the stage's own CUDA stream;
     the Batch carries an event recorded after its last kernel, which the inference stage's stream
@@ -35,16 +39,27 @@ class Preprocess:
 
     name = "preprocess"
 
-    def __init__(self, config: ModelConfig, device: torch.device, batch_size: int) -> None:
+    def __init__(self, config: ModelConfig, device: "torch.device | str", batch_size: int,
+                 host_arrays: bool = False) -> None:
         self.take = batch_size
         self.input_size = config.input_size
         self.device = device
-        self.mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
-        self.std = torch.tensor(config.std, device=device).view(3, 1, 1)
+        self.on_host = device_type(device) == "cpu"
+        self.host_arrays = host_arrays
+        self._mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+        self._std = np.asarray(config.std, dtype=np.float32)[:, None, None]
         # uint8 pixel p -> (p / 255 - mean) / std == p * scale + shift
         self._scale = (1.0 / (255.0 * np.asarray(config.std, dtype=np.float32))).astype(np.float32)
         self._shift = (-np.asarray(config.mean, dtype=np.float32) / np.asarray(config.std, dtype=np.float32)).astype(np.float32)
-        self.upload = PinnedUpload(device)
+        self.upload = None
+        if not self.on_host:
+            import torch
+
+            from segstream.pipeline.device_frames import PinnedUpload
+
+            self.mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
+            self.std = torch.tensor(config.std, device=device).view(3, 1, 1)
+            self.upload = PinnedUpload(device)
         self.stream = stage_stream(device)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
@@ -60,7 +75,7 @@ class Preprocess:
     def batch(self, frames: list[Frame]) -> Batch:
         with on_stream(self.stream):
             # Frames decoded on the GPU (NVDEC) were written on the decoder's stream.
-            on_device = [f.image for f in frames if isinstance(f.image, torch.Tensor)]
+            on_device = [f.image for f in frames if not isinstance(f.image, np.ndarray)]
             take_over(self.stream, [f.ready for f in frames], on_device)
             batch = self._batch(frames)
             batch.ready = hand_over(self.stream)
@@ -69,20 +84,38 @@ class Preprocess:
     def _batch(self, frames: list[Frame]) -> Batch:
         height, width = self.input_size
         shape = (len(frames), 3, height, width)
-        if self.device.type == "cpu":  # numpy's zeros come from calloc: no pass over the memory
-            images = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+        if self.on_host:  # numpy's zeros come from calloc: no pass over the memory
+            images: Any = np.zeros(shape, dtype=np.float32)
         else:
+            import torch
+
             images = torch.zeros(shape, dtype=torch.float32, device=self.device)
         sizes, scales = [], []
         for i, frame in enumerate(frames):
             h, w = fit_size(frame.height, frame.width, self.input_size)
-            if self.device.type == "cpu" and (h, w) == frame.image.shape[:2]:
-                self._normalise_into(images[i].numpy(), frame.image)
-            else:
+            if not self.on_host:
                 images[i, :, :h, :w] = self._on_device(frame.image, h, w)
+            elif (h, w) == frame.image.shape[:2]:
+                self._normalise_into(images[i], frame.host_image())
+            else:
+                self._resize_into(images[i], frame.host_image(), h, w)
             sizes.append((h, w))
             scales.append((h / frame.height, w / frame.width))
+        if self.on_host and not self.host_arrays:
+            import torch  # a torch engine: it is loaded already
+
+            images = torch.from_numpy(images)
         return Batch(frames=frames, images=images, image_sizes=sizes, scales=scales)
+
+    def _resize_into(self, out: np.ndarray, image: np.ndarray, h: int, w: int) -> None:
+        """out: float32 [3, H, W] view of the batch slot; image: uint8 [h0, w0, 3] -> resized to
+        [h, w] as the device path does: (bilinear(p / 255) - mean) / std, in float32."""
+        pixels = image.astype(np.float32)
+        pixels /= np.float32(255.0)
+        resized = resize_image(pixels, h, w).transpose(2, 0, 1)
+        target = out[:, :h, :w]
+        np.subtract(resized, self._mean, out=target)
+        target /= self._std
 
     def _normalise_into(self, out: np.ndarray, image: np.ndarray) -> None:
         """out: float32 [3, H, W] view of the batch slot; image: uint8 [h, w, 3] (fits as is)."""
@@ -93,9 +126,12 @@ class Preprocess:
         np.multiply(planes, self._scale[:, None, None], out=target, dtype=np.float32, casting="unsafe")
         target += self._shift[:, None, None]
 
-    def _on_device(self, image: np.ndarray | torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _on_device(self, image: "np.ndarray | torch.Tensor", h: int, w: int) -> "torch.Tensor":
         """image: uint8 [h0, w0, 3] (numpy, or a tensor already on the device) -> float32 [3, h, w]
         normalised, on the engine's device."""
+        import torch
+        import torch.nn.functional as F
+
         # One upload per host frame (a reused pinned buffer); the resize and normalisation run where the engine is.
         pixels = image.to(self.device) if isinstance(image, torch.Tensor) else self.upload(image)
         tensor = pixels.permute(2, 0, 1).float().div_(255.0)

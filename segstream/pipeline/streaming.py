@@ -14,20 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from segstream.engines.factory import open_engine
-from segstream.engines.models import LoadedModel, load_model
-from segstream.engines.protocol import Engine
+from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
 from segstream.pipeline.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
-from segstream.pipeline.nvdec import NvdecFileSource
 from segstream.pipeline.postprocess import Postprocess
 from segstream.pipeline.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress
@@ -42,9 +38,13 @@ from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSourc
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
 from segstream.pipeline.tracking import Tracking
 
+if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model loaders may too
+    from segstream.engines.factory import OpenedModel
+    from segstream.pipeline.nvdec import NvdecFileSource
+
 log = logging.getLogger(__name__)
 
-Source = VideoFileSource | NvdecFileSource | CameraSource
+Source = Union[VideoFileSource, "NvdecFileSource", CameraSource]
 
 
 class StreamSpec(BaseModel):
@@ -67,16 +67,18 @@ class UnknownStream(KeyError):
     """No stream with this id."""
 
 
-def make_engine(config: RunConfig) -> tuple[Engine, LoadedModel]:
+def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
+    """The run's engine: an artifact (bundled or --model DIR) on the torch-free engine, else the torch model's."""
+    from segstream.engines.factory import open_model_engine
+
     m, e = config.model, config.engine
-    loaded = load_model(m.name, m.weights, m.input_size, m.allow_download)
-    if m.score_threshold is not None:
-        loaded.config = loaded.config.replace(score_threshold=m.score_threshold)
-        loaded.network.roi_heads.score_thresh = m.score_threshold
-    if e.threads:
+    opened = open_model_engine(m.name, m.weights, m.input_size, m.allow_download, e.kind, e.device, e.batch_size,
+                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold)
+    if e.threads and opened.loaded is not None:  # (the torch-free path never imports torch for this)
+        import torch
+
         torch.set_num_threads(e.threads)
-    engine = open_engine(e.kind, loaded, e.device, e.batch_size, e.onnx, e.precision, threads=e.threads)
-    return engine, loaded
+    return opened.engine, opened
 
 
 def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted") -> Source:
@@ -99,6 +101,8 @@ def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted")
     if config.engine.device == "cuda" and src.decoder != "cpu" and admitted.local:
         backend = decode_backend("cuda", src.decoder)
         if backend.name == "nvdec":
+            from segstream.pipeline.nvdec import NvdecFileSource
+
             return NvdecFileSource(location, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
         if src.decoder == "nvdec":
             raise SourceError(f"source.decoder is nvdec, but {backend.reason.split(':')[0]}")
@@ -160,7 +164,7 @@ class StreamingPipeline:
         self.chain = Chain(
             producers=[],
             stages=[
-                Preprocess(engine.config, engine.device, batch),
+                Preprocess(engine.config, engine.device, batch, host_arrays=takes_host_arrays(engine)),
                 *engine_part,  # features (a split engine's trunk) and inference
                 # GPU detections are encoded a batch at a time on the device; the mask regions that
                 # drawing (video, the service's viewer) and the tracker's mask IoU need are rebuilt

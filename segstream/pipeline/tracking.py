@@ -14,7 +14,8 @@ Overlap is box IoU against the track's box moved by its velocity, averaged with 
 both masks are at hand (the track's last mask moved the same way; `mask_weight`): boxes of two
 crossing objects overlap a lot, their masks much less. The overlaps of all tracks with all
 instances are computed once a frame; each pass is one optimal assignment within its part of them
-(scipy's `linear_sum_assignment` on 1 - overlap, pairs under the pass's minimum excluded).
+(`linear_sum_assignment` on 1 - overlap, pairs under the pass's minimum excluded: scipy's
+solver re-done in numpy, pipeline/assignment.py, so a run does not load scipy.optimize).
 
 Time is the stream's own clock: pts for files (media seconds), capture time for cameras, so
 `max_age` means seconds of video and a camera that reconnects within it keeps its ids.
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from segstream.pipeline.assignment import linear_sum_assignment
 from segstream.pipeline.config import TrackingSection
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 

@@ -45,8 +45,9 @@ def test_region_rle_matches_pycocotools_at_1280x720_and_decodes_back():
         assert np.array_equal(decode_mask(got), full)
 
 
-@pytest.mark.parametrize("size", [(360, 640), (239, 317)])
-def test_pasted_regions_equal_torchvision_paste_thresholded(size):
+@pytest.mark.parametrize("inputs", ["torch", "numpy"])
+@pytest.mark.parametrize("size", [(360, 640), (239, 317), (720, 1280)])
+def test_pasted_regions_equal_torchvision_paste_thresholded(size, inputs):
     height, width = size
     torch.manual_seed(0)
     k = 25
@@ -57,7 +58,8 @@ def test_pasted_regions_equal_torchvision_paste_thresholded(size):
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     reference = paste_masks_in_image(masks[:, None], boxes, (height, width))[:, 0] > 0.5
-    for i, (region, (x0, y0, x1, y1)) in enumerate(paste_regions(masks, boxes, height, width, 0.5)):
+    given = (masks, boxes) if inputs == "torch" else (masks.numpy(), boxes.numpy())  # a torch-free engine's
+    for i, (region, (x0, y0, x1, y1)) in enumerate(paste_regions(*given, height, width, 0.5)):
         ours = np.zeros((height, width), dtype=bool)
         ours[y0:y1, x0:x1] = region
         assert np.array_equal(ours, reference[i].numpy()), i

@@ -305,3 +305,22 @@ def test_disabled_tracking_publishes_no_track_id(clip, fast_config, redis_client
     entries = [json.loads(fields[b"data"]) for _, fields in redis_client.xrange("segstream:untracked")]
     instances = [inst for e in entries if "instances" in e for inst in e["instances"]]
     assert instances and not any("track_id" in inst for inst in instances)
+
+
+def test_the_trackers_assignment_pairs_exactly_as_scipys_solver_including_ties():
+    """The tracker's numpy solver (pipeline/assignment.py, kept so a run never loads
+    scipy.optimize) returns scipy's pairs: random costs, tied integer costs, excluded pairs (1e6),
+    wide and tall matrices, empty ones."""
+    from scipy.optimize import linear_sum_assignment as scipys
+
+    from segstream.pipeline.assignment import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    for trial in range(1500):
+        rows, cols = int(rng.integers(0, 12)), int(rng.integers(0, 12))
+        cost = (rng.random((rows, cols)), rng.integers(0, 3, (rows, cols)).astype(float),
+                np.where(rng.random((rows, cols)) < 0.5, 1e6, rng.random((rows, cols))))[trial % 3]
+        want, got = scipys(cost), linear_sum_assignment(cost)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1]), (trial, cost)
+    with pytest.raises(ValueError, match="infinite or NaN"):
+        linear_sum_assignment(np.array([[0.0, np.nan]]))

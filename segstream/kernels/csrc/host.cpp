@@ -322,4 +322,25 @@ long long segstream_rle_compress(const int* counts, long long n, char* out, long
   return seg_rle_compress(counts, n, out, cap);
 }
 
+// The row pass of a box-local bilinear paste (pipeline/bilinear.py: paste_mask), thresholded:
+// out[r * out_stride + x] = (cols[r0[r]][x] * w0[r] + cols[r1[r]][x] * w1[r]) > threshold, for
+// r < rows, x < width. cols: float32 [m, width], the mask already resized along its columns (numpy).
+// Two products and a sum in float32 per pixel, in torch's order and without a fused multiply-add
+// (-ffp-contract=off): the result is numpy's and torch's bit for bit.
+void segstream_paste_rows(const float* cols, long long width, const long long* r0, const long long* r1,
+                          const float* w0, const float* w1, long long rows, float threshold,
+                          unsigned char* out, long long out_stride) {
+  for (long long r = 0; r < rows; ++r) {
+    const float* a = cols + r0[r] * width;
+    const float* b = cols + r1[r] * width;
+    const float wa = w0[r], wb = w1[r];
+    unsigned char* o = out + r * out_stride;
+    for (long long x = 0; x < width; ++x) {
+      float v = a[x] * wa;
+      v = v + b[x] * wb;
+      o[x] = v > threshold;
+    }
+  }
+}
+
 }  // extern "C"
