@@ -230,15 +230,20 @@ class OpenVinoRuntimeEngine:
         """RPN head, proposals, box head, detections and mask head on `extract`'s maps."""
         sizes, maps = features.tensors["sizes"], features.tensors["maps"]
         levels = self._levels
-        objectness, deltas = [], []
-        for start in range(0, sizes.shape[0], self._chunk):
-            part = maps if sizes.shape[0] == self._chunk else [
-                np.ascontiguousarray(m[start : start + self._chunk]) for m in maps]
-            outputs = self._rpn_head.infer(part, share_inputs=True, share_outputs=False)
-            objectness.append([outputs[i] for i in range(levels)])
-            deltas.append([outputs[levels + i] for i in range(levels)])
-        objectness = [np.concatenate(level) for level in zip(*objectness)]
-        deltas = [np.concatenate(level) for level in zip(*deltas)]
+        if sizes.shape[0] == self._chunk:
+            # One chunk: the request's own buffers, read before its next call (this thread's only).
+            outputs = self._rpn_head.infer(maps, share_inputs=True, share_outputs=True)
+            objectness = [outputs[i] for i in range(levels)]
+            deltas = [outputs[levels + i] for i in range(levels)]
+        else:
+            objectness, deltas = [], []
+            for start in range(0, sizes.shape[0], self._chunk):
+                part = [np.ascontiguousarray(m[start : start + self._chunk]) for m in maps]
+                outputs = self._rpn_head.infer(part, share_inputs=True, share_outputs=False)
+                objectness.append([outputs[i] for i in range(levels)])
+                deltas.append([outputs[levels + i] for i in range(levels)])
+            objectness = [np.concatenate(level) for level in zip(*objectness)]
+            deltas = [np.concatenate(level) for level in zip(*deltas)]
         num_proposals, proposals = self.select_proposals(objectness, deltas, sizes)
         num, boxes, scores, classes = self.select_detections(maps, proposals, num_proposals, sizes)
         masks = self.masks(maps, boxes, num, classes)

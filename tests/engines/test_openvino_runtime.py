@@ -32,7 +32,7 @@ BASE_INSTALL = (
     "import sys; sys.modules['torch'] = sys.modules['torchvision'] = None\n"
     "from segstream.pipeline.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch was imported'\n"
+    "assert 'torch' not in [m for m, v in list(sys.modules.items()) if v is not None], 'torch was imported'\n"
     "sys.exit(code)\n"
 )
 
