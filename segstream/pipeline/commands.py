@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from typing import Callable
 
 DELEGATED = {
@@ -24,23 +23,13 @@ DELEGATED = {
 }
 
 
-#: Modules of the extras a base install lacks, and the extra that brings each.
-EXTRA_OF = {"torch": "torch", "torchvision": "torch", "onnx": "onnx", "onnxruntime": "onnx", "nncf": "int8"}
-
 
 def _delegate(target: str, name: str = "") -> Callable[[argparse.Namespace], int]:
     def call(args: argparse.Namespace) -> int:
         module, function = target.split(":")
-        try:
-            loaded = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A base install (no torch): one line naming the extra, not a traceback.
-            root = (exc.name or "").split(".")[0]
-            if root not in EXTRA_OF:
-                raise
-            print(f"segstream {name}: needs {root}, which this install does not have: "
-                  f"pip install 'segstream[{EXTRA_OF[root]}]'", file=sys.stderr)
-            return 2
+        # On a base install a missing extra raises ModuleNotFoundError here: cli.main turns it into
+        # one `segstream: error:` line naming the extra (pipeline/extras.py).
+        loaded = importlib.import_module(module)
         return int(getattr(loaded, function)(args.rest) or 0)
 
     return call
