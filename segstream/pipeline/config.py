@@ -155,6 +155,17 @@ class TrackingSection(_Section):
         return self
 
 
+class GatingSection(_Section):
+    """Motion gating (pipeline/gating.py): run the engine only when a stream's picture changed;
+    the frames in between carry the last inferred instances over."""
+
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: on for cameras, off for files
+    max_interval: float = Field(default=2.0, gt=0)  # seconds (stream clock) between inferences, at most
+    noise_factor: float = Field(default=6.0, gt=0)  # a cell changed: change > noise_factor * its noise + min_change
+    min_change: float = Field(default=1.5, ge=0)  # grey levels 0..255
+    min_cells: int = Field(default=2, ge=1)  # changed cells (8 x 8 pixels of a 640 x 360 frame) that open the gate
+
+
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
@@ -169,6 +180,7 @@ class RunConfig(_Section):
     # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
     streams: list[dict[str, Any]] = Field(default_factory=list)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    gating: GatingSection = Field(default_factory=GatingSection)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -125,6 +125,24 @@ class BoundedQueue:
         if evicted is not None and self._on_drop is not None:
             self._on_drop(evicted)
 
+    def put_many(self, items: list[Any]) -> None:
+        """Append all of `items` (blocking while full, never evicting), waking the consumer once
+        they are all in when they fit: a stage's output reaches the next stage as one group, so
+        a batching stage after it sees a full batch, not the first frame of one."""
+        if self._droppable is not None:
+            for item in items:
+                self.put(item)
+            return
+        with self._cond:
+            for item in items:
+                while len(self._items) >= self.maxsize and not self.closed:
+                    self._cond.notify_all()
+                    self._cond.wait()
+                if self.closed:
+                    return
+                self._items.append(item)
+            self._cond.notify_all()
+
     def _evict_oldest_droppable(self) -> Any:
         for i, queued in enumerate(self._items):
             if queued is not END and self._droppable(queued):
@@ -425,11 +443,10 @@ class Chain:
         outbox = self.queues[index + 1] if index + 1 < len(self.queues) else None
         failed = False
 
-        def emit(outputs: Iterable[Any]) -> None:
-            for out in outputs:
-                stats.items_out += 1
-                if outbox is not None:
-                    outbox.put(out)
+        def emit(outputs: list[Any]) -> None:
+            stats.items_out += len(outputs)
+            if outbox is not None and outputs:
+                outbox.put_many(outputs)
 
         while True:
             items = inbox.get_many(max(1, stage.take))

@@ -25,6 +25,7 @@ from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
+from segstream.pipeline.gating import CarryOver, Gate, GateSettings, resolve_mode
 from segstream.pipeline.locations import default_stream_id, is_remote, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
 from segstream.pipeline.nvdec import NvdecFileSource
@@ -56,6 +57,7 @@ class StreamSpec(BaseModel):
     kind: Literal["auto", "file", "live"] = "auto"
     max_frames: int | None = Field(default=None, ge=1)
     start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
+    gating: Literal["auto", "on", "off"] | None = None  # motion gating for this stream (None: config's gating.mode)
 
 
 class StreamExists(Exception):
@@ -148,9 +150,20 @@ class StreamingPipeline:
                                     config.engine.threads)
         self.inference = engine_part[-1]
         batch, q = config.engine.batch_size, config.queues
+        # Motion gating (pipeline/gating.py): a gate before preprocess and the carry-over before
+        # publish. Left out of a run that gates nothing (gating.mode off), so it is today's chain;
+        # a service keeps them, since a stream added later may ask for gating.
+        self._gating: dict[str, str | None] = {}
+        g = config.gating
+        self.gate: Gate | None = None
+        if keep_alive or g.mode != "off":
+            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells), batch,
+                             self._gated, self._count_gated)
+        gating = self.gate is not None
         self.chain = Chain(
             producers=[],
             stages=[
+                *([self.gate] if gating else []),
                 Preprocess(engine.config, engine.device, batch),
                 *engine_part,  # features (a split engine's trunk) and inference
                 # GPU detections are encoded a batch at a time on the device; the mask regions that
@@ -160,10 +173,14 @@ class StreamingPipeline:
                             config.engine.max_consecutive_errors, take=batch,
                             regions=self.video is not None or config.tracking.enabled or keep_alive),
                 *([Tracking(config.tracking)] if config.tracking.enabled else []),
+                *([CarryOver()] if gating else []),
                 self.publish,
             ],
-            queue_sizes=[max(batch, q.file_frames)] + [q.batches] * len(engine_part) + [q.results, q.results]
-            + ([q.results] if config.tracking.enabled else []),
+            # With a gate, preprocess's inbox is small: frames waiting there are past the cameras'
+            # drop-oldest lanes, so a deep one would only add latency.
+            queue_sizes=[max(batch, q.file_frames)] + ([max(batch, 2)] if gating else [])
+            + [q.batches] * len(engine_part) + [q.results, q.results]
+            + ([q.results] if config.tracking.enabled else []) + ([q.results] if gating else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
             keep_alive=keep_alive,
@@ -179,13 +196,28 @@ class StreamingPipeline:
 
     def add_stream(self, spec: StreamSpec) -> StreamState:
         """Start a stream; never waits for a camera (an unreachable one is retried in the background)."""
-        return self.add_source(make_source(spec, self.config))
+        source = make_source(spec, self.config)
+        if spec.gating is not None and spec.gating != "off" and self.gate is None:
+            raise ValueError(f"{spec.id}: gating is {spec.gating}, but this run has gating.mode off")
+        return self.add_source(source, gating=spec.gating)
 
-    def add_source(self, source: Source) -> StreamState:
+    def _gated(self, stream_id: str, live: bool) -> bool:
+        """Whether the stream's frames go through the gate (its spec's gating, else the config's)."""
+        return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
+
+    def _count_gated(self, stream_id: str, inferred: bool) -> None:
+        state = self.registry.get(stream_id)
+        if state is not None:
+            state.frame_gated(inferred)
+
+    def add_source(self, source: Source, gating: str | None = None) -> StreamState:
+        """Start feeding `source`; gating: auto|on|off for this stream (None: config's gating.mode)."""
         with self._lock:
             if source.stream_id in self.sources or source.stream_id in self.registry:
                 raise StreamExists(source.stream_id)
             self.sources[source.stream_id] = source
+            self._gating[source.stream_id] = gating
+            source.state.gating = self.gate is not None and self._gated(source.stream_id, source.live)
             self.registry.add(source.state)
         if self.video is None and hasattr(source, "pixels"):
             # Nothing draws on the frames: a CPU decoder scales them straight to the engine's input
@@ -219,6 +251,7 @@ class StreamingPipeline:
             time.sleep(0.05)
         with self._lock:
             self.sources.pop(stream_id, None)
+            self._gating.pop(stream_id, None)
             self.registry.remove(stream_id)
 
     def _drained(self, stream_id: str) -> bool:

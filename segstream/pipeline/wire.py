@@ -7,7 +7,8 @@
     {"schema": 1, "stream": id, "eos": true, "frames": N}
     {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
      "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
-A frame the engine failed on carries "error": why, and no instances.
+A frame the engine failed on carries "error": why, and no instances. A frame the engine skipped
+(motion gating) carries "inferred": false and "inferred_frame": n, the frame its instances are from.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
 """
 
@@ -43,6 +44,9 @@ def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
     }
     if result.error is not None:
         message["error"] = result.error
+    if result.inferred_frame is not None:  # motion gating carried an earlier frame's instances over
+        message["inferred"] = False
+        message["inferred_frame"] = result.inferred_frame
     return message
 
 
