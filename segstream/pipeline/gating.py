@@ -20,12 +20,14 @@ publish, turns it into a FrameResult with the instances of the stream's last inf
 (same masks, boxes, track ids) and `inferred_frame` set (wire: `"inferred": false`,
 `"inferred_frame": n`).
 
-The noise threshold is learned per stream and per cell: each cell keeps the mean absolute
+The noise threshold is learned per stream and per cell: each cell keeps the mean squared
 change between consecutive frames (a running mean over the first frames, then an exponential
-one whose samples are clipped, so a passing object barely raises it); a cell counts as changed
-when its change against the reference, less the frame's median change (global brightness,
-exposure), exceeds `noise_factor` times its noise plus `min_change` grey levels. Sensor noise and
-compression flicker stay under it; an object moving by a pixel or two does not.
+one whose samples are clipped at 3 sigma, so a passing object barely raises it); a cell counts
+as changed when its change against the reference, less the frame's median change (global
+brightness, exposure), exceeds `noise_factor` times its noise (root mean square) plus
+`min_change` grey levels, and the gate opens at `min_cells` changed cells. Sensor noise, noisy
+textures and compression flicker (sparse, a few grey levels, at the encoder's P-frames) stay
+under it; an object moving by a couple of pixels does not.
 
 Numpy only: no torch (the gate runs on a torch-free install; a frame decoded on the GPU gives
 only its sampled pixels to the host, via Frame.sample).
@@ -68,9 +70,9 @@ class GateSettings:
     """The knobs of the change test (config `gating`, pipeline/config.py)."""
 
     max_interval: float = 2.0  # seconds of stream clock between inferences, at most
-    noise_factor: float = 6.0  # a cell changed: |change| > noise_factor * its noise + min_change
-    min_change: float = 1.5  # grey levels (0..255), for cells with next to no noise
-    min_cells: int = 2  # changed cells that open the gate
+    noise_factor: float = 4.0  # a cell changed: |change| > noise_factor * its noise + min_change
+    min_change: float = 4.0  # grey levels (0..255): above compression flicker in cells with no noise
+    min_cells: int = 3  # changed cells that open the gate
     cut_share: float = 0.5  # share of changed cells that makes a scene cut
     warmup: int = 8  # frames over which the noise is a plain running mean
     noise_rate: float = 0.05  # weight of a new sample in the noise's running mean afterwards
@@ -102,7 +104,8 @@ class StreamGate:
     settings: GateSettings
     reference: np.ndarray | None = None  # cells of the last inferred frame
     previous: np.ndarray | None = None  # cells of the previous frame (noise learning)
-    noise: np.ndarray | None = None  # mean |change| per cell between consecutive frames
+    variance: np.ndarray | None = None  # mean squared change per cell between consecutive frames
+    noise: np.ndarray | None = None  # its square root: the cell's noise (grey levels)
     samples: int = 0
     last_index: int = -1  # index of the last inferred frame
     last_clock: float = 0.0
@@ -111,8 +114,8 @@ class StreamGate:
     def decide(self, frame: Frame) -> Reason | None:
         """The reason to send `frame` to the engine, or None to carry the last result over."""
         picture = cells(frame)
+        reason = self._reason(frame, picture)  # before learning from it: a change is not noise
         self._learn(picture)
-        reason = self._reason(frame, picture)
         if reason is not None:
             self.reference, self.last_index, self.last_clock = picture, frame.index, stream_clock(frame)
         self.reasons[reason or "gated"] = self.reasons.get(reason or "gated", 0) + 1
@@ -124,18 +127,18 @@ class StreamGate:
 
     def _learn(self, picture: np.ndarray) -> None:
         if self.previous is not None:
-            sample = np.abs(picture - self.previous)
+            sample = np.square(picture - self.previous)
             self.samples += 1
-            if self.noise is None:
+            if self.variance is None:
                 # A first guess for every cell from the frame's typical change; refined per cell.
-                self.noise = np.full_like(sample, float(np.median(sample)))
+                self.variance = np.full_like(sample, float(np.median(sample)))
             s = self.settings
-            if self.samples <= s.warmup:
-                self.noise += (sample - self.noise) / self.samples
-            else:
-                # Clipped: a passing object raises a cell's noise by at most a few percent a frame.
-                clipped = np.minimum(sample, 3.0 * self.noise + s.min_change)
-                self.noise += s.noise_rate * (clipped - self.noise)
+            # Clipped at 3 sigma (plus min_change): an object moving through a cell raises its
+            # noise only a little a frame, while a noisy texture's cell gets there in a few frames.
+            clipped = np.minimum(sample, 9.0 * self.variance + s.min_change ** 2)
+            rate = 1.0 / self.samples if self.samples <= s.warmup else s.noise_rate
+            self.variance += rate * (clipped - self.variance)
+            self.noise = np.sqrt(self.variance)
         self.previous = picture
 
     def _reason(self, frame: Frame, picture: np.ndarray) -> Reason | None:

@@ -33,6 +33,8 @@ def motion_schedule(rng: np.random.Generator, frames: int, motion_share: float,
     """bool [frames]: True where objects move. Bursts of burst[0]..burst[1] frames separated by
     still gaps whose mean length makes about `motion_share` of the frames move; frame 0 is still."""
     moving = np.zeros(frames, dtype=bool)
+    if motion_share <= 0:  # a still scene: only noise
+        return moving
     mean_burst = (burst[0] + burst[1]) / 2
     mean_gap = mean_burst * (1 - motion_share) / motion_share
     i = int(rng.integers(1, max(2, int(mean_gap)) + 1))
