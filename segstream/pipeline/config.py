@@ -161,9 +161,10 @@ class GatingSection(_Section):
 
     mode: Literal["auto", "on", "off"] = "auto"  # auto: on for cameras, off for files
     max_interval: float = Field(default=2.0, gt=0)  # seconds (stream clock) between inferences, at most
-    noise_factor: float = Field(default=4.0, gt=0)  # a cell changed: change > noise_factor * its noise + min_change
-    min_change: float = Field(default=4.0, ge=0)  # grey levels 0..255
-    min_cells: int = Field(default=3, ge=1)  # changed cells (8 x 8 pixels of a 640 x 360 frame) that open the gate
+    noise_factor: float = Field(default=2.5, gt=0)  # a cell changed: change > noise_factor * its noise + min_change
+    min_change: float = Field(default=3.0, ge=0)  # levels 0..255 (luma; twice that for colour)
+    min_cells: int = Field(default=2, ge=1)  # changed cells (8 x 8 pixels of a 640 x 360 frame) that open the gate
+    hold: float = Field(default=0.0, ge=0)  # seconds the gate stays open after a change
 
 
 class RunConfig(_Section):

@@ -3,7 +3,7 @@
     Source --Frame--> Gate --Frame (infer) | Carried (skip)--> Preprocess --> ... --> Tracking
         --FrameResult | Carried--> CarryOver --FrameResult (every frame)--> Publish
 
-The gate is the first stage. Per stream it keeps a small, blurred luminance picture of the last
+The gate is the first stage. Per stream it keeps a small, blurred colour picture of the last
 frame it sent to the engine (the *reference*) and compares each new frame with it. A frame goes
 to the engine when
 
@@ -44,7 +44,7 @@ import numpy as np
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, StreamStatus
 
 GatingMode = Literal["auto", "on", "off"]
-Reason = Literal["first", "reconnect", "change", "cut", "interval", "off"]
+Reason = Literal["first", "reconnect", "change", "cut", "hold", "interval"]
 
 #: A camera in one of these states has ended: its gate state goes (as at an EndOfStream).
 FINAL_STATUSES = ("ended", "down")
@@ -52,8 +52,11 @@ FINAL_STATUSES = ("ended", "down")
 #: at k = 2); 4 x 4 samples are averaged into one cell, which is the blur.
 SAMPLE_SHAPE = (180, 320)
 CELL = 4
-#: ITU-R BT.601 luma weights.
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: RGB -> luma and two colour differences (ITU-R BT.601, levels 0..255 around 0 for the colour).
+YCC = np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]], dtype=np.float32).T
+#: min_change per plane, as multiples: compression keeps colour at half resolution, so its
+#: flicker is coarser and larger than the luma's.
+PLANE_FLOOR = np.array([1.0, 2.0, 2.0], dtype=np.float32)
 
 
 @dataclass
@@ -70,24 +73,26 @@ class GateSettings:
     """The knobs of the change test (config `gating`, pipeline/config.py)."""
 
     max_interval: float = 2.0  # seconds of stream clock between inferences, at most
-    noise_factor: float = 4.0  # a cell changed: |change| > noise_factor * its noise + min_change
-    min_change: float = 4.0  # grey levels (0..255): above compression flicker in cells with no noise
-    min_cells: int = 3  # changed cells that open the gate
+    noise_factor: float = 2.5  # a cell changed: |change| > noise_factor * its noise + min_change
+    min_change: float = 3.0  # levels (0..255, luma; twice that for colour): above compression flicker
+    min_cells: int = 2  # changed cells that open the gate
     cut_share: float = 0.5  # share of changed cells that makes a scene cut
     warmup: int = 8  # frames over which the noise is a plain running mean
     noise_rate: float = 0.05  # weight of a new sample in the noise's running mean afterwards
+    hold: float = 0.0  # seconds (stream clock) the gate stays open after a change
 
 
 def cells(frame: Frame) -> np.ndarray:
-    """float32 [45, 80]: the frame's luminance, sampled on a 180 x 320 grid and averaged over 4 x 4
-    blocks (a blur), in grey levels 0..255. Any frame size; a GPU frame sends only the samples."""
+    """float32 [45, 80, 3]: the frame's luma and colour differences (YCC), sampled on a 180 x 320
+    grid and averaged over 4 x 4 blocks (a blur), in levels of 0..255. Any frame size; a GPU frame
+    sends only the samples."""
     rows, cols = SAMPLE_SHAPE
     h, w = frame.image.shape[:2]
     ys = np.linspace(0, h - 1, rows).round().astype(np.intp)
     xs = np.linspace(0, w - 1, cols).round().astype(np.intp)
-    rgb = frame.sample(ys, xs)
-    luma = rgb.reshape(-1, 3) @ LUMA
-    return luma.reshape(rows // CELL, CELL, cols // CELL, CELL).mean(axis=(1, 3), dtype=np.float32)
+    rgb = frame.sample(ys, xs).astype(np.float32)
+    blurred = rgb.reshape(rows // CELL, CELL, cols // CELL, CELL, 3).mean(axis=(1, 3))
+    return blurred @ YCC
 
 
 def stream_clock(frame: Frame) -> float:
@@ -109,13 +114,14 @@ class StreamGate:
     samples: int = 0
     last_index: int = -1  # index of the last inferred frame
     last_clock: float = 0.0
+    changed_clock: float | None = None  # stream clock of the last change seen
     reasons: dict[str, int] = field(default_factory=dict)
 
     def decide(self, frame: Frame) -> Reason | None:
         """The reason to send `frame` to the engine, or None to carry the last result over."""
         picture = cells(frame)
-        reason = self._reason(frame, picture)  # before learning from it: a change is not noise
-        self._learn(picture)
+        reason, changed, change = self._reason(frame, picture)  # before learning: a change is not noise
+        self._learn(picture, changed, change)
         if reason is not None:
             self.reference, self.last_index, self.last_clock = picture, frame.index, stream_clock(frame)
         self.reasons[reason or "gated"] = self.reasons.get(reason or "gated", 0) + 1
@@ -125,9 +131,15 @@ class StreamGate:
         """A reconnect: the next frame goes to the engine (the noise learned so far is kept)."""
         self.reference = self.previous = None
 
-    def _learn(self, picture: np.ndarray) -> None:
+    def _learn(self, picture: np.ndarray, changed: np.ndarray | None, change: np.ndarray | None) -> None:
+        """Update each cell's noise from its change since the previous frame and against the
+        reference (`change`: what the test measures; an encoder's picture drifts between its key
+        frames), except in the cells that differ from the reference (`changed`, bool [45, 80]):
+        an object moving for a while must not become noise that hides it."""
         if self.previous is not None:
             sample = np.square(picture - self.previous)
+            if change is not None:
+                sample = np.maximum(sample, np.square(change))
             self.samples += 1
             if self.variance is None:
                 # A first guess for every cell from the frame's typical change; refined per cell.
@@ -135,27 +147,42 @@ class StreamGate:
             s = self.settings
             # Clipped at 3 sigma (plus min_change): an object moving through a cell raises its
             # noise only a little a frame, while a noisy texture's cell gets there in a few frames.
-            clipped = np.minimum(sample, 9.0 * self.variance + s.min_change ** 2)
+            clipped = np.minimum(sample, 9.0 * self.variance + (s.min_change * PLANE_FLOOR) ** 2)
             rate = 1.0 / self.samples if self.samples <= s.warmup else s.noise_rate
-            self.variance += rate * (clipped - self.variance)
+            update = rate * (clipped - self.variance)
+            if changed is not None:
+                update[changed] = 0.0
+            self.variance += update
             self.noise = np.sqrt(self.variance)
         self.previous = picture
 
-    def _reason(self, frame: Frame, picture: np.ndarray) -> Reason | None:
+    def _reason(self, frame: Frame, picture: np.ndarray) -> tuple[Reason | None, np.ndarray | None, np.ndarray | None]:
+        """(why the engine runs on this frame or None, the cells that differ from the reference:
+        bool [45, 80], the change against the reference: float32 [45, 80, 3])."""
         if self.reference is None:
-            return "first" if self.last_index < 0 else "reconnect"
+            return ("first" if self.last_index < 0 else "reconnect"), None, None
         s = self.settings
         change = picture - self.reference
-        change -= np.median(change)  # a global brightness change (exposure) moves no object
+        change -= np.median(change, axis=(0, 1))  # a global brightness change (exposure) moves no object
         noise = self.noise if self.noise is not None else np.zeros_like(change)
-        changed = int(np.count_nonzero(np.abs(change) > s.noise_factor * noise + s.min_change))
-        if changed >= s.cut_share * change.size:
-            return "cut"
-        if changed >= s.min_cells:
-            return "change"
-        if stream_clock(frame) - self.last_clock >= s.max_interval:
-            return "interval"
-        return None
+        # A noise learned from few frames is uncertain: ask for more until it is not.
+        factor = s.noise_factor * (1.0 + s.warmup / (2.0 * max(self.samples, 1)))
+        # A cell changed when any of its colour planes did: an object may differ from what it
+        # covers in hue only.
+        changed = (np.abs(change) > factor * noise + s.min_change * PLANE_FLOOR).any(axis=2)
+        count = int(np.count_nonzero(changed))
+        now = stream_clock(frame)
+        if count >= s.cut_share * changed.size:
+            self.changed_clock = now
+            return "cut", changed, change
+        if count >= s.min_cells:
+            self.changed_clock = now
+            return "change", changed, change
+        if self.changed_clock is not None and now - self.changed_clock < s.hold:
+            return "hold", changed, change
+        if now - self.last_clock >= s.max_interval:
+            return "interval", changed, change
+        return None, changed, change
 
 
 class Gate:

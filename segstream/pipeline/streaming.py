@@ -157,7 +157,7 @@ class StreamingPipeline:
         g = config.gating
         self.gate: Gate | None = None
         if keep_alive or g.mode != "off":
-            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells), batch,
+            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold), batch,
                              self._gated, self._count_gated)
         gating = self.gate is not None
         self.chain = Chain(

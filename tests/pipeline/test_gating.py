@@ -63,8 +63,8 @@ def same_instances(a: list[dict], b: list[dict]) -> bool:
 def still_clip(tmp_path_factory):
     """6 s at 10 fps of one scene standing still, with sensor noise on every frame."""
     folder = tmp_path_factory.mktemp("still")
-    render_monitoring_clip(folder / "still.mp4", folder / "still.json", seed=11, frames=60, fps=FPS,
-                           motion_share=0.0, size=(320, 180), sensor_noise=3.0)
+    render_monitoring_clip(folder / "still.mp4", folder / "still.json", seed=12, frames=60, fps=FPS,
+                           motion_share=0.0, sensor_noise=3.0)
     return folder / "still.mp4"
 
 
