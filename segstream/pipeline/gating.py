@@ -52,6 +52,7 @@ FINAL_STATUSES = ("ended", "down")
 #: at k = 2); 4 x 4 samples are averaged into one cell, which is the blur.
 SAMPLE_SHAPE = (180, 320)
 CELL = 4
+_STARTS = (np.arange(0, SAMPLE_SHAPE[0], CELL), np.arange(0, SAMPLE_SHAPE[1], CELL))
 #: RGB -> luma and two colour differences (ITU-R BT.601, levels 0..255 around 0 for the colour).
 YCC = np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]], dtype=np.float32).T
 #: min_change per plane, as multiples: compression keeps colour at half resolution, so its
@@ -90,9 +91,14 @@ def cells(frame: Frame) -> np.ndarray:
     h, w = frame.image.shape[:2]
     ys = np.linspace(0, h - 1, rows).round().astype(np.intp)
     xs = np.linspace(0, w - 1, cols).round().astype(np.intp)
-    rgb = frame.sample(ys, xs).astype(np.float32)
-    blurred = rgb.reshape(rows // CELL, CELL, cols // CELL, CELL, 3).mean(axis=(1, 3))
-    return blurred @ YCC
+    if isinstance(frame.image, np.ndarray):
+        rgb = np.take(np.take(frame.image, ys, axis=0), xs, axis=1)
+    else:  # a device frame: only the samples come to the host
+        rgb = frame.sample(ys, xs)
+    # Block sums in uint16 (16 x 255 fits): a third of the time of a float mean over two axes.
+    summed = np.add.reduceat(np.add.reduceat(rgb, _STARTS[0], axis=0, dtype=np.uint16), _STARTS[1], axis=1,
+                             dtype=np.uint16)
+    return (summed.astype(np.float32) * (1.0 / CELL ** 2)) @ YCC
 
 
 def stream_clock(frame: Frame) -> float:

@@ -155,4 +155,6 @@ def describe(message: dict[str, Any]) -> str:
     found = ", ".join(f"{len(insts)} {label}{_track_ids(insts)}" for label, insts in sorted(by_label.items())) or "nothing"
     pts = f" t={message['pts']:.2f}s" if message.get("pts") is not None else ""
     dropped = f" dropped={message['dropped']}" if message.get("dropped") else ""
-    return f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: {found}{dropped}"
+    carried = f" (as frame {message.get('inferred_frame')})" if message.get("inferred") is False else ""
+    return (f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: "
+            f"{found}{carried}{dropped}")

@@ -63,7 +63,7 @@ class StreamControl:
         source = make_source(spec, self.pipeline.config)
         if not source.live:  # a missing or unreadable file is the caller's mistake: SourceError, one line
             source.check()   # (cameras are never waited for: an unreachable one is retried)
-        state = self.pipeline.add_source(source)
+        state = self.pipeline.add_source(source, gating=spec.gating)
         with self._lock:
             self._remembered.add(spec.id)
         if remember and self.book is not None:
