@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -103,8 +104,9 @@ class PacedClipCamera:
             yield Frame(self.stream_id, index, None, time.time(), image, live=True)
 
 
-def cameras_held(video: Path, count: int, mode: str, engine, seconds: float, clip_frames: int) -> tuple[int, float]:
-    """Run `count` paced cameras for SETTLE + seconds; (frames dropped after settling, inferred share)."""
+def cameras_held(video: Path, count: int, mode: str, engine, seconds: float, clip_frames: int) -> tuple[int, float, float]:
+    """Run `count` paced cameras for SETTLE + seconds; (frames dropped after settling, inferred
+    share, process CPU seconds per camera-second)."""
     config = base_config(None)
     config.gating.mode = mode
     pipeline = StreamingPipeline(config, engine, keep_alive=True)
@@ -117,22 +119,27 @@ def cameras_held(video: Path, count: int, mode: str, engine, seconds: float, cli
         before = sum(c.state.dropped_total for c in cams)
         inferred0 = sum(c.state.inferred for c in cams)
         seen0 = sum(c.state.inferred + c.state.gated for c in cams)
+        cpu = time.process_time()
         time.sleep(seconds)
+        cpu = time.process_time() - cpu
         dropped = sum(c.state.dropped_total for c in cams) - before
         inferred = sum(c.state.inferred for c in cams) - inferred0
         seen = sum(c.state.inferred + c.state.gated for c in cams) - seen0
     finally:
         pipeline.shutdown(10)
         pipeline.close()
-    return dropped, inferred / max(seen, 1)
+    return dropped, inferred / max(seen, 1), cpu / (count * seconds)
 
 
 def most_cameras(video: Path, mode: str, engine, seconds: float, clip_frames: int, start: int, limit: int) -> tuple[int, list]:
     held, trials = 0, []
     for count in range(start, limit + 1):
-        dropped, share = cameras_held(video, count, mode, engine, seconds, clip_frames)
-        trials.append({"cameras": count, "dropped": dropped, "inferred_share": round(share, 3)})
-        print(f"  {mode}: {count} cameras -> {dropped} dropped, model on {share:.0%} of frames", flush=True)
+        load = os.getloadavg()[0]
+        dropped, share, cpu = cameras_held(video, count, mode, engine, seconds, clip_frames)
+        trials.append({"cameras": count, "dropped": dropped, "inferred_share": round(share, 3),
+                       "cpu_per_camera_second": round(cpu, 4), "load_average": load})
+        print(f"  {mode}: {count} cameras -> {dropped} dropped, model on {share:.0%} of frames, "
+              f"{cpu:.3f} CPU s per camera-second (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
         if dropped:
             break
         held = count
@@ -155,6 +162,8 @@ def main() -> int:
     coco = render_monitoring_clip(*monitoring, seed=args.seed, frames=args.frames, fps=FPS)
     render_clip(*moving, seed=args.seed, frames=args.frames, fps=FPS, scene_frames=(100, 150))
     motion = sum(coco["info"]["moving"]) / len(coco["info"]["moving"])
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores")
     print(f"clips: {args.frames} frames each at 640x360, {FPS} fps; monitoring clip: {motion:.0%} of frames with motion")
 
     engine, _ = make_engine(base_config(None))  # loaded once: startup is not in any figure
@@ -174,10 +183,16 @@ def main() -> int:
         held_off, trials_off = most_cameras(monitoring[0], "off", engine, args.seconds, args.frames, 1, args.max_cameras)
         held_on, trials_on = most_cameras(monitoring[0], "on", engine, args.seconds, args.frames, max(1, held_off),
                                           args.max_cameras)
-        figures["cameras"] = {"off": held_off, "on": held_on, "trials": trials_off + trials_on}
+        # What the CPU could hold if this process had every core (a bound, not a measurement of
+        # drops): cores / CPU seconds a camera costs per second, from the first trial of each mode.
+        budget = {mode: os.cpu_count() / trials[0]["cpu_per_camera_second"]
+                  for mode, trials in (("off", trials_off), ("on", trials_on))}
+        figures["cameras"] = {"off": held_off, "on": held_on, "trials": trials_off + trials_on,
+                              "cpu_bound_off": budget["off"], "cpu_bound_on": budget["on"]}
         ratio = held_on / held_off if held_off else float("inf")
         print(f"10 fps monitoring cameras held without drops for {args.seconds:.0f} s: off {held_off}, on {held_on} "
-              f"(on/off {ratio:.2f})")
+              f"(on/off {ratio:.2f}); CPU bound ({os.cpu_count()} cores / CPU s per camera-second): "
+              f"off {budget['off']:.1f}, on {budget['on']:.1f} (on/off {budget['on'] / budget['off']:.2f})")
     if hasattr(engine, "close"):
         engine.close()
     if args.json:

@@ -313,12 +313,19 @@ class Chain:
         batchable: Callable[[Any], bool] = lambda item: True,
         max_batch_wait: float = 0.0,
         keep_alive: bool = False,
+        inbox_policies: dict[int, EdgePolicy] | None = None,
     ) -> None:
         if len(queue_sizes) != len(stages):
             raise ValueError("one queue size per stage inbox")
         self.stages = list(stages)
         self.inbox = FairInbox(batchable, max_batch_wait)
-        self.queues: list[Any] = [self.inbox] + [BoundedQueue(size) for size in queue_sizes[1:]]
+        # inbox_policies: a later stage's inbox with its own policy (index of the stage), e.g.
+        # drop_oldest for camera frames; the others block at their queue size.
+        policies = inbox_policies or {}
+        self.queues: list[Any] = [self.inbox] + [
+            BoundedQueue.for_edge(policies[i]) if i in policies else BoundedQueue(size)
+            for i, size in enumerate(queue_sizes[1:], start=1)
+        ]
         self.stats = [StageStats(stage.name) for stage in self.stages]
         self.stopping = threading.Event()
         self.aborting = threading.Event()

@@ -74,7 +74,7 @@ def monitoring_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("monitoring")
     coco = render_monitoring_clip(folder / "watch.mp4", folder / "watch.json", seed=5, frames=80, fps=FPS,
                                   size=(320, 180))
-    return folder / "watch.mp4", coco["info"]["moving"]
+    return folder / "watch.mp4", coco["info"]["moving"], coco
 
 
 def test_a_still_noisy_scene_runs_the_model_only_every_max_interval(still_clip, redis_url, redis_client):
@@ -95,7 +95,7 @@ def test_a_still_noisy_scene_runs_the_model_only_every_max_interval(still_clip, 
 
 def test_moving_objects_open_the_gate_at_once_and_skipped_frames_carry_the_last_instances(
         monitoring_clip, redis_url, redis_client):
-    path, moving = monitoring_clip
+    path, moving, _ = monitoring_clip
     summary = run([str(path)], gating_config(redis_url, "on"), stream_ids=["watch"])
     all_entries = entries(redis_client, "watch")
     frames, eos = all_entries[:-1], all_entries[-1]
@@ -119,7 +119,7 @@ def test_moving_objects_open_the_gate_at_once_and_skipped_frames_carry_the_last_
 
 
 def test_with_gating_off_entries_are_exactly_as_before(monitoring_clip, redis_url, redis_client):
-    path, moving = monitoring_clip
+    path, moving, _ = monitoring_clip
     run([str(path)], gating_config(redis_url, "off"), stream_ids=["off"])
     # auto on a file: the gate stage is in the chain but lets every frame through
     run([str(path)], gating_config(redis_url, "auto"), stream_ids=["auto"])
@@ -132,7 +132,7 @@ def test_with_gating_off_entries_are_exactly_as_before(monitoring_clip, redis_ur
 
 
 def test_the_gate_forgets_a_stream_once_it_ends_and_shows_its_figures(monitoring_clip, redis_url):
-    path, moving = monitoring_clip
+    path, moving, _ = monitoring_clip
     config = gating_config(redis_url, "off")  # the service default; the stream asks for gating itself
     pipeline = StreamingPipeline(config, keep_alive=True)
     pipeline.start()
@@ -183,3 +183,33 @@ def test_batching_after_the_gate_never_reorders_a_stream():
     batches = [part for part in out if isinstance(part, list)]
     assert len(batches) == 2, "cut only where a stream's marker sits between its frames"
     assert a1 not in flat
+
+
+def test_the_monitoring_clip_stands_still_mostly_and_its_ground_truth_says_when_it_moves(monitoring_clip):
+    path, moving, coco = monitoring_clip
+    assert 0.15 <= sum(moving) / len(moving) <= 0.45, "about a quarter of the frames move"
+    masks: dict[int, dict[int, str]] = {}
+    for a in coco["annotations"]:
+        masks.setdefault(a["image_id"] - 1, {})[a["track"]] = a["segmentation"]["counts"]
+    assert set(masks) == set(range(len(moving))), "ground truth on every frame"
+    for i in range(1, len(moving)):
+        assert (masks[i] == masks[i - 1]) != moving[i], f"frame {i}: ground truth and motion flag disagree"
+
+
+def test_a_reconnect_sends_the_next_frame_to_the_model_and_an_ended_camera_is_forgotten(still_clip):
+    import av
+
+    from segstream.pipeline.gating import Gate, GateSettings
+
+    with av.open(str(still_clip)) as container:
+        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(8), container.decode(video=0))]
+    frames = [Frame("cam", i, None, 1000.0 + i / FPS, image, live=True) for i, image in enumerate(images)]
+    gate = Gate(GateSettings(max_interval=60.0), 1, lambda stream, live: live)
+    out = list(gate.process(frames[:4]))
+    assert [type(x).__name__ for x in out] == ["Frame", "Carried", "Carried", "Carried"]
+    status = [StreamStatus("cam", "reconnecting", 0.0, 1, "rtsp://x"), StreamStatus("cam", "live", 0.0, 1, "rtsp://x")]
+    out = list(gate.process([*status, *frames[4:6]]))
+    assert out[:2] == status and isinstance(out[2], Frame) and isinstance(out[3], Carried)
+    assert out[3].inferred_frame == 4
+    list(gate.process([StreamStatus("cam", "ended", 0.0, 1, "rtsp://x")]))
+    assert gate.streams == {}
