@@ -221,13 +221,6 @@ class Gate:
                 out.append(item)
         return out
 
-    def dropped(self, frame: Frame) -> None:
-        """A frame sent to the engine was dropped on the way (a camera outpaced the engine): the
-        reference is not what the model saw, so the stream's next frame goes to the engine."""
-        gate = self.streams.get(frame.stream_id)
-        if gate is not None and gate.last_index == frame.index:
-            gate.reference = None
-
     def frame(self, frame: Frame) -> Frame | Carried:
         stream = frame.stream_id
         if not self.mode_of(stream, frame.live):

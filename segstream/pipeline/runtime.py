@@ -313,19 +313,19 @@ class Chain:
         batchable: Callable[[Any], bool] = lambda item: True,
         max_batch_wait: float = 0.0,
         keep_alive: bool = False,
-        inbox_policies: dict[int, EdgePolicy] | None = None,
+        same_thread: Sequence[int] = (),
     ) -> None:
         if len(queue_sizes) != len(stages):
             raise ValueError("one queue size per stage inbox")
         self.stages = list(stages)
         self.inbox = FairInbox(batchable, max_batch_wait)
-        # inbox_policies: a later stage's inbox with its own policy (index of the stage), e.g.
-        # drop_oldest for camera frames; the others block at their queue size.
-        policies = inbox_policies or {}
-        self.queues: list[Any] = [self.inbox] + [
-            BoundedQueue.for_edge(policies[i]) if i in policies else BoundedQueue(size)
-            for i, size in enumerate(queue_sizes[1:], start=1)
-        ]
+        self.queues: list[Any] = [self.inbox] + [BoundedQueue(size) for size in queue_sizes[1:]]
+        # Stages (by index) that run on the previous stage's thread, on its output as it comes
+        # (their inbox stays unused): a cheap stage in front of another adds no queue, no thread
+        # hop and no item in flight, and the first stage's fair take still governs what enters.
+        self.same_thread = frozenset(same_thread)
+        if 0 in self.same_thread:
+            raise ValueError("the first stage has its own thread")
         self.stats = [StageStats(stage.name) for stage in self.stages]
         self.stopping = threading.Event()
         self.aborting = threading.Event()
@@ -445,24 +445,39 @@ class Chain:
         self.stop()
 
     def _run_stage(self, index: int) -> None:
-        stage, stats = self.stages[index], self.stats[index]
+        # This thread runs stage `index` and the stages after it that share its thread.
+        run = [index]
+        while run[-1] + 1 in self.same_thread:
+            run.append(run[-1] + 1)
+        stage = self.stages[index]
         inbox = self.queues[index]
-        outbox = self.queues[index + 1] if index + 1 < len(self.queues) else None
+        outbox = self.queues[run[-1] + 1] if run[-1] + 1 < len(self.queues) else None
         failed = False
 
-        def emit(outputs: list[Any]) -> None:
+        def step(i: int, items: list[Any], flush: bool = False) -> list[Any]:
+            """Stage i's outputs for `items` (and, at the end, what it held back)."""
+            stats = self.stats[i]
+            start = time.perf_counter()
+            outputs = list(self.stages[i].process(items)) if items else []
+            if items:
+                stats.calls += 1
+                stats.items_in += len(items)
+            if flush:
+                outputs += list(self.stages[i].flush())
+            stats.busy += time.perf_counter() - start
             stats.items_out += len(outputs)
-            if outbox is not None and outputs:
-                outbox.put_many(outputs)
+            return outputs
 
         while True:
             items = inbox.get_many(max(1, stage.take))
             if items[0] is END:
                 if not failed:
                     try:
-                        start = time.perf_counter()
-                        emit(list(stage.flush()))
-                        stats.busy += time.perf_counter() - start
+                        held: list[Any] = []
+                        for i in run:
+                            held = step(i, held, flush=True)
+                        if outbox is not None and held:
+                            outbox.put_many(held)
                     except BaseException as exc:
                         self._fail(exc)
                 if outbox is not None:
@@ -471,12 +486,10 @@ class Chain:
             if failed or self.aborting.is_set():
                 continue  # keep draining so upstream never blocks on us
             try:
-                start = time.perf_counter()
-                outputs = list(stage.process(items))
-                stats.busy += time.perf_counter() - start
-                stats.calls += 1
-                stats.items_in += len(items)
-                emit(outputs)
+                for i in run:
+                    items = step(i, items)
+                if outbox is not None and items:
+                    outbox.put_many(items)
             except BaseException as exc:
                 failed = True
                 self._fail(exc)
@@ -485,7 +498,7 @@ class Chain:
         """Start the stage threads and the producers given to the constructor."""
         self._stage_threads = [
             threading.Thread(target=self._run_stage, args=(i,), name=f"stage:{s.name}", daemon=True)
-            for i, s in enumerate(self.stages)
+            for i, s in enumerate(self.stages) if i not in self.same_thread
         ]
         for thread in self._stage_threads:
             thread.start()

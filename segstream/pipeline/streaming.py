@@ -176,19 +176,17 @@ class StreamingPipeline:
                 *([CarryOver()] if gating else []),
                 self.publish,
             ],
-            # With a gate, preprocess's inbox is as small as a camera's lane (see inbox_policies).
-            queue_sizes=[max(batch, q.file_frames)] + ([max(batch, q.live_frames)] if gating else [])
+            # (With a gate, preprocess's inbox is never used: see same_thread.)
+            queue_sizes=[max(batch, q.file_frames)] + ([1] if gating else [])
             + [q.batches] * len(engine_part) + [q.results, q.results]
             + ([q.results] if config.tracking.enabled else []) + ([q.results] if gating else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
             keep_alive=keep_alive,
-            # Past the gate, camera frames wait in preprocess's inbox, not in their lanes (the gate
-            # takes what comes): that inbox drops a camera's oldest frame, as the lanes do, so
-            # latency stays bounded; file frames and markers never drop (they block).
-            inbox_policies={1: EdgePolicy(max(batch, q.live_frames), "drop_oldest",
-                                          droppable=lambda item: isinstance(item, Frame) and item.live,
-                                          on_drop=self._dropped_after_gate)} if gating else None,
+            # Preprocess runs on the gate's thread, on what the gate passes: frames enter from the
+            # streams' lanes (fair, drop-oldest for cameras) only as fast as preprocess takes them,
+            # as without a gate, and a batch reaches preprocess whole.
+            same_thread=[1] if gating else (),
         )
         self.sources: dict[str, Source] = {}
         self._lock = threading.Lock()
@@ -209,15 +207,6 @@ class StreamingPipeline:
     def _gated(self, stream_id: str, live: bool) -> bool:
         """Whether the stream's frames go through the gate (its spec's gating, else the config's)."""
         return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
-
-    def _dropped_after_gate(self, frame: Frame) -> None:
-        """A camera frame the gate sent to the engine was dropped for a newer one: counted as a
-        queue drop, and the gate's reference goes (the model never saw it)."""
-        state = self.registry.get(frame.stream_id)
-        if state is not None:
-            state.frames_dropped(1, "queue")
-        if self.gate is not None:
-            self.gate.dropped(frame)
 
     def _count_gated(self, stream_id: str, inferred: bool) -> None:
         state = self.registry.get(stream_id)
