@@ -14,7 +14,7 @@
    drops a frame within `--seconds` (after a 3 s settling period); reported: the most cameras
    held without drops, off and on.
 
-    .venv/bin/python benchmarks/gating.py [--frames 300] [--seconds 20] [--skip-cameras]
+    .venv/bin/python benchmarks/gating.py [--frames 300] [--seconds 20] [--skip-files] [--skip-cameras]
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds each camera count must hold")
     parser.add_argument("--max-cameras", type=int, default=24)
     parser.add_argument("--skip-cameras", action="store_true")
+    parser.add_argument("--skip-files", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -168,17 +169,18 @@ def main() -> int:
 
     engine, _ = make_engine(base_config(None))  # loaded once: startup is not in any figure
     figures: dict = {"motion_share": motion}
-    with PrivateRedis() as url:
-        file_figures(*moving, "off", engine, url)  # warm-up: caches, allocator, OpenVINO's first calls
-        for name, (video, gt) in (("monitoring", monitoring), ("moving", moving)):
-            runs = {mode: file_figures(video, gt, mode, engine, url) for mode in ("off", "on")}
-            off, on = runs["off"], runs["on"]
-            ratio = on["cpu_per_frame"] / off["cpu_per_frame"]
-            figures[name] = {**runs, "cpu_ratio": ratio, "ap_delta": on["mask_ap"] - off["mask_ap"]}
-            print(f"{name}: CPU s/frame off {off['cpu_per_frame']:.4f} on {on['cpu_per_frame']:.4f} (on/off {ratio:.2f}); "
-                  f"model ran on {off['inferred']}/{off['frames']} vs {on['inferred']}/{on['frames']} frames; "
-                  f"mask AP off {off['mask_ap']:.4f} on {on['mask_ap']:.4f} (on - off {on['mask_ap'] - off['mask_ap']:+.4f})",
-                  flush=True)
+    if not args.skip_files:
+        with PrivateRedis() as url:
+            file_figures(*moving, "off", engine, url)  # warm-up: caches, allocator, OpenVINO's first calls
+            for name, (video, gt) in (("monitoring", monitoring), ("moving", moving)):
+                runs = {mode: file_figures(video, gt, mode, engine, url) for mode in ("off", "on")}
+                off, on = runs["off"], runs["on"]
+                ratio = on["cpu_per_frame"] / off["cpu_per_frame"]
+                figures[name] = {**runs, "cpu_ratio": ratio, "ap_delta": on["mask_ap"] - off["mask_ap"]}
+                print(f"{name}: CPU s/frame off {off['cpu_per_frame']:.4f} on {on['cpu_per_frame']:.4f} "
+                      f"(on/off {ratio:.2f}); model ran on {off['inferred']}/{off['frames']} vs "
+                      f"{on['inferred']}/{on['frames']} frames; mask AP off {off['mask_ap']:.4f} on "
+                      f"{on['mask_ap']:.4f} (on - off {on['mask_ap'] - off['mask_ap']:+.4f})", flush=True)
     if not args.skip_cameras:
         held_off, trials_off = most_cameras(monitoring[0], "off", engine, args.seconds, args.frames, 1, args.max_cameras)
         held_on, trials_on = most_cameras(monitoring[0], "on", engine, args.seconds, args.frames, max(1, held_off),
