@@ -106,7 +106,7 @@ class PacedClipCamera:
 
 def cameras_held(video: Path, count: int, mode: str, engine, seconds: float, clip_frames: int) -> tuple[int, float, float]:
     """Run `count` paced cameras for SETTLE + seconds; (frames dropped after settling, inferred
-    share, process CPU seconds per camera-second)."""
+    share, process CPU seconds per published frame)."""
     config = base_config(None)
     config.gating.mode = mode
     pipeline = StreamingPipeline(config, engine, keep_alive=True)
@@ -119,16 +119,18 @@ def cameras_held(video: Path, count: int, mode: str, engine, seconds: float, cli
         before = sum(c.state.dropped_total for c in cams)
         inferred0 = sum(c.state.inferred for c in cams)
         seen0 = sum(c.state.inferred + c.state.gated for c in cams)
+        published0 = sum(c.state.published for c in cams)
         cpu = time.process_time()
         time.sleep(seconds)
         cpu = time.process_time() - cpu
         dropped = sum(c.state.dropped_total for c in cams) - before
         inferred = sum(c.state.inferred for c in cams) - inferred0
         seen = sum(c.state.inferred + c.state.gated for c in cams) - seen0
+        published = sum(c.state.published for c in cams) - published0
     finally:
         pipeline.shutdown(10)
         pipeline.close()
-    return dropped, inferred / max(seen, 1), cpu / (count * seconds)
+    return dropped, inferred / max(seen, 1), cpu / max(published, 1)
 
 
 def most_cameras(video: Path, mode: str, engine, seconds: float, clip_frames: int, start: int, limit: int) -> tuple[int, list]:
@@ -137,9 +139,9 @@ def most_cameras(video: Path, mode: str, engine, seconds: float, clip_frames: in
         load = os.getloadavg()[0]
         dropped, share, cpu = cameras_held(video, count, mode, engine, seconds, clip_frames)
         trials.append({"cameras": count, "dropped": dropped, "inferred_share": round(share, 3),
-                       "cpu_per_camera_second": round(cpu, 4), "load_average": load})
+                       "cpu_per_frame": round(cpu, 4), "load_average": load})
         print(f"  {mode}: {count} cameras -> {dropped} dropped, model on {share:.0%} of frames, "
-              f"{cpu:.3f} CPU s per camera-second (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+              f"{cpu:.4f} CPU s per published frame (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
         if dropped:
             break
         held = count
@@ -186,14 +188,14 @@ def main() -> int:
         held_on, trials_on = most_cameras(monitoring[0], "on", engine, args.seconds, args.frames, max(1, held_off),
                                           args.max_cameras)
         # What the CPU could hold if this process had every core (a bound, not a measurement of
-        # drops): cores / CPU seconds a camera costs per second, from the first trial of each mode.
-        budget = {mode: os.cpu_count() / trials[0]["cpu_per_camera_second"]
+        # drops): cores / (10 fps x CPU seconds per published frame), from the last trial of each mode.
+        budget = {mode: os.cpu_count() / (FPS * trials[-1]["cpu_per_frame"])
                   for mode, trials in (("off", trials_off), ("on", trials_on))}
         figures["cameras"] = {"off": held_off, "on": held_on, "trials": trials_off + trials_on,
                               "cpu_bound_off": budget["off"], "cpu_bound_on": budget["on"]}
         ratio = held_on / held_off if held_off else float("inf")
         print(f"10 fps monitoring cameras held without drops for {args.seconds:.0f} s: off {held_off}, on {held_on} "
-              f"(on/off {ratio:.2f}); CPU bound ({os.cpu_count()} cores / CPU s per camera-second): "
+              f"(on/off {ratio:.2f}); CPU bound ({os.cpu_count()} cores / (10 fps x CPU s per frame)): "
               f"off {budget['off']:.1f}, on {budget['on']:.1f} (on/off {budget['on'] / budget['off']:.2f})")
     if hasattr(engine, "close"):
         engine.close()
