@@ -288,8 +288,8 @@ def in_stream_order(items: list[Any]) -> Iterator[list[Frame] | Any]:
     stream's items come out in the order they came in. Streams may interleave freely; a batch is
     cut only where a stream's marker sits between two of that stream's frames.
 
-    The gate's output reaches preprocess through a plain queue, so a stream's marker may arrive
-    ahead of that stream's next frame in the same take (the first stage's inbox never does that).
+    The gate turns some of a take's frames into markers, so a stream's marker may sit between two
+    of that stream's frames in what preprocess gets (the first stage's fair inbox never does that).
     """
     group: list[Frame] = []
     in_group: set[str] = set()

@@ -16,6 +16,9 @@ never holds up the others, and with N busy producers each gets at least 1/N of t
 Items that are not `batchable` (markers) end their lane's share of a group, so per-lane order
 is kept by a stage that emits the grouped items before the markers.
 
+A stage may share the previous stage's thread (`same_thread`): it then processes that stage's
+output of each call directly, with no queue between them.
+
 Producers can be added and removed while the chain runs. With `keep_alive` the chain keeps
 running without producers until `stop()`; otherwise it ends when the last producer ends.
 
