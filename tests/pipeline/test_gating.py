@@ -213,3 +213,14 @@ def test_a_reconnect_sends_the_next_frame_to_the_model_and_an_ended_camera_is_fo
     assert out[3].inferred_frame == 4
     list(gate.process([StreamStatus("cam", "ended", 0.0, 1, "rtsp://x")]))
     assert gate.streams == {}
+
+
+def test_the_run_command_takes_gating_and_its_summary_says_how_many_frames_the_model_ran_on(still_clip, redis_url):
+    from servers import segstream_cli
+
+    done = segstream_cli("run", str(still_clip), "--gating", "on", "--redis", redis_url, "--no-progress",
+                         "--input-size", "192x320", "--engine", "torch")
+    assert done.returncode == 0, done.stderr
+    assert "still: 60 frames published (3 inferred, 57 carried over by motion gating)" in done.stderr
+    bad = segstream_cli("run", str(still_clip), "--gating", "sometimes", "--redis", "none")
+    assert bad.returncode != 0 and "--gating" in bad.stderr and "Traceback" not in bad.stderr
