@@ -224,3 +224,18 @@ def test_the_run_command_takes_gating_and_its_summary_says_how_many_frames_the_m
     assert "still: 60 frames published (3 inferred, 57 carried over by motion gating)" in done.stderr
     bad = segstream_cli("run", str(still_clip), "--gating", "sometimes", "--redis", "none")
     assert bad.returncode != 0 and "--gating" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_two_gated_files_batched_together_each_keep_every_frame_once_in_order(monitoring_clip, still_clip, redis_url,
+                                                                             redis_client):
+    path, moving, _ = monitoring_clip
+    config = gating_config(redis_url, "on")
+    config.engine.batch_size = 2  # skipped frames of one stream sit between frames of the other in a batch
+    run([str(path), str(still_clip)], config, stream_ids=["watch", "still"])
+    for stream, count in (("watch", len(moving)), ("still", 60)):
+        got = entries(redis_client, stream)
+        assert [m["frame"] for m in got[:-1]] == list(range(count)), stream
+        assert got[-1] == {"schema": 1, "stream": stream, "eos": True, "frames": count}
+        for m in got[:-1]:
+            if "inferred" in m:
+                assert m["inferred_frame"] < m["frame"] and "inferred" not in got[m["inferred_frame"]]
