@@ -113,7 +113,8 @@ class StreamingPipeline:
     """
 
     def __init__(self, config: RunConfig, engine: Engine | None = None, extra_sinks: list[Sink] | None = None,
-                 keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True) -> None:
+                 keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True,
+                 gating: bool | None = None) -> None:
         self.config = config
         sinks: list[Sink] = []
         self.redis: RedisStreamSink | None = None
@@ -151,12 +152,13 @@ class StreamingPipeline:
         self.inference = engine_part[-1]
         batch, q = config.engine.batch_size, config.queues
         # Motion gating (pipeline/gating.py): a gate before preprocess and the carry-over before
-        # publish. Left out of a run that gates nothing (gating.mode off), so it is today's chain;
-        # a service keeps them, since a stream added later may ask for gating.
+        # publish. gating: whether any stream may be gated (None: unless gating.mode is off). A
+        # run that gates nothing leaves them out, so it is the chain as it was; a service keeps
+        # them, since a stream added later may ask for gating.
         self._gating: dict[str, str | None] = {}
         g = config.gating
         self.gate: Gate | None = None
-        if keep_alive or g.mode != "off":
+        if gating if gating is not None else (keep_alive or g.mode != "off"):
             self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold), batch,
                              self._gated, self._count_gated)
         gating = self.gate is not None

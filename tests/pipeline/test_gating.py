@@ -120,9 +120,18 @@ def test_moving_objects_open_the_gate_at_once_and_skipped_frames_carry_the_last_
 
 def test_with_gating_off_entries_are_exactly_as_before(monitoring_clip, redis_url, redis_client):
     path, moving, _ = monitoring_clip
-    run([str(path)], gating_config(redis_url, "off"), stream_ids=["off"])
-    # auto on a file: the gate stage is in the chain but lets every frame through
-    run([str(path)], gating_config(redis_url, "auto"), stream_ids=["auto"])
+    summary = run([str(path)], gating_config(redis_url, "off"), stream_ids=["off"])
+    assert summary.stages[0].name == "preprocess" and "carry" not in [s.name for s in summary.stages], "the chain as before"
+    # A service (a stream may ask for gating later) has the gate in its chain: off lets every frame through.
+    pipeline = StreamingPipeline(gating_config(redis_url, "off"), keep_alive=True)
+    pipeline.start()
+    try:
+        assert pipeline.chain.stages[0].name == "gate"
+        state = pipeline.add_stream(StreamSpec(id="auto", url=str(path)))
+        wait_for(lambda: state.finished is not None, 120, "the stream to end")
+    finally:
+        pipeline.shutdown(10)
+        pipeline.close()
     off, auto = entries(redis_client, "off"), entries(redis_client, "auto")
     assert len(off) == len(moving) + 1
     for a, b in zip(off[:-1], auto[:-1]):
