@@ -88,6 +88,7 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--engine", choices=ENGINE_KINDS)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--gating", choices=("auto", "on", "off"), help="motion gating (gating.mode; auto: cameras only)")
     args = p.parse_args(list(argv))
     token = None
     if args.http:  # refused before anything loads: one error line
@@ -101,7 +102,7 @@ def worker_main(argv: Sequence[str]) -> int:
         override(config, "model.input_size", input_size_flag(args.input_size))
     for key, value in {"model.name": args.model, "engine.kind": args.engine, "engine.device": args.device,
                        "engine.batch_size": args.batch_size, "redis.url": args.redis,
-                       "fleet.capacity": args.capacity}.items():
+                       "fleet.capacity": args.capacity, "gating.mode": args.gating}.items():
         if value is not None:
             override(config, key, value)
     override(config, "output.progress", False)  # one line per event, not a progress bar

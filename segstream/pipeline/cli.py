@@ -68,6 +68,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from segstream.service.exposure import add_access_flags  # light: argparse and the config only
 
     add_access_flags(p)  # --token-file, --token, --insecure-no-auth (for --http)
+    p.add_argument("--gating", choices=("auto", "on", "off"),
+                   help="motion gating: run the model only when the picture changed (auto: cameras only; "
+                        "gating.mode, docs/gating.md)")
     p.add_argument("--keep-trying", action="store_true",
                    help="a single camera unreachable at start is retried instead of failing the run")
     kind = p.add_mutually_exclusive_group()
@@ -86,7 +89,7 @@ def config_from_args(args: argparse.Namespace):
     flags = {
         "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
         "engine.onnx": args.onnx, "engine.device": args.device, "engine.precision": args.precision, "engine.batch_size": args.batch_size,
-        "output.video": args.output_video, "source.max_frames": args.max_frames,
+        "output.video": args.output_video, "source.max_frames": args.max_frames, "gating.mode": args.gating,
     }
     for key, value in flags.items():
         if value is not None:
@@ -107,7 +110,8 @@ def print_summary(summary, out=sys.stderr) -> None:
     print(f"model: {model}; engine: {summary.engine}", file=out)
     for t in summary.streams.values():
         drop = f", {t.dropped_total} dropped" if t.live else ""
-        print(f"{t.stream_id}: {t.published} frames published, {t.instances} instances{drop}, "
+        inferred = f" ({t.inferred} inferred, {t.gated} carried over by motion gating)" if t.gating else ""
+        print(f"{t.stream_id}: {t.published} frames published{inferred}, {t.instances} instances{drop}, "
               f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
     stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
     print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)

@@ -197,6 +197,18 @@ class TrackingSection(_Section):
         return self
 
 
+class GatingSection(_Section):
+    """Motion gating (pipeline/gating.py): run the engine only when a stream's picture changed;
+    the frames in between carry the last inferred instances over."""
+
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: on for cameras, off for files
+    max_interval: float = Field(default=2.0, gt=0)  # seconds (stream clock) between inferences, at most
+    noise_factor: float = Field(default=2.5, gt=0)  # a cell changed: change > noise_factor * its noise + min_change
+    min_change: float = Field(default=3.0, ge=0)  # levels 0..255 (luma; twice that for colour)
+    min_cells: int = Field(default=2, ge=1)  # changed cells (8 x 8 pixels of a 640 x 360 frame) that open the gate
+    hold: float = Field(default=0.0, ge=0)  # seconds the gate stays open after a change
+
+
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     engine: EngineSection = Field(default_factory=EngineSection)
@@ -213,6 +225,7 @@ class RunConfig(_Section):
     # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
     streams: list[dict[str, Any]] = Field(default_factory=list)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    gating: GatingSection = Field(default_factory=GatingSection)
 
 
 def _first_error(exc: ValidationError) -> str:

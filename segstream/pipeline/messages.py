@@ -179,3 +179,6 @@ class FrameResult:
     instances: list[Instance] = field(default_factory=list)
     latency: float = 0.0  # seconds from decode to the end of postprocess
     error: str | None = None  # why this frame has no instances (an engine or postprocess failure)
+    # Motion gating (pipeline/gating.py): the engine skipped this frame; its instances are those
+    # of this earlier frame of the stream. None: the engine ran on this frame.
+    inferred_frame: int | None = None

@@ -9,6 +9,7 @@ import numpy as np
 from segstream.engines.model_config import ModelConfig
 from segstream.pipeline.bilinear import resize_image
 from segstream.pipeline.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
+from segstream.pipeline.gating import in_stream_order
 from segstream.pipeline.messages import Batch, Frame
 
 if TYPE_CHECKING:  # the GPU path's types; a CPU batch is made in numpy
@@ -63,11 +64,14 @@ class Preprocess:
         self.stream = stage_stream(device)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
-        frames = [item for item in items if isinstance(item, Frame)]
-        if frames:
-            yield self.batch(frames)
-        # End-of-stream markers follow their stream's frames, which are in the batch above.
-        yield from (item for item in items if not isinstance(item, Frame))
+        # Markers (end of stream, status, frames the gate skipped) keep their place in their
+        # stream: a batch is cut only where a stream's marker sits between two of its frames.
+        for part in in_stream_order(items):
+            if isinstance(part, list):
+                if part:
+                    yield self.batch(part)
+            else:
+                yield part
 
     def flush(self) -> Iterable[Any]:
         return ()

@@ -79,7 +79,8 @@ class Progress:
             state = f"  {s.state.upper()} since {clock(s.since)}"
         dropped = f"  dropped {s.dropped_total}" if s.live else ""
         reconnects = f"  reconnects {s.reconnects}" if s.reconnects else ""
-        return (f"[{s.stream_id}] {s.published}{total} frames  {s.fps:.1f} fps{dropped}{reconnects}"
+        inferred = f"  inferred {s.inferred}/{s.inferred + s.gated}" if s.gating else ""
+        return (f"[{s.stream_id}] {s.published}{total} frames  {s.fps:.1f} fps{inferred}{dropped}{reconnects}"
                 f"  latency {s.mean_latency:.2f} s{state}")
 
     def end(self, state: StreamState) -> None:

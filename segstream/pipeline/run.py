@@ -127,8 +127,10 @@ def run(
     sources = make_sources(locations, stream_ids, config, kind)
     check_sources(sources, keep_trying)
     fps = _video_fps(sources, config.output.video_fps) if config.output.video else None
+    mode = config.gating.mode  # auto gates cameras only: a run of files is the pipeline as it was
     pipeline = StreamingPipeline(config, engine, extra_sinks, keep_alive=False, video_fps=fps,
-                                 multiple_streams=len(sources) > 1)
+                                 multiple_streams=len(sources) > 1,
+                                 gating=mode == "on" or (mode == "auto" and any(s.live for s in sources)))
     stop = threading.Event()
     restore = _install_signal_handlers(pipeline, stop) if handle_signals else None
     started = time.monotonic()

@@ -16,6 +16,9 @@ never holds up the others, and with N busy producers each gets at least 1/N of t
 Items that are not `batchable` (markers) end their lane's share of a group, so per-lane order
 is kept by a stage that emits the grouped items before the markers.
 
+A stage may share the previous stage's thread (`same_thread`): it then processes that stage's
+output of each call directly, with no queue between them.
+
 Producers can be added and removed while the chain runs. With `keep_alive` the chain keeps
 running without producers until `stop()`; otherwise it ends when the last producer ends.
 
@@ -124,6 +127,24 @@ class BoundedQueue:
             self._cond.notify_all()
         if evicted is not None and self._on_drop is not None:
             self._on_drop(evicted)
+
+    def put_many(self, items: list[Any]) -> None:
+        """Append all of `items` (blocking while full, never evicting), waking the consumer once
+        they are all in when they fit: a stage's output reaches the next stage as one group, so
+        a batching stage after it sees a full batch, not the first frame of one."""
+        if self._droppable is not None:
+            for item in items:
+                self.put(item)
+            return
+        with self._cond:
+            for item in items:
+                while len(self._items) >= self.maxsize and not self.closed:
+                    self._cond.notify_all()
+                    self._cond.wait()
+                if self.closed:
+                    return
+                self._items.append(item)
+            self._cond.notify_all()
 
     def _evict_oldest_droppable(self) -> Any:
         for i, queued in enumerate(self._items):
@@ -295,12 +316,19 @@ class Chain:
         batchable: Callable[[Any], bool] = lambda item: True,
         max_batch_wait: float = 0.0,
         keep_alive: bool = False,
+        same_thread: Sequence[int] = (),
     ) -> None:
         if len(queue_sizes) != len(stages):
             raise ValueError("one queue size per stage inbox")
         self.stages = list(stages)
         self.inbox = FairInbox(batchable, max_batch_wait)
         self.queues: list[Any] = [self.inbox] + [BoundedQueue(size) for size in queue_sizes[1:]]
+        # Stages (by index) that run on the previous stage's thread, on its output as it comes
+        # (their inbox stays unused): a cheap stage in front of another adds no queue, no thread
+        # hop and no item in flight, and the first stage's fair take still governs what enters.
+        self.same_thread = frozenset(same_thread)
+        if 0 in self.same_thread:
+            raise ValueError("the first stage has its own thread")
         self.stats = [StageStats(stage.name) for stage in self.stages]
         self.stopping = threading.Event()
         self.aborting = threading.Event()
@@ -420,25 +448,39 @@ class Chain:
         self.stop()
 
     def _run_stage(self, index: int) -> None:
-        stage, stats = self.stages[index], self.stats[index]
+        # This thread runs stage `index` and the stages after it that share its thread.
+        run = [index]
+        while run[-1] + 1 in self.same_thread:
+            run.append(run[-1] + 1)
+        stage = self.stages[index]
         inbox = self.queues[index]
-        outbox = self.queues[index + 1] if index + 1 < len(self.queues) else None
+        outbox = self.queues[run[-1] + 1] if run[-1] + 1 < len(self.queues) else None
         failed = False
 
-        def emit(outputs: Iterable[Any]) -> None:
-            for out in outputs:
-                stats.items_out += 1
-                if outbox is not None:
-                    outbox.put(out)
+        def step(i: int, items: list[Any], flush: bool = False) -> list[Any]:
+            """Stage i's outputs for `items` (and, at the end, what it held back)."""
+            stats = self.stats[i]
+            start = time.perf_counter()
+            outputs = list(self.stages[i].process(items)) if items else []
+            if items:
+                stats.calls += 1
+                stats.items_in += len(items)
+            if flush:
+                outputs += list(self.stages[i].flush())
+            stats.busy += time.perf_counter() - start
+            stats.items_out += len(outputs)
+            return outputs
 
         while True:
             items = inbox.get_many(max(1, stage.take))
             if items[0] is END:
                 if not failed:
                     try:
-                        start = time.perf_counter()
-                        emit(list(stage.flush()))
-                        stats.busy += time.perf_counter() - start
+                        held: list[Any] = []
+                        for i in run:
+                            held = step(i, held, flush=True)
+                        if outbox is not None and held:
+                            outbox.put_many(held)
                     except BaseException as exc:
                         self._fail(exc)
                 if outbox is not None:
@@ -447,12 +489,10 @@ class Chain:
             if failed or self.aborting.is_set():
                 continue  # keep draining so upstream never blocks on us
             try:
-                start = time.perf_counter()
-                outputs = list(stage.process(items))
-                stats.busy += time.perf_counter() - start
-                stats.calls += 1
-                stats.items_in += len(items)
-                emit(outputs)
+                for i in run:
+                    items = step(i, items)
+                if outbox is not None and items:
+                    outbox.put_many(items)
             except BaseException as exc:
                 failed = True
                 self._fail(exc)
@@ -461,7 +501,7 @@ class Chain:
         """Start the stage threads and the producers given to the constructor."""
         self._stage_threads = [
             threading.Thread(target=self._run_stage, args=(i,), name=f"stage:{s.name}", daemon=True)
-            for i, s in enumerate(self.stages)
+            for i, s in enumerate(self.stages) if i not in self.same_thread
         ]
         for thread in self._stage_threads:
             thread.start()

@@ -22,6 +22,7 @@ from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
+from segstream.pipeline.gating import CarryOver, Gate, GateSettings, resolve_mode
 from segstream.pipeline.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
 from segstream.pipeline.postprocess import Postprocess
@@ -57,6 +58,7 @@ class StreamSpec(BaseModel):
     kind: Literal["auto", "file", "live"] = "auto"
     max_frames: int | None = Field(default=None, ge=1)
     start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
+    gating: Literal["auto", "on", "off"] | None = None  # motion gating for this stream (None: config's gating.mode)
 
 
 class StreamExists(Exception):
@@ -121,7 +123,8 @@ class StreamingPipeline:
     """
 
     def __init__(self, config: RunConfig, engine: Engine | None = None, extra_sinks: list[Sink] | None = None,
-                 keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True) -> None:
+                 keep_alive: bool = True, video_fps: float | None = None, multiple_streams: bool = True,
+                 gating: bool | None = None) -> None:
         from segstream.kernels import host_build
 
         host_build.check()  # a missing/broken kernel library stops here, before Redis or an engine is touched
@@ -161,9 +164,21 @@ class StreamingPipeline:
                                     config.engine.threads)
         self.inference = engine_part[-1]
         batch, q = config.engine.batch_size, config.queues
+        # Motion gating (pipeline/gating.py): a gate before preprocess and the carry-over before
+        # publish. gating: whether any stream may be gated (None: unless gating.mode is off). A
+        # run that gates nothing leaves them out, so it is the chain as it was; a service keeps
+        # them, since a stream added later may ask for gating.
+        self._gating: dict[str, str | None] = {}
+        g = config.gating
+        self.gate: Gate | None = None
+        if gating if gating is not None else (keep_alive or g.mode != "off"):
+            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold), batch,
+                             self._gated, self._count_gated)
+        gating = self.gate is not None
         self.chain = Chain(
             producers=[],
             stages=[
+                *([self.gate] if gating else []),
                 Preprocess(engine.config, engine.device, batch, host_arrays=takes_host_arrays(engine)),
                 *engine_part,  # features (a split engine's trunk) and inference
                 # GPU detections are encoded a batch at a time on the device; the mask regions that
@@ -173,13 +188,20 @@ class StreamingPipeline:
                             config.engine.max_consecutive_errors, take=batch,
                             regions=self.video is not None or config.tracking.enabled or keep_alive),
                 *([Tracking(config.tracking)] if config.tracking.enabled else []),
+                *([CarryOver()] if gating else []),
                 self.publish,
             ],
-            queue_sizes=[max(batch, q.file_frames)] + [q.batches] * len(engine_part) + [q.results, q.results]
-            + ([q.results] if config.tracking.enabled else []),
+            # (With a gate, preprocess's inbox is never used: see same_thread.)
+            queue_sizes=[max(batch, q.file_frames)] + ([1] if gating else [])
+            + [q.batches] * len(engine_part) + [q.results, q.results]
+            + ([q.results] if config.tracking.enabled else []) + ([q.results] if gating else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
             keep_alive=keep_alive,
+            # Preprocess runs on the gate's thread, on what the gate passes: frames enter from the
+            # streams' lanes (fair, drop-oldest for cameras) only as fast as preprocess takes them,
+            # as without a gate, and a batch reaches preprocess whole.
+            same_thread=[1] if gating else (),
         )
         self.sources: dict[str, Source] = {}
         self._lock = threading.Lock()
@@ -192,13 +214,28 @@ class StreamingPipeline:
 
     def add_stream(self, spec: StreamSpec) -> StreamState:
         """Start a stream; never waits for a camera (an unreachable one is retried in the background)."""
-        return self.add_source(make_source(spec, self.config))
+        source = make_source(spec, self.config)
+        if spec.gating is not None and spec.gating != "off" and self.gate is None:
+            raise ValueError(f"{spec.id}: gating is {spec.gating}, but this run has gating.mode off")
+        return self.add_source(source, gating=spec.gating)
 
-    def add_source(self, source: Source) -> StreamState:
+    def _gated(self, stream_id: str, live: bool) -> bool:
+        """Whether the stream's frames go through the gate (its spec's gating, else the config's)."""
+        return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
+
+    def _count_gated(self, stream_id: str, inferred: bool) -> None:
+        state = self.registry.get(stream_id)
+        if state is not None:
+            state.frame_gated(inferred)
+
+    def add_source(self, source: Source, gating: str | None = None) -> StreamState:
+        """Start feeding `source`; gating: auto|on|off for this stream (None: config's gating.mode)."""
         with self._lock:
             if source.stream_id in self.sources or source.stream_id in self.registry:
                 raise StreamExists(source.stream_id)
             self.sources[source.stream_id] = source
+            self._gating[source.stream_id] = gating
+            source.state.gating = self.gate is not None and self._gated(source.stream_id, source.live)
             self.registry.add(source.state)
         if self.video is None and hasattr(source, "pixels"):
             # Nothing draws on the frames: a CPU decoder scales them straight to the engine's input
@@ -232,6 +269,7 @@ class StreamingPipeline:
             time.sleep(0.05)
         with self._lock:
             self.sources.pop(stream_id, None)
+            self._gating.pop(stream_id, None)
             self.registry.remove(stream_id)
 
     def _drained(self, stream_id: str) -> bool:

@@ -62,6 +62,9 @@ class StreamState:
     expected_frames: int = 0  # files: frames the container declares (0: unknown)
     decoder: Literal["cpu", "nvdec"] = "cpu"  # where the source decodes (nvdec: on the GPU, pipeline/nvdec.py)
     eos_frames: int | None = None  # files: the frame count of the published EOS entry
+    gating: bool = False  # motion gating is on for this stream (pipeline/gating.py)
+    inferred: int = 0  # frames the gate sent to the engine (all of them with gating off)
+    gated: int = 0  # frames the gate skipped: published with the last inferred instances
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None  # monotonic time the stream ended (run summaries)
     window: float = 10.0
@@ -94,6 +97,15 @@ class StreamState:
         with self._lock:
             self.decoded += 1
             self._in_times.append(time.monotonic())
+
+    # -- written by the gate ----------------------------------------------------------------
+    def frame_gated(self, inferred: bool) -> None:
+        """The gate sent a frame to the engine (inferred) or skipped it."""
+        with self._lock:
+            if inferred:
+                self.inferred += 1
+            else:
+                self.gated += 1
 
     # -- written by publishing -------------------------------------------------------------
     def frame_published(self, instances: int, capture_time: float, latency: float) -> None:
@@ -170,6 +182,7 @@ class StreamState:
                 "fps_in": round(self._rate(self._in_times, now), 2),
                 "fps_out": round(self._rate(self._out_times, now), 2),
                 "last_frame_time": self.last_frame_time, "last_error": self.last_error, "decoder": self.decoder,
+                "gating": self.gating, "frames_inferred": self.inferred, "frames_gated": self.gated,
             }
         out["latency_p50"] = _quantile(latencies, 0.50)
         out["latency_p99"] = _quantile(latencies, 0.99)

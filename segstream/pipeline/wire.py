@@ -7,7 +7,8 @@
     {"schema": 1, "stream": id, "eos": true, "frames": N}
     {"schema": 1, "stream": id, "status": "connecting|live|reconnecting|down|ended", "since": unix s,
      "reconnects": n, "url": redacted url, "error": why (when lost)}          (live streams only)
-A frame the engine failed on carries "error": why, and no instances.
+A frame the engine failed on carries "error": why, and no instances. A frame the engine skipped
+(motion gating) carries "inferred": false and "inferred_frame": n, the frame its instances are from.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
 
 The validated models of these entries (and of the fleet's records) are in segstream/pipeline/schema.py;
@@ -48,6 +49,9 @@ def frame_message(result: FrameResult, dropped: int) -> dict[str, Any]:
     }
     if result.error is not None:
         message["error"] = result.error
+    if result.inferred_frame is not None:  # motion gating carried an earlier frame's instances over
+        message["inferred"] = False
+        message["inferred_frame"] = result.inferred_frame
     return message
 
 
@@ -173,7 +177,9 @@ def describe(message: dict[str, Any]) -> str:
     found = ", ".join(f"{len(insts)} {label}{_track_ids(insts)}" for label, insts in sorted(by_label.items())) or "nothing"
     pts = f" t={message['pts']:.2f}s" if message.get("pts") is not None else ""
     dropped = f" dropped={message['dropped']}" if message.get("dropped") else ""
-    return f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: {found}{dropped}"
+    carried = f" (as frame {message.get('inferred_frame')})" if message.get("inferred") is False else ""
+    return (f"{message['stream']} frame {message['frame']}{pts} {message['width']}x{message['height']}: "
+            f"{found}{carried}{dropped}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_access_flags(p)
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM), with --tls-key")
     p.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    p.add_argument("--gating", choices=("auto", "on", "off"),
+                   help="motion gating default for the streams (gating.mode; a stream's spec may say otherwise)")
     p.add_argument("--metrics-public", action="store_true", help="leave /metrics open when a token is set")
     return p
 
@@ -132,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(args.config)
     if args.redis is not None:
         override(config, "redis.url", args.redis)
+    if args.gating is not None:
+        override(config, "gating.mode", args.gating)
     if not config.redis.url:
         raise ConfigError("redis.url: the service publishes to Redis; give --redis URL")
     parse_http(args.http)

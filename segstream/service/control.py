@@ -96,7 +96,7 @@ class StreamControl:
                         # Missing, a folder, not a video: one text, so the API cannot map the disk.
                         raise SourceRefused(local_refusal(origin)) from None
                     raise
-            state = self.pipeline.add_source(source)
+            state = self.pipeline.add_source(source, gating=spec.gating)
         with self._lock:
             self._remembered.add(spec.id)
         if remember and self.book is not None:

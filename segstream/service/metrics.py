@@ -11,6 +11,8 @@ scrape turns a snapshot of them into metric families. A removed stream's series 
     segstream_frames_failed_total{stream}             counter   frames published with an `error` field
     segstream_instances_total{stream}                 counter   instances published
     segstream_reconnects_total{stream}                counter
+    segstream_frames_inferred_total{stream}           counter   frames the model ran on (motion gating)
+    segstream_frames_gated_total{stream}              counter   frames gating skipped (last instances carried)
     segstream_stream_up{stream}                       gauge     1 while the stream is `live`
     segstream_stream_state{stream,state}              gauge     1 for the stream's current state
     segstream_stream_fps{stream,direction}            gauge     in | out, over the last 10 s
@@ -75,6 +77,8 @@ class PipelineCollector(Collector):
         up = GaugeMetricFamily("segstream_stream_up", "1 while the stream is live (frames flowing), else 0.", labels=["stream"])
         state = GaugeMetricFamily("segstream_stream_state", "1 for the stream's current state.", labels=["stream", "state"])
         fps = GaugeMetricFamily("segstream_stream_fps", "Frames per second over the last 10 s (in: decoded, out: published).", labels=["stream", "direction"])
+        inferred = CounterMetricFamily("segstream_frames_inferred", "Frames the model ran on (all of them without motion gating).", labels=["stream"])
+        gated = CounterMetricFamily("segstream_frames_gated", "Frames motion gating skipped: published with the last inferred frame's instances.", labels=["stream"])
         latency = HistogramMetricFamily("segstream_capture_to_publish_seconds", "Seconds from capture (decode) to the published entry.", labels=["stream"])
         for stream in self.pipeline.registry.all():
             snap = stream.snapshot()
@@ -86,6 +90,8 @@ class PipelineCollector(Collector):
             failed.add_metric([sid], snap["errors"])
             instances.add_metric([sid], snap["instances"])
             reconnects.add_metric([sid], snap["reconnects"])
+            inferred.add_metric([sid], snap["frames_inferred"])
+            gated.add_metric([sid], snap["frames_gated"])
             up.add_metric([sid], 1.0 if snap["state"] == "live" else 0.0)
             for name in STATES:
                 state.add_metric([sid, name], 1.0 if snap["state"] == name else 0.0)
@@ -93,7 +99,7 @@ class PipelineCollector(Collector):
             fps.add_metric([sid, "out"], snap["fps_out"])
             buckets, total, _count = stream.latency_histogram()
             latency.add_metric([sid], [(_le(bound), n) for bound, n in buckets], total)
-        yield from (decoded, published, dropped, failed, instances, reconnects, up, state, fps, latency)
+        yield from (decoded, published, dropped, failed, instances, reconnects, inferred, gated, up, state, fps, latency)
 
     def _runtime(self) -> Iterator[Metric]:
         busy = CounterMetricFamily("segstream_stage_busy_seconds", "Seconds each stage's worker spent working.", labels=["stage"])

@@ -200,7 +200,8 @@ class RedisStreamSink:
         for i, queued in enumerate(box.entries):
             if queued.droppable and not queued.data:
                 del box.entries[i]
-                box.evicted += 1
+                # It and the frames it counted as dropped before it: the next published frame says so.
+                box.evicted += 1 + int(queued.message.get("dropped", 0))
                 return True
         return False
 
