@@ -238,7 +238,6 @@ class Worker:
 
     def _reap(self) -> None:
         """Finish jobs whose EOS is published or whose source failed; drop what was lost."""
-        errors = self.pipeline.chain.producer_errors
         for stream_id, job in list(self.jobs.items()):
             state = self.pipeline.registry.get(stream_id)
             claim = job.claim
@@ -247,7 +246,8 @@ class Worker:
                 self._drop_stream(stream_id)
                 del self.jobs[stream_id]
                 continue
-            error = next((str(exc) for name, exc in errors[job.errors_from:] if name == stream_id), None)
+            failure = self.pipeline.chain.producer_error(stream_id)  # this job's: cleared when its source was added
+            error = str(failure) if failure is not None else (state.error if state is not None else None)
             if state is not None and state.eos_frames is not None:
                 if self.jobs_q.finish(claim, "done", frames=state.eos_frames, reason=error or ""):
                     self.jobs_done += 1
