@@ -243,11 +243,14 @@ class StreamingPipeline:
         if state is not None:
             state.fail(reason)
 
-    def _release(self, stream_id: str) -> None:
+    def _release(self, stream_id: str, source: Source | None = None) -> None:
         """Free what the pipeline keeps for a stream that is over: its source, its error in the
         chain, its frame numbering, its tracker (track ids stay unique), its Redis outbox (once
-        empty: retried by the status-lines thread)."""
+        empty: retried by the status-lines thread). `source`: the ended one (not one added since)."""
         with self._lock:
+            current = self.sources.get(stream_id)
+            if current is not None and current is not source:
+                return  # a stream by that id was added again meanwhile: its state is in use
             self.sources.pop(stream_id, None)
         self.chain.forget(stream_id)
         self.publish.forget(stream_id)
@@ -263,12 +266,14 @@ class StreamingPipeline:
         running = set(self.chain.producers())
         ended = [s for s in self.registry.ended() if s.stream_id not in running]
         with self._lock:
-            done = [s.stream_id for s in ended if s.stream_id in self.sources]
-        for stream_id in done:
-            self._release(stream_id)
+            done = [(s.stream_id, self.sources[s.stream_id]) for s in ended
+                    if s.stream_id in self.sources and self.sources[s.stream_id].state is s]
+        for stream_id, source in done:
+            self._release(stream_id, source)
         for state in ended[:max(0, len(ended) - self.ended_kept)]:
-            self.registry.remove(state.stream_id)
-            self._release(state.stream_id)
+            if self.registry.get(state.stream_id) is state:  # (not one added again since)
+                self.registry.remove(state.stream_id)
+                self._release(state.stream_id)
         with self._lock:
             waiting = list(self._unreleased)
         for stream_id in waiting:
