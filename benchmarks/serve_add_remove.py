@@ -4,11 +4,13 @@ the service's resident memory, threads and open descriptors (from /proc), so per
 is never freed shows as growth. A warm-up of cycles comes first (thread pools, allocator arenas and
 the decoder's first buffers grow once), so the figures compare steady states.
 
-    .venv/bin/python benchmarks/serve_add_remove.py [--cycles 2000] [--warmup 50] [--second camera|file] [--live]
+    .venv/bin/python benchmarks/serve_add_remove.py [--cycles 2000] [--warmup 50] [--second camera|file] [--ids new|same] [--live]
 
 --second camera (default) adds a second RTSP camera of the same loopback server; --second file adds a
 real encoded clip (300 frames) that the DELETE cuts short: cheaper a cycle, the file path's state.
 
+--ids new (default) gives the second stream a new id every cycle (cam2-1, cam2-2, ...: cameras coming
+and going over months, so per-id state that is never freed grows); --ids same re-adds `cam2`.
 --live waits, in every cycle, until the second camera published a frame before removing it (slower:
 the RTSP connection and the first frames each time); without it the removal follows the add's reply.
 Acceptance (issue 23): RSS growth <= 5 %, threads and descriptors back to their starting counts.
@@ -44,16 +46,16 @@ def settle(serve: Serve, pid: int) -> tuple[int, int, int]:
     return last
 
 
-def cycle(serve: Serve, url: str, live: bool) -> None:
+def cycle(serve: Serve, url: str, live: bool, stream_id: str = "cam2") -> None:
     """POST the second stream, optionally wait for its first published frame, DELETE it."""
-    status, body = serve.call("POST", "/streams", {"id": "cam2", "url": url})
+    status, body = serve.call("POST", "/streams", {"id": stream_id, "url": url})
     assert status == 201, body
     if live:
         deadline = time.monotonic() + 30
-        while serve.call("GET", "/streams/cam2")[1]["frames_published"] == 0:
-            assert time.monotonic() < deadline, "cam2 published nothing within 30 s"
+        while serve.call("GET", f"/streams/{stream_id}")[1]["frames_published"] == 0:
+            assert time.monotonic() < deadline, f"{stream_id} published nothing within 30 s"
             time.sleep(0.05)
-    status, body = serve.call("DELETE", "/streams/cam2")
+    status, body = serve.call("DELETE", f"/streams/{stream_id}")
     assert status == 200, body
 
 
@@ -62,6 +64,7 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--live", action="store_true", help="wait for a published frame of cam2 in each cycle")
+    parser.add_argument("--ids", choices=("new", "same"), default="new", help="a new id for the second stream each cycle")
     parser.add_argument("--second", choices=("camera", "file"), default="camera", help="what the second stream is")
     parser.add_argument("--fps", type=int, default=10)
     parser.add_argument("--input-size", default="128x224", help="network input HxW (small: the CPU keeps up)")
@@ -85,12 +88,12 @@ def main() -> int:
             while serve.call("GET", "/streams/cam1")[1]["frames_published"] == 0:
                 assert time.monotonic() < deadline, "cam1 published nothing within 60 s"
                 time.sleep(0.2)
-            for _ in range(args.warmup):
-                cycle(serve, second, args.live)
+            for i in range(args.warmup):
+                cycle(serve, second, args.live, f"warm-{i}" if args.ids == "new" else "cam2")
             before = settle(serve, pid)
             started = time.monotonic()
             for i in range(args.cycles):
-                cycle(serve, second, args.live)
+                cycle(serve, second, args.live, f"cam2-{i}" if args.ids == "new" else "cam2")
                 if (i + 1) % max(1, args.cycles // 10) == 0:
                     rss, threads, fds = usage(pid)
                     print(f"  {i + 1:5d} cycles: RSS {rss / 1024:.1f} MiB, {threads} threads, {fds} fds", flush=True)
@@ -104,7 +107,7 @@ def main() -> int:
         redis.stop()
 
     growth = 100.0 * (after[0] - before[0]) / before[0]
-    print(f"\nsegstream serve, cam1 running, cam2 ({args.second}) added and removed {args.cycles} times over HTTP "
+    print(f"\nsegstream serve, cam1 running, cam2 ({args.second}) added and removed {args.cycles} times over HTTP ({args.ids} id each time) "
           f"({'each until its first published frame' if args.live else 'removed right after the add'}), "
           f"after {args.warmup} warm-up cycles; {seconds:.0f} s, {seconds / max(1, args.cycles) * 1000:.0f} ms a cycle")
     print(f"{'':12} {'RSS MiB':>9} {'threads':>8} {'fds':>5}")
