@@ -43,7 +43,7 @@ REDIS_TROUBLE = CONNECTION_ERRORS + (redis.BusyLoadingError,)
 @dataclass
 class RunningJob:
     claim: Claim
-    errors_from: int  # producer errors of the chain before this job started
+    errors_from: int  # unused: a source's error is its chain's producer_error(stream id), cleared at its start
     lost: bool = False
 
 
@@ -73,6 +73,8 @@ class Worker:
         self.cameras: dict[str, OwnedCamera] = {}
         self.removing: dict[str, threading.Thread] = {}
         self.refused: dict[str, str] = {}  # camera id -> the URL the source policy refused
+        # jobs/cameras change on the main loop and are read by the heartbeat and Redis' writer thread.
+        self._held = threading.Lock()
         self.stopping = threading.Event()
         self.pipeline: StreamingPipeline | None = None
         self.client: redis.Redis | None = None
@@ -190,7 +192,8 @@ class Worker:
                 self.jobs_failed += 1
                 for stream_id, job in list(self.jobs.items()):  # registered before it failed: nothing runs for it
                     if job.claim.job_id == job_id:
-                        del self.jobs[stream_id]
+                        with self._held:
+                            del self.jobs[stream_id]
                         self._drop_stream(stream_id)
                 self.jobs_q.reject(entry_id, {"job": job_id}, reason, job_id)
         return True
@@ -231,7 +234,8 @@ class Worker:
             log.warning("job %s (%s) failed: %s", job_id, claim.stream_id, reason)
             return
         self.pipeline.redis.fence(claim.stream_id, self.keys.job_fence(job_id), claim.token)
-        self.jobs[claim.stream_id] = RunningJob(claim, len(self.pipeline.chain.producer_errors))
+        with self._held:
+            self.jobs[claim.stream_id] = RunningJob(claim, 0)
         self.pipeline.add_source(source)
         if resume.start_frame:
             log.info("job %s (%s): resuming at frame %d (attempt %d)", job_id, claim.stream_id,
@@ -239,31 +243,35 @@ class Worker:
 
     def _reap(self) -> None:
         """Finish jobs whose EOS is published or whose source failed; drop what was lost."""
-        errors = self.pipeline.chain.producer_errors
         for stream_id, job in list(self.jobs.items()):
             state = self.pipeline.registry.get(stream_id)
             claim = job.claim
             if job.lost:
                 log.warning("job %s (%s) was taken over by another worker; stopped here", claim.job_id, stream_id)
                 self._drop_stream(stream_id)
-                del self.jobs[stream_id]
+                with self._held:
+                    del self.jobs[stream_id]
                 continue
-            error = next((str(exc) for name, exc in errors[job.errors_from:] if name == stream_id), None)
+            failure = self.pipeline.chain.producer_error(stream_id)  # this job's: cleared when its source was added
+            error = str(failure) if failure is not None else (state.error if state is not None else None)
             if state is not None and state.eos_frames is not None:
                 if self.jobs_q.finish(claim, "done", frames=state.eos_frames, reason=error or ""):
                     self.jobs_done += 1
-                del self.jobs[stream_id]
+                with self._held:
+                    del self.jobs[stream_id]
                 self._remove_stream(stream_id, then=lambda sid=stream_id: self.pipeline.redis.forget(sid))
             elif error is not None and stream_id not in self.pipeline.chain.producers():
                 if self.jobs_q.finish(claim, "failed", reason=error.splitlines()[0]):
                     self.jobs_failed += 1
                 log.warning("job %s (%s) failed: %s", claim.job_id, stream_id, error)
-                del self.jobs[stream_id]
+                with self._held:
+                    del self.jobs[stream_id]
                 self._drop_stream(stream_id)
         for camera_id, camera in list(self.cameras.items()):
             if camera.lost:
                 log.warning("camera %s was taken over by another worker; stopped here", camera_id)
-                del self.cameras[camera_id]
+                with self._held:
+                    del self.cameras[camera_id]
                 self._drop_stream(camera_id)
         for stream_id, thread in list(self.removing.items()):
             if not thread.is_alive():
@@ -271,10 +279,10 @@ class Worker:
 
     def _fenced(self, stream_id: str) -> None:
         """From the sink's writer thread: a write for this stream was refused by its fence."""
-        job = self.jobs.get(stream_id)
+        with self._held:
+            job, camera = self.jobs.get(stream_id), self.cameras.get(stream_id)
         if job is not None:
             job.lost = True
-        camera = self.cameras.get(stream_id)
         if camera is not None:
             camera.lost = True
 
@@ -350,12 +358,14 @@ class Worker:
             return
         self.refused.pop(camera_id, None)
         self.pipeline.redis.fence(camera_id, self.keys.camera_fence(camera_id), token)
-        self.cameras[camera_id] = OwnedCamera(camera_id, url, token)
+        with self._held:
+            self.cameras[camera_id] = OwnedCamera(camera_id, url, token)
         self.pipeline.add_source(source)
         log.info("camera %s: owned by %s (token %d)", camera_id, self.name, token)
 
     def _release_camera(self, camera_id: str, why: str) -> None:
-        camera = self.cameras.pop(camera_id, None)
+        with self._held:
+            camera = self.cameras.pop(camera_id, None)
         if camera is None:
             return
         log.info("camera %s: released by %s (%s)", camera_id, self.name, why)
@@ -372,10 +382,12 @@ class Worker:
                 self._redis_away(exc)
 
     def _beat_once(self) -> None:
-        for job in list(self.jobs.values()):
+        with self._held:
+            jobs, cameras = list(self.jobs.values()), list(self.cameras.values())
+        for job in jobs:
             if not job.lost and not self.jobs_q.refresh(job.claim, self.name):
                 job.lost = True
-        for camera in list(self.cameras.values()):
+        for camera in cameras:
             if not camera.lost and not self.book.renew(camera.camera_id, self.name):
                 camera.lost = True
         snapshot = self.snapshot()
@@ -400,8 +412,10 @@ class Worker:
             streams.append({"id": snap["id"], "kind": snap["kind"], "state": snap["state"], "fps": snap["fps_out"],
                             "published": snap["frames_published"], "lag": lag,
                             "dropped": sum(snap["dropped"].values())})
-        return {"name": self.name, "capacity": self.capacity, "load": len(self.jobs) + len(self.cameras),
-                "jobs": len(self.jobs), "cameras": len(self.cameras), "fps": round(fps, 2),
+        with self._held:
+            jobs, cameras = len(self.jobs), len(self.cameras)
+        return {"name": self.name, "capacity": self.capacity, "load": jobs + cameras,
+                "jobs": jobs, "cameras": cameras, "fps": round(fps, 2),
                 "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed, "started": self.started,
                 "host": socket.gethostname(), "pid": os.getpid(), "stopping": int(self.stopping.is_set()),
                 "redis_up": int(self.pipeline.redis_up if self.pipeline else 0), "streams": streams}

@@ -93,6 +93,7 @@ class EndOfStream:
     stream_id: str
     frames: int
     interrupted: bool = False
+    error: str | None = None  # why the file ended early (e.g. truncated: how many frames it gave)
 
 
 @dataclass

@@ -120,11 +120,14 @@ class NvdecFileSource:
             raise SourceError(f"{self.shown}: no decodable video frames")
         limit_hit = self.max_frames is not None and index >= self.max_frames
         short = not (interrupted or limit_hit) and index < self.expected_frames
-        yield EndOfStream(self.stream_id, index, interrupted=interrupted or short or failure is not None)
+        error = None
         if failure is not None:
-            raise SourceError(f"{self.shown}: NVDEC stopped at frame {index} ({failure})")
-        if short:
-            raise SourceError(f"{self.shown} is truncated or damaged: decoded {index} of {self.expected_frames} frames")
+            error = f"{self.shown}: NVDEC stopped at frame {index} ({failure})"
+        elif short:
+            error = f"{self.shown} is truncated or damaged: decoded {index} of {self.expected_frames} frames"
+        yield EndOfStream(self.stream_id, index, interrupted=interrupted or short or failure is not None, error=error)
+        if error is not None:
+            raise SourceError(error)
 
     def _chunk(self, decoder: Any, index: int, want: int) -> list[Frame]:
         """Up to `want` frames from `index` on, as device tensors owned by the pipeline."""

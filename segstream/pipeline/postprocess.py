@@ -135,13 +135,14 @@ class Postprocess:
 
     def _process(self, items: list[Any]) -> list[Any]:
         on_device = [i for i, item in enumerate(items) if self._device_path(item)]
-        encoded: dict[int, list[Instance] | Exception] = {}
+        encoded: dict[int, list[Instance] | Exception | str] = {}
         if on_device:
             try:
                 for index, found in zip(on_device, self.device_instances([items[i] for i in on_device])):
                     encoded[index] = found
-            except Exception as exc:  # the whole batch failed on the device: each frame reports it
-                encoded = {i: exc for i in on_device}
+            except Exception as exc:  # the whole batch failed on the device: one failure, each frame reports it
+                failed = self.failures.record(exc)
+                encoded = {i: failed for i in on_device}
         out = []
         for i, item in enumerate(items):
             if not isinstance(item, FrameDetections):
@@ -157,8 +158,10 @@ class Postprocess:
             return False
         return self.device_path is True or _on_cuda(item.detections.masks)
 
-    def _finish(self, item: FrameDetections, found: list[Instance] | Exception) -> FrameResult:
+    def _finish(self, item: FrameDetections, found: list[Instance] | Exception | str) -> FrameResult:
         frame = item.frame
+        if isinstance(found, str):  # its batch failed, counted once already
+            return FrameResult(frame=frame, latency=time.time() - frame.time, error=found)
         if isinstance(found, Exception):
             return FrameResult(frame=frame, latency=time.time() - frame.time, error=self.failures.record(found))
         self.failures.succeeded()

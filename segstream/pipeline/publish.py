@@ -59,6 +59,10 @@ class Publish:
         """A stream (re)starts at `first_frame`: frames before it are not counted as dropped."""
         self._last_index[stream_id] = first_frame - 1
 
+    def forget(self, stream_id: str) -> None:
+        """A stream is over: drop its frame numbering."""
+        self._last_index.pop(stream_id, None)
+
     def process(self, items: list[Any]) -> Iterable[Any]:
         for item in items:
             if isinstance(item, FrameResult):

@@ -334,7 +334,11 @@ class Chain:
         self.aborting = threading.Event()
         self.keep_alive = keep_alive
         self.errors: list[BaseException] = []
-        self.producer_errors: list[tuple[str, BaseException]] = []
+        # The error each producer ended with, by name: one entry per producer, freed by forget()
+        # (a service adding and removing streams for months must not grow a list of them).
+        self._producer_errors: dict[str, BaseException] = {}
+        #: Called once with (producer name, exception) when a producer raises, on its thread.
+        self.on_producer_error: Callable[[str, BaseException], None] | None = None
         self._default_policy = EdgePolicy(
             queue_sizes[0], "drop_oldest" if droppable else "block", droppable, on_drop
         )
@@ -351,6 +355,7 @@ class Chain:
             if producer.name in self._running:
                 raise KeyError(f"producer {producer.name!r} is running")
             self.inbox.add_lane(producer.name, policy or self._default_policy)
+            self._producer_errors.pop(producer.name, None)  # a new stream by that name starts clean
             stopping = threading.Event()
             if self.stopping.is_set():
                 stopping.set()
@@ -397,6 +402,23 @@ class Chain:
         with self._lock:
             return list(self._running)
 
+    @property
+    def producer_errors(self) -> list[tuple[str, BaseException]]:
+        """(producer name, the exception it ended with) of every producer that failed and was
+        not forgotten, in the order they failed."""
+        with self._lock:
+            return list(self._producer_errors.items())
+
+    def producer_error(self, name: str) -> BaseException | None:
+        with self._lock:
+            return self._producer_errors.get(name)
+
+    def forget(self, name: str) -> None:
+        """Drop what is kept about an ended producer (its error)."""
+        with self._lock:
+            if name not in self._running:
+                self._producer_errors.pop(name, None)
+
     def _run_producer(self, producer: Producer, stopping: threading.Event) -> None:
         lane = self.inbox._lanes[producer.name]
         try:
@@ -404,9 +426,14 @@ class Chain:
                 lane.put(item)
                 if lane.closed:
                     break
-        except BaseException as exc:  # reported after the run; other producers go on
+        except BaseException as exc:  # kept for the run's summary; other producers go on
             with self._lock:
-                self.producer_errors.append((producer.name, exc))
+                self._producer_errors[producer.name] = exc
+            if self.on_producer_error is not None:
+                try:
+                    self.on_producer_error(producer.name, exc)
+                except Exception:  # reporting must never take the producer's bookkeeping down
+                    pass
         finally:
             with self._lock:
                 mine = self._running.get(producer.name)
@@ -536,7 +563,7 @@ class Chain:
     def run(self) -> None:
         """Run until every producer is done and END has passed the last stage.
 
-        Raises the first stage error, if any. Producer errors are left in `producer_errors`.
+        Raises the first stage error, if any. Producer errors are left in `producer_errors` (and passed to `on_producer_error`).
         """
         self.start()
         self.wait()

@@ -165,6 +165,7 @@ class EndOfStreamEntry(BaseModel):
     eos: Literal[True]
     frames: int = Field(ge=0, description="frames decoded")
     interrupted: bool | None = Field(default=None, description="true when the run stopped before the file's end")
+    error: str | None = Field(default=None, description="why the file ended early, e.g. truncated after N frames")
 
 
 class StatusEntry(BaseModel):

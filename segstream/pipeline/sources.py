@@ -179,9 +179,10 @@ class VideoFileSource:
             raise SourceError(f"{self.shown}: no decodable video frames")
         limit_hit = self.max_frames is not None and index >= self.max_frames
         shortfall = None if interrupted or limit_hit else self._shortfall(index)
-        yield EndOfStream(self.stream_id, index, interrupted=interrupted or shortfall is not None)
-        if shortfall is not None:
-            raise SourceError(f"{self.shown} is truncated or damaged: {shortfall}")
+        error = None if shortfall is None else f"{self.shown} is truncated or damaged: {shortfall}"
+        yield EndOfStream(self.stream_id, index, interrupted=interrupted or shortfall is not None, error=error)
+        if error is not None:
+            raise SourceError(error)
 
     def _shortfall(self, decoded: int) -> str | None:
         """Why the file ended before its container said it would, or None if it did not."""
@@ -412,7 +413,7 @@ class CameraSource:
                 stopping.wait(self._backoff.compute(failures))
                 continue
             if lost_at is not None or failures:
-                self.state.reconnects += 1
+                self.state.reconnected()
                 self.counters.reconnects += 1
             return container
         return None

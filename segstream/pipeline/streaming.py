@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model
 
 log = logging.getLogger(__name__)
 
+#: Ended streams kept listed (final state and error) until deleted; older ones beyond this go.
+ENDED_KEPT = 100
+
 Source = Union[VideoFileSource, "NvdecFileSource", CameraSource]
 
 
@@ -160,6 +163,7 @@ class StreamingPipeline:
                                  interval=config.output.status_interval,
                                  redis_down_since=lambda: self.redis_down_since)
         self.publish = Publish(sinks, self.registry, self.progress)
+        self.tracking = Tracking(config.tracking) if config.tracking.enabled else None
         engine_part = engine_stages(engine, config.engine.max_consecutive_errors, config.engine.overlap,
                                     config.engine.threads)
         self.inference = engine_part[-1]
@@ -187,7 +191,7 @@ class StreamingPipeline:
                 Postprocess(engine.config.class_names, engine.config.mask_threshold,
                             config.engine.max_consecutive_errors, take=batch,
                             regions=self.video is not None or config.tracking.enabled or keep_alive),
-                *([Tracking(config.tracking)] if config.tracking.enabled else []),
+                *([self.tracking] if self.tracking is not None else []),
                 *([CarryOver()] if gating else []),
                 self.publish,
             ],
@@ -203,7 +207,10 @@ class StreamingPipeline:
             # as without a gate, and a batch reaches preprocess whole.
             same_thread=[1] if gating else (),
         )
+        self.chain.on_producer_error = self._source_failed
         self.sources: dict[str, Source] = {}
+        self.ended_kept = ENDED_KEPT
+        self._unreleased: set[str] = set()  # gone streams whose sink state waits to be freed
         self._lock = threading.Lock()
         self._ticker = threading.Event()
         self.started: float | None = None
@@ -256,9 +263,15 @@ class StreamingPipeline:
         return state
 
     def remove_stream(self, stream_id: str, timeout: float | None = None) -> None:
-        """Stop one stream and wait until what it produced is published (a file gets its EOS)."""
+        """Stop one stream and wait until what it produced is published (a file gets its EOS);
+        a stream that ended already is only taken off the list."""
         with self._lock:
             source = self.sources.get(stream_id)
+            ended = source is None and stream_id in self.registry
+        if ended:
+            self.registry.remove(stream_id)
+            self._release(stream_id)
+            return
         if source is None:
             raise UnknownStream(stream_id)
         timeout = self.config.shutdown_timeout if timeout is None else timeout
@@ -271,6 +284,55 @@ class StreamingPipeline:
             self.sources.pop(stream_id, None)
             self._gating.pop(stream_id, None)
             self.registry.remove(stream_id)
+        self._release(stream_id)
+
+    def _source_failed(self, stream_id: str, exc: BaseException) -> None:
+        """A source raised (on its thread): logged once here, and kept as its stream's `error`."""
+        reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        log.error("stream %s: %s", stream_id, reason)
+        state = self.registry.get(stream_id)
+        if state is not None:
+            state.fail(reason)
+
+    def _release(self, stream_id: str, source: Source | None = None) -> None:
+        """Free what the pipeline keeps for a stream that is over: its source, its error in the
+        chain, its frame numbering, its tracker (track ids stay unique), its Redis outbox (once
+        empty: retried by the status-lines thread). `source`: the ended one (not one added since)."""
+        with self._lock:
+            current = self.sources.get(stream_id)
+            if current is not None and current is not source:
+                return  # a stream by that id was added again meanwhile: its state is in use
+            self.sources.pop(stream_id, None)
+        self.chain.forget(stream_id)
+        self.publish.forget(stream_id)
+        if self.tracking is not None:
+            self.tracking.forget(stream_id)
+        if self.redis is not None and not self.redis.release(stream_id):
+            with self._lock:
+                self._unreleased.add(stream_id)
+
+    def _tidy(self) -> None:
+        """A service's streams that ended on their own: free their state, keep them listed (the
+        newest `ended_kept` of them) with their final counters and error until deleted."""
+        running = set(self.chain.producers())
+        ended = [s for s in self.registry.ended() if s.stream_id not in running]
+        with self._lock:
+            done = [(s.stream_id, self.sources[s.stream_id]) for s in ended
+                    if s.stream_id in self.sources and self.sources[s.stream_id].state is s]
+        for stream_id, source in done:
+            self._release(stream_id, source)
+        for state in ended[:max(0, len(ended) - self.ended_kept)]:
+            if self.registry.get(state.stream_id) is state:  # (not one added again since)
+                self.registry.remove(state.stream_id)
+                self._release(state.stream_id)
+        with self._lock:
+            waiting = list(self._unreleased)
+        for stream_id in waiting:
+            if stream_id in self.registry and stream_id in self.sources:
+                continue  # added again meanwhile: its sink state is in use
+            if self.redis is None or self.redis.release(stream_id):
+                with self._lock:
+                    self._unreleased.discard(stream_id)
 
     def _drained(self, stream_id: str) -> bool:
         if f"lane:{stream_id}" in self.chain.depths():
@@ -292,6 +354,11 @@ class StreamingPipeline:
         # Status lines keep coming when no frame does (every camera dark, Redis away).
         while not self._ticker.wait(1.0):
             self.progress.tick()
+            if self.chain.keep_alive:
+                try:
+                    self._tidy()
+                except Exception:  # freeing must never stop the status lines
+                    log.exception("freeing ended streams failed")
 
     def stop(self) -> None:
         """Ask every stream to finish; what is in flight is still published."""

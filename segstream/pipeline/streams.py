@@ -59,6 +59,7 @@ class StreamState:
     dropped: dict[str, int] = field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
     last_frame_time: float | None = None  # capture time of the newest published frame
     last_error: str | None = None
+    error: str | None = None  # why the stream ended early (its source failed), one line; None: it did not
     expected_frames: int = 0  # files: frames the container declares (0: unknown)
     decoder: Literal["cpu", "nvdec"] = "cpu"  # where the source decodes (nvdec: on the GPU, pipeline/nvdec.py)
     eos_frames: int | None = None  # files: the frame count of the published EOS entry
@@ -129,11 +130,21 @@ class StreamState:
             self.errors += 1
             self.last_error = error
 
+    def fail(self, error: str) -> None:
+        """The stream's source failed and the stream is over: `error` is the one-line reason."""
+        with self._lock:
+            self.error = self.last_error = error
+
     def finish(self, eos_frames: int | None = None) -> None:
-        if eos_frames is not None:
-            self.eos_frames = eos_frames
-        if self.finished is None:
-            self.finished = time.monotonic()
+        with self._lock:  # the publish stage and Redis' writer thread both finish streams
+            if eos_frames is not None:
+                self.eos_frames = eos_frames
+            if self.finished is None:
+                self.finished = time.monotonic()
+
+    def reconnected(self) -> None:
+        with self._lock:
+            self.reconnects += 1
 
     # -- read by anyone --------------------------------------------------------------------
     @property
@@ -182,7 +193,7 @@ class StreamState:
                 "fps_in": round(self._rate(self._in_times, now), 2),
                 "fps_out": round(self._rate(self._out_times, now), 2),
                 "last_frame_time": self.last_frame_time, "last_error": self.last_error, "decoder": self.decoder,
-                "gating": self.gating, "frames_inferred": self.inferred, "frames_gated": self.gated,
+                "gating": self.gating, "frames_inferred": self.inferred, "frames_gated": self.gated, "error": self.error,
             }
         out["latency_p50"] = _quantile(latencies, 0.50)
         out["latency_p99"] = _quantile(latencies, 0.99)
@@ -208,6 +219,12 @@ class StreamRegistry:
                 raise KeyError(state.stream_id)
             self._streams[state.stream_id] = state
         return state
+
+    def ended(self) -> list[StreamState]:
+        """Streams whose last entry was published, oldest end first."""
+        with self._lock:
+            done = [s for s in self._streams.values() if s.finished is not None]
+        return sorted(done, key=lambda s: s.finished or 0.0)
 
     def remove(self, stream_id: str) -> StreamState | None:
         with self._lock:

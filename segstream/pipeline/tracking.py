@@ -27,7 +27,9 @@ starts a new one. The class is not used: the id follows the object if the detect
 
 from __future__ import annotations
 
+import collections
 import itertools
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -243,6 +245,10 @@ class StreamTracker:
         return out
 
 
+#: Id counters of forgotten streams kept (see Tracking.forget).
+RETIRED_KEPT = 10_000
+
+
 class Tracking:
     """The stage: keeps one StreamTracker per stream, dropped at that stream's EndOfStream (a file)
     or final StreamStatus (a camera `ended` or `down`).
@@ -259,6 +265,20 @@ class Tracking:
         self.settings = settings
         self.trackers: dict[str, StreamTracker] = {}
         self._ids: dict[str, itertools.count] = {}
+        # Id counters of forgotten streams, so a stream added again never reuses an id: only the
+        # newest RETIRED_KEPT are kept (a counter is a few dozen bytes; a service runs for months).
+        self._retired: collections.OrderedDict[str, itertools.count] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def forget(self, stream_id: str) -> None:
+        """A stream is over (any thread): drop its tracker, retire its id counter."""
+        with self._lock:
+            self.trackers.pop(stream_id, None)
+            counter = self._ids.pop(stream_id, None)
+            if counter is not None:
+                self._retired[stream_id] = counter
+                while len(self._retired) > RETIRED_KEPT:
+                    self._retired.popitem(last=False)
 
     def process(self, items: list[Any]) -> Iterable[Any]:
         for item in items:
@@ -276,7 +296,9 @@ class Tracking:
         stream = result.frame.stream_id
         tracker = self.trackers.get(stream)
         if tracker is None:
-            counter = self._ids.setdefault(stream, itertools.count(1))
-            tracker = self.trackers[stream] = StreamTracker(self.settings, lambda: next(counter))
+            with self._lock:
+                counter = self._ids.get(stream) or self._retired.pop(stream, None) or itertools.count(1)
+                self._ids[stream] = counter
+                tracker = self.trackers[stream] = StreamTracker(self.settings, lambda: next(counter))
         for inst, track_id in zip(result.instances, tracker.update(result.frame, result.instances)):
             inst.track_id = track_id

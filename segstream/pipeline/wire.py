@@ -81,6 +81,8 @@ def eos_message(eos: EndOfStream) -> dict[str, Any]:
     message: dict[str, Any] = {"schema": SCHEMA, "stream": eos.stream_id, "eos": True, "frames": eos.frames}
     if eos.interrupted:
         message["interrupted"] = True
+    if eos.error:
+        message["error"] = eos.error
     return message
 
 

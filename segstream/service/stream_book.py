@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 import redis
 
 log = logging.getLogger("segstream.service")
+
+TROUBLE_LOG_INTERVAL = 60.0  # seconds between repeated log lines while Redis keeps failing the book
 
 
 class StreamBook:
@@ -28,6 +31,7 @@ class StreamBook:
 
     def __init__(self, url: str, prefix: str, retry_interval: float = 1.0) -> None:
         self.key = f"{prefix}service:streams"
+        self._url = url
         self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._pending: dict[str, str | None] = {}  # id -> spec JSON to write, or None to delete
         self._lock = threading.Lock()
@@ -36,6 +40,8 @@ class StreamBook:
         self._retry = retry_interval
         self._thread: threading.Thread | None = None
         self.loaded = threading.Event()
+        self.trouble: str | None = None  # why Redis did not take the last read or write; None: it did
+        self._trouble_logged = 0.0
 
     def start(self, on_loaded: Callable[[list[dict[str, Any]]], None]) -> None:
         self._thread = threading.Thread(target=self._run, args=(on_loaded,), name="service:stream-book", daemon=True)
@@ -75,8 +81,10 @@ class StreamBook:
     def _read(self) -> list[dict[str, Any]] | None:
         try:
             raw = self._client.hgetall(self.key)
-        except redis.RedisError:
+        except redis.RedisError as exc:
+            self._failed("read the remembered streams", exc)
             return None
+        self._answered()
         specs = []
         for field, value in raw.items():
             try:
@@ -98,12 +106,33 @@ class StreamBook:
                 else:
                     pipe.hset(self.key, stream_id, value)
             pipe.execute()
-        except redis.RedisError:
-            return  # Redis away: kept pending, retried
+        except redis.RedisError as exc:
+            self._failed(f"remember {len(pending)} stream change(s)", exc)
+            return  # kept pending, retried
+        self._answered()
         with self._lock:
             for stream_id, value in pending.items():
                 if self._pending.get(stream_id, object()) == value:
                     del self._pending[stream_id]
+
+    def _failed(self, doing: str, exc: redis.RedisError) -> None:
+        """Log why Redis failed the book: at its first failure, then at most once a minute."""
+        from segstream.pipeline.sinks.redis_stream import answered_error, refused_access
+
+        if refused_access(exc):
+            reason = str(answered_error(self._url, exc))
+        else:
+            reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        now = time.monotonic()
+        if self.trouble is None or now - self._trouble_logged >= TROUBLE_LOG_INTERVAL:
+            log.warning("stream book %s: cannot %s (%s); retrying", self.key, doing, reason)
+            self._trouble_logged = now
+        self.trouble = reason
+
+    def _answered(self) -> None:
+        if self.trouble is not None:
+            log.warning("stream book %s: Redis answers again", self.key)
+            self.trouble = None
 
     def close(self, timeout: float = 3.0) -> None:
         """Write what is pending (if Redis answers) and stop."""

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports 
 log = logging.getLogger(__name__)
 
 BATCH = 64  # entries per pipelined round trip
+REFUSED_LOG_INTERVAL = 60.0  # seconds between log lines while Redis refuses our credentials
 RECENT_SECONDS = 5.0  # acknowledged entries kept to repair what a killed Redis did not persist
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -77,6 +78,13 @@ def answered_error(url: str, exc: redis.RedisError, doing: str = "") -> SinkErro
     if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
         return SinkError(f"Redis at {redact(url)} refused the credentials ({exc})")
     return SinkError(f"Redis at {redact(url)} answered with an error{doing} ({exc})")
+
+
+def refused_access(exc: BaseException) -> bool:
+    """Whether Redis refused who we are (wrong or changed credentials, an ACL without the right)."""
+    text = str(exc)
+    refusals = (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.exceptions.NoPermissionError)
+    return isinstance(exc, refusals) or any(code in text for code in ("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 def stream_key(prefix: str, stream_id: str) -> str:
@@ -130,6 +138,7 @@ class RedisStreamSink:
         self.down_since: float | None = None
         self.error: SinkError | None = None
         self._backoff = EqualJitterBackoff(cap=backoff_max, base=backoff_initial)
+        self._refused_logged = -REFUSED_LOG_INTERVAL  # monotonic time of the last "refused" line
         self._outboxes: dict[str, _Outbox] = {}
         self._next = 0
         self._cond = threading.Condition()
@@ -171,6 +180,18 @@ class RedisStreamSink:
         with self._cond:
             self._fences.pop(stream_id, None)
             self._fenced_out.discard(stream_id)
+
+    def release(self, stream_id: str) -> bool:
+        """Free a stream that is over: its outbox and trim time. False (nothing freed) while
+        entries of it still wait, or while Redis might still lose acknowledged ones (try again)."""
+        with self._cond:
+            box = self._outboxes.get(stream_id)
+            if box is not None:
+                if box.entries or (box.recent and time.monotonic() - box.recent[-1].acked <= RECENT_SECONDS):
+                    return False
+                del self._outboxes[stream_id]
+            self._trimmed.pop(stream_key(self.prefix, stream_id), None)
+            return True
 
     def _enqueue(self, entry: _Entry, live: bool) -> None:
         dropped = 0
@@ -371,9 +392,12 @@ class RedisStreamSink:
             try:
                 self.client.connection_pool.disconnect()
                 self.client.ping()
-            except CONNECTION_ERRORS:
-                continue
-            except redis.RedisError:  # e.g. LOADING while it reads its append-only file
+            except (redis.RedisError, OSError) as refused:  # away, or LOADING its append-only file
+                if refused_access(refused):  # credentials changed: say so (once a minute), keep trying
+                    now = time.monotonic()
+                    if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
+                        self._refused_logged = now
+                        log.error("%s; results wait in the outbox, retrying", answered_error(self.url, refused))
                 continue
             break
         log.warning("Redis at %s reachable again after %.1f s", redact(self.url), time.time() - self.down_since)
@@ -388,7 +412,9 @@ class RedisStreamSink:
         with self._cond:
             streams = {sid for sid, box in self._outboxes.items() if box.recent} | set(in_flight)
         for stream_id in streams:
-            box = self._outboxes[stream_id]
+            box = self._outboxes.get(stream_id)
+            if box is None:  # released meanwhile: nothing of it was in flight
+                continue
             with self._cond:
                 recent = list(box.recent)
             count = len(recent) + len(in_flight[stream_id])
