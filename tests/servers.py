@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from segstream.pipeline.redis_server import free_port, stop_process
 
@@ -45,3 +47,17 @@ def segstream_cli(*args: str, timeout: float = 180, env: dict | None = None) -> 
     exe = Path(sys.executable).with_name("segstream")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str] = "condition",
+             every: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy (returned), at most `timeout` seconds; then an
+    AssertionError naming `what` (a text, or a function giving one at the time of failure)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(every)

@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
+from servers import wait_for  # noqa: F401 (the fleet tests import it from here)
 
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))
 
@@ -32,17 +32,6 @@ def write_config(directory: Path, redis_url: str, **fleet: Any) -> Path:
     path = directory / "fleet.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 class WorkerProcess:

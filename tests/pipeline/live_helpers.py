@@ -13,6 +13,7 @@ from segstream.engines.models import placeholder_config
 from segstream.engines.protocol import Detections
 from segstream.pipeline.run import RunSummary, run
 from segstream.pipeline.streaming import StreamingPipeline
+from servers import wait_for  # noqa: E402
 
 
 class SlowEngine:
@@ -47,14 +48,6 @@ def frames_of(client, key: str) -> list[dict]:
 
 def statuses_of(client, key: str) -> list[str]:
     return [m["status"] for m in all_entries(client, key) if "status" in m]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class RunInThread:

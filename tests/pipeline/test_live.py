@@ -18,6 +18,7 @@ from segstream.engines.models import placeholder_config
 from segstream.engines.protocol import Detections
 from segstream.pipeline.run import run
 from segstream.pipeline.redis_server import free_port
+from servers import wait_for  # noqa: E402
 
 
 class SlowEngine:
@@ -121,9 +122,3 @@ def test_ctrl_c_on_a_live_run_drains_publishes_and_exits_zero(tmp_path, rtsp_ser
     assert f"cam: {len(published)} frames published" in stderr
 
 
-def wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)

@@ -15,13 +15,7 @@ from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.wire import status_message
 from segstream.service.stream_book import StreamBook
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
+from servers import wait_for  # noqa: E402
 
 
 def refused_lines(caplog) -> list[str]:

@@ -22,16 +22,7 @@ from segstream.pipeline.faults import StageFailed
 from segstream.pipeline.messages import Frame, FrameDetections
 from segstream.pipeline.postprocess import Postprocess
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
+from servers import wait_for  # noqa: E402
 
 
 def faststart_mp4(path: Path, frames: int) -> Path:

@@ -29,6 +29,7 @@ import yaml
 from media import write_clip
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
 from servers import RtspServer
+from servers import wait_for  # noqa: E402
 
 TOKEN = "attack-tests-token-0123456789abcdef"
 PREFIX = "segstream:"
@@ -36,17 +37,6 @@ PREFIX = "segstream:"
 WATCH = 3.0
 MISSING_TEXT = "no readable video file at that path under the media root"
 SECRETS = ("TOKENUSER123", "PW-abc123", "KEY-xyz789", "SIG-qwe456", "hunter2-pass")
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def never(check: Callable[[], Any], seconds: float = WATCH, every: float = 0.1) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
 import yaml
@@ -22,6 +21,7 @@ from segstream.fleet.cameras import CameraBook
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.redis_server import free_port
+from servers import wait_for  # noqa: E402
 
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))
 KEYS = FleetKeys("segstream:")
@@ -37,17 +37,6 @@ def one_error_line(result: subprocess.CompletedProcess, fragment: str) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("segstream: error:")]
     assert len(errors) == 1 and fragment in errors[0], result.stderr
     return errors[0]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def hostile(redis_port: int, private: Path) -> dict[str, tuple[str, str]]:

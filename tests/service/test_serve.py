@@ -29,21 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
 from servers import RtspServer
+from servers import wait_for  # noqa: E402
 
 TOKEN = "s3cret token;with=odd chars"
 PREFIX = "segstream:"
 CAMERAS = ("cam1", "cam2", "cam3")
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(every)
 
 
 @dataclass
