@@ -78,6 +78,7 @@ def test_a_file_cut_short_says_truncated_in_the_log_the_api_the_eos_and_stays_li
     from segstream.service.control import StreamControl
 
     caplog.set_level(logging.WARNING)
+    service_pipeline.config.sources.media_root = str(cut_mp4.parent)  # a file over the API: under the media root
     control = StreamControl(service_pipeline)
     endpoints = Endpoints("127.0.0.1:0")
     try:
