@@ -19,12 +19,10 @@ Printed, per path:
     (640x360, --frames) and of a run of --cameras RTSP loopback cameras (tests/rtsp_server.py),
     each the worse of a cold run (empty SEGSTREAM_CACHE) and a warm one (the same cache again);
   - process start -> first frame entry on Redis, cold and warm (one-file run);
-  - the one-file run once more, cold except for the CPU kernels' library ("prebuilt": what an
-    install from the wheel has; in a source tree the cold run compiles it with g++, a child);
   - frames/s of a --fps-frames clip, warm, the two paths alternated --fps-runs times, best of each
     (the best, since on a shared machine other work only ever slows a run down);
 and the ratios torch-free / today. Cold runs compile what the cache would hold (OpenVINO's
-compiled blobs; the CPU kernels when the library is not prebuilt: then g++ is a child and counts).
+compiled blobs); the CPU kernels' library is built at install time, never at run time.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,10 +204,7 @@ def main() -> None:
         for path in PATHS:
             cache = work / f"cache-{path}"
             r: dict = {}
-            for state in ("cold", "warm", "prebuilt"):
-                if state == "prebuilt":  # cold, but with the CPU kernels library as a wheel ships it
-                    cache = work / f"cache-prebuilt-{path}"
-                    shutil.copytree(work / f"cache-{path}" / "kernels", cache / "kernels")
+            for state in ("cold", "warm"):  # (the CPU kernels come prebuilt with the install: never in the cache)
                 one = launch(path, artifact, redis, cache, [clip], None, "segstream:s0")
                 if one["torch"] != (path == "today"):
                     raise SystemExit(f"{path}: torch imported = {one['torch']}")
@@ -244,9 +238,7 @@ def main() -> None:
           f"| {worse(tf, 'file_rss') / worse(td, 'file_rss'):.2f} |")
     print(f"| peak RSS, {args.cameras} cameras (worse of cold/warm) | {worse(tf, 'cams_rss'):.0f} MiB | "
           f"{worse(td, 'cams_rss'):.0f} MiB | {worse(tf, 'cams_rss') / worse(td, 'cams_rss'):.2f} |")
-    print(f"| peak RSS, one file, cold with prebuilt kernels | {tf['file_rss_prebuilt']:.0f} MiB | "
-          f"{td['file_rss_prebuilt']:.0f} MiB | {tf['file_rss_prebuilt'] / td['file_rss_prebuilt']:.2f} |")
-    for state in ("warm", "cold", "prebuilt"):
+    for state in ("warm", "cold"):
         print(f"| start -> first frame, {state} | {tf[f'first_{state}']:.2f} s | {td[f'first_{state}']:.2f} s | "
               f"{tf[f'first_{state}'] / td[f'first_{state}']:.2f} |")
     print(f"| frames/s (best of {args.fps_runs} alternated runs) | {max(fps['torch-free']):.2f} | {max(fps['today']):.2f} | "
