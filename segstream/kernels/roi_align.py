@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from segstream.kernels import device_build, host_build
+from segstream.kernels.host_ops import level_range
 
 MAX_LEVELS = 5
 # Shared-memory tap table per CUDA block: 1024 taps * 32 B = 32 KiB (below the 48 KiB
@@ -18,13 +19,6 @@ _THREADS = 256
 # Outputs one CUDA block produces (its channel chunk x bins): enough work per block to
 # amortise the tap table, enough blocks to fill the GPU.
 _OUTPUTS_PER_BLOCK = 4096
-
-
-def _level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
-    # torchvision's _setup_scales: -log2 of the first and last scales, in float32, truncated.
-    k_min = int(-torch.log2(torch.tensor(float(spatial_scales[0]), dtype=torch.float32)).item())
-    k_max = int(-torch.log2(torch.tensor(float(spatial_scales[-1]), dtype=torch.float32)).item())
-    return k_min, k_max
 
 
 def multilevel_roi_align(
@@ -95,7 +89,7 @@ def multilevel_roi_align(
         raise ValueError(f"counts must be [B={images}], got {tuple(counts.shape)}")
 
     rois = boxes.shape[1]
-    k_min, k_max = _level_range(spatial_scales)
+    k_min, k_max = level_range(spatial_scales)
     out = torch.empty((images, rois, channels, output_size, output_size), dtype=dtype, device=device)
     if out.numel() == 0:
         return out
