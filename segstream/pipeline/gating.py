@@ -18,7 +18,9 @@ stream's entries stay in order), every stage passes it on untouched (no preproce
 no postprocess, and the tracker does not age its tracks on it), and `CarryOver`, just before
 publish, turns it into a FrameResult with the instances of the stream's last inferred frame
 (same masks, boxes, track ids) and `inferred_frame` set (wire: `"inferred": false`,
-`"inferred_frame": n`).
+`"inferred_frame": n`). A marker takes no room in the queues after the gate (the gate, on its
+own thread, keeps draining the cameras while the engine is busy; pipeline/streaming.py); a camera
+frame for the engine that is dropped while it waits makes the stream's next frame go (`lost`).
 
 The noise threshold is learned per stream and per cell: each cell keeps the mean squared
 change between consecutive frames (a running mean over the first frames, then an exponential
