@@ -75,6 +75,9 @@ class EdgePolicy:
     is evicted and passed to on_drop). droppable: which items may be evicted (markers never are).
     light: items that do not count against `capacity` (small markers that must never wait for
     room the heavy items compete for); at most `light_capacity` of them wait at once.
+    owner: for a queue that several producers share (drop_oldest): the eviction takes the oldest
+    droppable item of the owner with the most of them waiting (the incoming item counted), so
+    one busy producer loses its own items before another's.
     """
 
     capacity: int
@@ -83,6 +86,7 @@ class EdgePolicy:
     on_drop: Callable[[Any], None] | None = None
     light: Callable[[Any], bool] | None = None
     light_capacity: int = 0
+    owner: Callable[[Any], Any] | None = None
 
 
 class BoundedQueue:
@@ -96,6 +100,7 @@ class BoundedQueue:
         condition: threading.Condition | None = None,
         light: Callable[[Any], bool] | None = None,
         light_capacity: int = 0,
+        owner: Callable[[Any], Any] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
@@ -104,6 +109,7 @@ class BoundedQueue:
         self._on_drop = on_drop
         self._light = light
         self.light_capacity = light_capacity
+        self._owner = owner
         self._light_count = 0  # light items waiting (kept only when `light` is given)
         self._items: collections.deque[Any] = collections.deque()
         self._cond = condition or threading.Condition()
@@ -115,7 +121,8 @@ class BoundedQueue:
         droppable = None
         if policy.when_full == "drop_oldest":
             droppable = policy.droppable or (lambda item: True)
-        return cls(policy.capacity, droppable, policy.on_drop, condition, policy.light, policy.light_capacity)
+        return cls(policy.capacity, droppable, policy.on_drop, condition, policy.light, policy.light_capacity,
+                   policy.owner)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -149,7 +156,7 @@ class BoundedQueue:
             if self.closed:
                 return
             if not force and self._full_for(item) and self._droppable and self._droppable(item):
-                evicted = self._evict_oldest_droppable()
+                evicted = self._evict_oldest_droppable(item)
             while not force and self._full_for(item) and not self.closed:
                 self._cond.wait()
             if self.closed:
@@ -177,9 +184,18 @@ class BoundedQueue:
                 self._append(item)
             self._cond.notify_all()
 
-    def _evict_oldest_droppable(self) -> Any:
+    def _evict_oldest_droppable(self, incoming: Any = None) -> Any:
+        victim = None
+        if self._owner is not None:
+            waiting = collections.Counter(self._owner(q) for q in self._items if q is not END and self._droppable(q))
+            if waiting:
+                waiting[self._owner(incoming)] += 1
+                most = max(waiting.values())
+                # The oldest droppable item whose owner has the most waiting (not the incoming one).
+                victim = next((self._owner(q) for q in self._items
+                               if q is not END and self._droppable(q) and waiting[self._owner(q)] == most), None)
         for i, queued in enumerate(self._items):
-            if queued is not END and self._droppable(queued):
+            if queued is not END and self._droppable(queued) and (victim is None or self._owner(queued) == victim):
                 del self._items[i]
                 if self._is_light(queued):
                     self._light_count -= 1

@@ -187,8 +187,8 @@ class StreamingPipeline:
         # engine's work needs: it does not count against any queue after the gate (up to
         # CARRIED_IN_FLIGHT of them per queue, a safety bound), so the gate, on its own thread,
         # keeps taking the cameras' frames while the engine is busy with a burst. A camera frame
-        # the engine must run on waits in the gate's outbox (as many as a camera lane holds) and
-        # drops the oldest waiting one when full: a camera loses only frames the model would have
+        # the engine must run on waits in the gate's outbox (as many per camera as a camera lane
+        # holds: _size_gate_outbox) and drops the oldest waiting one when full: a camera loses only frames the model would have
         # had to run on. Markers keep their place in the one FIFO per edge, so each stream's
         # entries still reach publish in order.
         def after_gate(capacity: int) -> "int | EdgePolicy":
@@ -199,9 +199,11 @@ class StreamingPipeline:
 
         gate_outbox: list["int | EdgePolicy"] = []
         if self.gate is not None:
-            gate_outbox = [EdgePolicy(max(batch, q.live_frames), "drop_oldest", droppable=self.gate.droppable,
+            gate_outbox = [EdgePolicy(max(batch, q.file_frames), "drop_oldest", droppable=self.gate.droppable,
                                       on_drop=self._gate_dropped, light=lambda item: isinstance(item, Carried),
-                                      light_capacity=CARRIED_IN_FLIGHT)]
+                                      light_capacity=CARRIED_IN_FLIGHT,
+                                      # a camera in a burst loses its own frames, not another's
+                                      owner=lambda item: getattr(item, "stream_id", None))]
         self.chain = Chain(
             producers=[],
             stages=[
@@ -248,6 +250,19 @@ class StreamingPipeline:
         """Whether the stream's frames go through the gate (its spec's gating, else the config's)."""
         return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
 
+    def _size_gate_outbox(self) -> None:
+        """The gate's outbox holds `queues.live_frames` frames per camera (as the cameras' lanes
+        did before the gate took from them) and a batch for files, at least."""
+        if self.gate is None:
+            return
+        with self._lock:
+            cameras = sum(1 for source in self.sources.values() if source.live)
+        q = self.config.queues
+        outbox = self.chain.queues[1]
+        with outbox._cond:
+            outbox.maxsize = max(self.config.engine.batch_size, q.file_frames, q.live_frames * cameras)
+            outbox._cond.notify_all()
+
     def _gate_dropped(self, frame: Frame) -> None:
         """A camera frame past the gate dropped while it waited for the engine (gate's thread)."""
         state = self.registry.get(frame.stream_id)
@@ -285,6 +300,7 @@ class StreamingPipeline:
         else:
             state.expected_frames = getattr(source, "expected_frames", 0)
             policy = EdgePolicy(max(self.config.engine.batch_size, self.config.queues.file_frames), "block")
+        self._size_gate_outbox()
         self.chain.add_producer(source, policy)
         return state
 
@@ -329,6 +345,7 @@ class StreamingPipeline:
             if current is not None and current is not source:
                 return  # a stream by that id was added again meanwhile: its state is in use
             self.sources.pop(stream_id, None)
+        self._size_gate_outbox()
         self.chain.forget(stream_id)
         self.publish.forget(stream_id)
         if self.tracking is not None:
