@@ -75,9 +75,9 @@ class EdgePolicy:
     is evicted and passed to on_drop). droppable: which items may be evicted (markers never are).
     light: items that do not count against `capacity` (small markers that must never wait for
     room the heavy items compete for); at most `light_capacity` of them wait at once.
-    owner: for a queue that several producers share (drop_oldest): the eviction takes the oldest
-    droppable item of the owner with the most of them waiting (the incoming item counted), so
-    one busy producer loses its own items before another's.
+    owner: for a queue that several producers share (drop_oldest): the eviction takes the newest
+    waiting droppable item of the owner with the most of them waiting (the incoming item
+    counted), so one busy producer loses its own items, not another's, and still gets its turn.
     """
 
     capacity: int
@@ -185,16 +185,21 @@ class BoundedQueue:
             self._cond.notify_all()
 
     def _evict_oldest_droppable(self, incoming: Any = None) -> Any:
+        order = range(len(self._items))
         victim = None
         if self._owner is not None:
             waiting = collections.Counter(self._owner(q) for q in self._items if q is not END and self._droppable(q))
             if waiting:
                 waiting[self._owner(incoming)] += 1
                 most = max(waiting.values())
-                # The oldest droppable item whose owner has the most waiting (not the incoming one).
+                # The owner with the most waiting (the oldest such on a tie) loses its newest
+                # waiting item: its oldest keeps its place in the line, so a producer faster than
+                # the others still gets its turn (evicting its oldest would starve it).
                 victim = next((self._owner(q) for q in self._items
                                if q is not END and self._droppable(q) and waiting[self._owner(q)] == most), None)
-        for i, queued in enumerate(self._items):
+                order = range(len(self._items) - 1, -1, -1)
+        for i in order:
+            queued = self._items[i]
             if queued is not END and self._droppable(queued) and (victim is None or self._owner(queued) == victim):
                 del self._items[i]
                 if self._is_light(queued):

@@ -199,7 +199,7 @@ class StreamingPipeline:
 
         gate_outbox: list["int | EdgePolicy"] = []
         if self.gate is not None:
-            gate_outbox = [EdgePolicy(max(batch, q.file_frames), "drop_oldest", droppable=self.gate.droppable,
+            gate_outbox = [EdgePolicy(max(batch, q.live_frames), "drop_oldest", droppable=self.gate.droppable,
                                       on_drop=self._gate_dropped, light=lambda item: isinstance(item, Carried),
                                       light_capacity=CARRIED_IN_FLIGHT,
                                       # a camera in a burst loses its own frames, not another's
@@ -251,8 +251,9 @@ class StreamingPipeline:
         return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
 
     def _size_gate_outbox(self) -> None:
-        """The gate's outbox holds `queues.live_frames` frames per camera (as the cameras' lanes
-        did before the gate took from them) and a batch for files, at least."""
+        """The gate's outbox holds `queues.live_frames` frames per camera (the frames that wait
+        for the engine wait here now, not in the lanes, which the gate keeps drained: so a
+        camera's latency bound is as it was) and a batch, at least."""
         if self.gate is None:
             return
         with self._lock:
@@ -260,7 +261,7 @@ class StreamingPipeline:
         q = self.config.queues
         outbox = self.chain.queues[1]
         with outbox._cond:
-            outbox.maxsize = max(self.config.engine.batch_size, q.file_frames, q.live_frames * cameras)
+            outbox.maxsize = max(self.config.engine.batch_size, q.live_frames * max(cameras, 1))
             outbox._cond.notify_all()
 
     def _gate_dropped(self, frame: Frame) -> None:

@@ -49,9 +49,13 @@ def test_a_shared_dropping_queue_takes_the_frame_of_the_camera_with_most_waiting
     q = BoundedQueue(3, droppable=lambda x: True, on_drop=dropped.append, owner=lambda x: x[0])
     for item in ("a0", "b0", "b1"):
         q.put(item)
-    q.put("c0")  # b has two waiting: b's oldest goes, not a's older frame
-    q.put("c1")  # c has two (with the new one): c's own oldest goes
-    assert dropped == ["b0", "c0"] and q.get_many(5) == ["a0", "b1", "c1"]
+    q.put("c0")  # b has two waiting: one of b's goes, not a's older frame
+    q.put("c1")  # c has two (with the new one): c's waiting one goes
+    assert dropped == ["b1", "c0"] and q.get_many(5) == ["a0", "b0", "c1"]
+    # A camera faster than the rest still gets its turn: its oldest waiting frame keeps its place.
+    for item in ("a1", "b2", "a2", "a3", "a4"):
+        q.put(item)
+    assert q.get_many(5)[0] == "a1"
 
 
 class Numbers:
