@@ -188,8 +188,8 @@ class StreamingPipeline:
         # CARRIED_IN_FLIGHT of them per queue, a safety bound), so the gate, on its own thread,
         # keeps taking the cameras' frames while the engine is busy with a burst. A camera frame
         # the engine must run on waits in the gate's outbox (as many per camera as a camera lane
-        # holds: _size_gate_outbox); when full, the busiest camera loses its newest waiting one: a camera loses only frames the model would have
-        # had to run on. Markers keep their place in the one FIFO per edge, so each stream's
+        # holds: _size_gate_outbox); when full, the busiest camera loses its newest waiting one:
+        # a camera loses only frames the model would have had to run on. Markers keep their place in the one FIFO per edge, so each stream's
         # entries still reach publish in order.
         def after_gate(capacity: int) -> "int | EdgePolicy":
             if not gating:
