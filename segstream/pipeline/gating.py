@@ -18,7 +18,9 @@ stream's entries stay in order), every stage passes it on untouched (no preproce
 no postprocess, and the tracker does not age its tracks on it), and `CarryOver`, just before
 publish, turns it into a FrameResult with the instances of the stream's last inferred frame
 (same masks, boxes, track ids) and `inferred_frame` set (wire: `"inferred": false`,
-`"inferred_frame": n`).
+`"inferred_frame": n`). A marker takes no room in the queues after the gate (the gate, on its
+own thread, keeps draining the cameras while the engine is busy; pipeline/streaming.py); a camera
+frame for the engine that is dropped while it waits makes the stream's next frame go (`lost`).
 
 The noise threshold is learned per stream and per cell: each cell keeps the mean squared
 change between consecutive frames (a running mean over the first frames, then an exponential
@@ -44,7 +46,7 @@ import numpy as np
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, StreamStatus
 
 GatingMode = Literal["auto", "on", "off"]
-Reason = Literal["first", "reconnect", "change", "cut", "hold", "interval"]
+Reason = Literal["first", "reconnect", "lost", "change", "cut", "hold", "interval"]
 
 #: A camera in one of these states has ended: its gate state goes (as at an EndOfStream).
 FINAL_STATUSES = ("ended", "down")
@@ -119,6 +121,8 @@ class StreamGate:
     noise: np.ndarray | None = None  # its square root: the cell's noise (grey levels)
     samples: int = 0
     last_index: int = -1  # index of the last inferred frame
+    anchor: int = -1  # index of the frame a (re)start sent to the engine: never dropped (see Gate.droppable)
+    lost: bool = False  # the frame last sent to the engine was dropped before the engine ran on it
     last_clock: float = 0.0
     changed_clock: float | None = None  # stream clock of the last change seen
     reasons: dict[str, int] = field(default_factory=dict)
@@ -130,12 +134,20 @@ class StreamGate:
         self._learn(picture, changed, change)
         if reason is not None:
             self.reference, self.last_index, self.last_clock = picture, frame.index, stream_clock(frame)
+            self.lost = False
+            if reason in ("first", "reconnect"):
+                self.anchor = frame.index
         self.reasons[reason or "gated"] = self.reasons.get(reason or "gated", 0) + 1
         return reason
 
     def reset(self) -> None:
         """A reconnect: the next frame goes to the engine (the noise learned so far is kept)."""
         self.reference = self.previous = None
+
+    def forget_reference(self) -> None:
+        """The frame last sent to the engine was dropped on its way: the next frame goes (the
+        results published meanwhile are those of the frame inferred before)."""
+        self.reference, self.lost = None, True
 
     def _learn(self, picture: np.ndarray, changed: np.ndarray | None, change: np.ndarray | None) -> None:
         """Update each cell's noise from its change since the previous frame and against the
@@ -166,6 +178,8 @@ class StreamGate:
         """(why the engine runs on this frame or None, the cells that differ from the reference:
         bool [45, 80], the change against the reference: float32 [45, 80, 3])."""
         if self.reference is None:
+            if self.lost:
+                return "lost", None, None
             return ("first" if self.last_index < 0 else "reconnect"), None, None
         s = self.settings
         change = picture - self.reference
@@ -237,6 +251,22 @@ class Gate:
         if reason is None:
             return Carried(frame, gate.last_index)
         return frame
+
+    def droppable(self, item: Any) -> bool:
+        """Whether a camera frame past the gate may be dropped while it waits for the engine:
+        any but the first after a (re)start (the frames carried after it need its result).
+        Called on the gate's thread (the queue after the gate evicts as the gate puts)."""
+        if not isinstance(item, Frame) or not item.live:
+            return False
+        gate = self.streams.get(item.stream_id)
+        return gate is None or gate.anchor != item.index
+
+    def dropped(self, frame: Frame) -> None:
+        """A frame past the gate was dropped before the engine saw it (on the gate's thread):
+        the stream's reference is no picture the engine ran on, so its next frame goes."""
+        gate = self.streams.get(frame.stream_id)
+        if gate is not None and gate.last_index == frame.index:
+            gate.forget_reference()
 
     def flush(self) -> Iterable[Any]:
         return ()

@@ -73,12 +73,20 @@ class EdgePolicy:
 
     when_full: "block" (the producer waits) or "drop_oldest" (the oldest droppable item waiting
     is evicted and passed to on_drop). droppable: which items may be evicted (markers never are).
+    light: items that do not count against `capacity` (small markers that must never wait for
+    room the heavy items compete for); at most `light_capacity` of them wait at once.
+    owner: for a queue that several producers share (drop_oldest): the eviction takes the newest
+    waiting droppable item of the owner with the most of them waiting (the incoming item
+    counted), so one busy producer loses its own items, not another's, and still gets its turn.
     """
 
     capacity: int
     when_full: Literal["block", "drop_oldest"] = "block"
     droppable: Callable[[Any], bool] | None = None
     on_drop: Callable[[Any], None] | None = None
+    light: Callable[[Any], bool] | None = None
+    light_capacity: int = 0
+    owner: Callable[[Any], Any] | None = None
 
 
 class BoundedQueue:
@@ -90,12 +98,19 @@ class BoundedQueue:
         droppable: Callable[[Any], bool] | None = None,
         on_drop: Callable[[Any], None] | None = None,
         condition: threading.Condition | None = None,
+        light: Callable[[Any], bool] | None = None,
+        light_capacity: int = 0,
+        owner: Callable[[Any], Any] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
         self._droppable = droppable
         self._on_drop = on_drop
+        self._light = light
+        self.light_capacity = light_capacity
+        self._owner = owner
+        self._light_count = 0  # light items waiting (kept only when `light` is given)
         self._items: collections.deque[Any] = collections.deque()
         self._cond = condition or threading.Condition()
         self.dropped = 0
@@ -106,10 +121,33 @@ class BoundedQueue:
         droppable = None
         if policy.when_full == "drop_oldest":
             droppable = policy.droppable or (lambda item: True)
-        return cls(policy.capacity, droppable, policy.on_drop, condition)
+        return cls(policy.capacity, droppable, policy.on_drop, condition, policy.light, policy.light_capacity,
+                   policy.owner)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def _is_light(self, item: Any) -> bool:
+        return self._light is not None and item is not END and self._light(item)
+
+    def _full_for(self, item: Any) -> bool:
+        """Whether `item` has to wait: a light item only for the light items' own bound."""
+        if self._light is None:
+            return len(self._items) >= self.maxsize
+        if self._is_light(item):
+            return self._light_count >= self.light_capacity
+        return len(self._items) - self._light_count >= self.maxsize
+
+    def _append(self, item: Any) -> None:
+        self._items.append(item)
+        if self._is_light(item):
+            self._light_count += 1
+
+    def _popleft(self) -> Any:
+        item = self._items.popleft()
+        if self._is_light(item):
+            self._light_count -= 1
+        return item
 
     def put(self, item: Any, force: bool = False) -> None:
         """Append, blocking while full. force=True never blocks (for END markers)."""
@@ -117,13 +155,13 @@ class BoundedQueue:
         with self._cond:
             if self.closed:
                 return
-            if not force and len(self._items) >= self.maxsize and self._droppable and self._droppable(item):
-                evicted = self._evict_oldest_droppable()
-            while not force and len(self._items) >= self.maxsize and not self.closed:
+            if not force and self._full_for(item) and self._droppable and self._droppable(item):
+                evicted = self._evict_oldest_droppable(item)
+            while not force and self._full_for(item) and not self.closed:
                 self._cond.wait()
             if self.closed:
                 return
-            self._items.append(item)
+            self._append(item)
             self._cond.notify_all()
         if evicted is not None and self._on_drop is not None:
             self._on_drop(evicted)
@@ -138,18 +176,34 @@ class BoundedQueue:
             return
         with self._cond:
             for item in items:
-                while len(self._items) >= self.maxsize and not self.closed:
+                while self._full_for(item) and not self.closed:
                     self._cond.notify_all()
                     self._cond.wait()
                 if self.closed:
                     return
-                self._items.append(item)
+                self._append(item)
             self._cond.notify_all()
 
-    def _evict_oldest_droppable(self) -> Any:
-        for i, queued in enumerate(self._items):
-            if queued is not END and self._droppable(queued):
+    def _evict_oldest_droppable(self, incoming: Any = None) -> Any:
+        order = range(len(self._items))
+        victim = None
+        if self._owner is not None:
+            waiting = collections.Counter(self._owner(q) for q in self._items if q is not END and self._droppable(q))
+            if waiting:
+                waiting[self._owner(incoming)] += 1
+                most = max(waiting.values())
+                # The owner with the most waiting (the oldest such on a tie) loses its newest
+                # waiting item: its oldest keeps its place in the line, so a producer faster than
+                # the others still gets its turn (evicting its oldest would starve it).
+                victim = next((self._owner(q) for q in self._items
+                               if q is not END and self._droppable(q) and waiting[self._owner(q)] == most), None)
+                order = range(len(self._items) - 1, -1, -1)
+        for i in order:
+            queued = self._items[i]
+            if queued is not END and self._droppable(queued) and (victim is None or self._owner(queued) == victim):
                 del self._items[i]
+                if self._is_light(queued):
+                    self._light_count -= 1
                 self.dropped += 1
                 return queued
         return None
@@ -159,9 +213,9 @@ class BoundedQueue:
         with self._cond:
             while not self._items:
                 self._cond.wait()
-            out = [self._items.popleft()]
+            out = [self._popleft()]
             while out[-1] is not END and len(out) < limit and self._items and self._items[0] is not END:
-                out.append(self._items.popleft())
+                out.append(self._popleft())
             self._cond.notify_all()
             return out
 
@@ -302,7 +356,8 @@ class Chain:
     """Wires producers and stages with bounded queues and runs them.
 
     stages: the workers in order; queue_sizes: one capacity per stage inbox (the first one is
-    the capacity of each producer lane added with `add_producer` without a policy).
+    the capacity of each producer lane added with `add_producer` without a policy); a later
+    inbox may be given as an EdgePolicy (drop-oldest, light items) instead of a capacity.
     batchable: items the first stage may group (others are markers, see the module doc).
     """
 
@@ -310,7 +365,7 @@ class Chain:
         self,
         producers: Sequence[Producer],
         stages: Sequence[Stage],
-        queue_sizes: Sequence[int],
+        queue_sizes: Sequence["int | EdgePolicy"],
         droppable: Callable[[Any], bool] | None = None,
         on_drop: Callable[[Any], None] | None = None,
         batchable: Callable[[Any], bool] = lambda item: True,
@@ -322,7 +377,9 @@ class Chain:
             raise ValueError("one queue size per stage inbox")
         self.stages = list(stages)
         self.inbox = FairInbox(batchable, max_batch_wait)
-        self.queues: list[Any] = [self.inbox] + [BoundedQueue(size) for size in queue_sizes[1:]]
+        self.queues: list[Any] = [self.inbox] + [
+            BoundedQueue.for_edge(size) if isinstance(size, EdgePolicy) else BoundedQueue(size)
+            for size in queue_sizes[1:]]
         # Stages (by index) that run on the previous stage's thread, on its output as it comes
         # (their inbox stays unused): a cheap stage in front of another adds no queue, no thread
         # hop and no item in flight, and the first stage's fair take still governs what enters.
@@ -339,8 +396,9 @@ class Chain:
         self._producer_errors: dict[str, BaseException] = {}
         #: Called once with (producer name, exception) when a producer raises, on its thread.
         self.on_producer_error: Callable[[str, BaseException], None] | None = None
+        first = queue_sizes[0]
         self._default_policy = EdgePolicy(
-            queue_sizes[0], "drop_oldest" if droppable else "block", droppable, on_drop
+            first.capacity if isinstance(first, EdgePolicy) else first, "drop_oldest" if droppable else "block", droppable, on_drop
         )
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()

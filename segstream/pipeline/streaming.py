@@ -22,7 +22,7 @@ from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.inference import engine_stages
 from segstream.pipeline.device_frames import decode_backend
-from segstream.pipeline.gating import CarryOver, Gate, GateSettings, resolve_mode
+from segstream.pipeline.gating import Carried, CarryOver, Gate, GateSettings, resolve_mode
 from segstream.pipeline.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
 from segstream.pipeline.postprocess import Postprocess
@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model
     from segstream.pipeline.nvdec import NvdecFileSource
 
 log = logging.getLogger(__name__)
+
+#: Carried markers (frames the gate skipped) waiting at once on one queue after the gate, at most:
+#: they take no room from the engine's work (see StreamingPipeline), this only bounds memory.
+CARRIED_IN_FLIGHT = 64
 
 #: Ended streams kept listed (final state and error) until deleted; older ones beyond this go.
 ENDED_KEPT = 100
@@ -179,6 +183,27 @@ class StreamingPipeline:
             self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold), batch,
                              self._gated, self._count_gated)
         gating = self.gate is not None
+        # With a gate, a Carried marker (a frame the engine skips) never waits for room the
+        # engine's work needs: it does not count against any queue after the gate (up to
+        # CARRIED_IN_FLIGHT of them per queue, a safety bound), so the gate, on its own thread,
+        # keeps taking the cameras' frames while the engine is busy with a burst. A camera frame
+        # the engine must run on waits in the gate's outbox (as many per camera as a camera lane
+        # holds: _size_gate_outbox); when full, the busiest camera loses its newest waiting one:
+        # a camera loses only frames the model would have had to run on. Markers keep their place in the one FIFO per edge, so each stream's
+        # entries still reach publish in order.
+        def after_gate(capacity: int) -> "int | EdgePolicy":
+            if not gating:
+                return capacity
+            return EdgePolicy(capacity, light=lambda item: isinstance(item, Carried),
+                              light_capacity=CARRIED_IN_FLIGHT)
+
+        gate_outbox: list["int | EdgePolicy"] = []
+        if self.gate is not None:
+            gate_outbox = [EdgePolicy(max(batch, q.live_frames), "drop_oldest", droppable=self.gate.droppable,
+                                      on_drop=self._gate_dropped, light=lambda item: isinstance(item, Carried),
+                                      light_capacity=CARRIED_IN_FLIGHT,
+                                      # a camera in a burst loses its own frames, not another's
+                                      owner=lambda item: getattr(item, "stream_id", None))]
         self.chain = Chain(
             producers=[],
             stages=[
@@ -195,17 +220,12 @@ class StreamingPipeline:
                 *([CarryOver()] if gating else []),
                 self.publish,
             ],
-            # (With a gate, preprocess's inbox is never used: see same_thread.)
-            queue_sizes=[max(batch, q.file_frames)] + ([1] if gating else [])
-            + [q.batches] * len(engine_part) + [q.results, q.results]
-            + ([q.results] if config.tracking.enabled else []) + ([q.results] if gating else []),
+            queue_sizes=[max(batch, q.file_frames)] + gate_outbox
+            + [after_gate(q.batches)] * len(engine_part) + [after_gate(q.results)] * 2
+            + ([after_gate(q.results)] if config.tracking.enabled else []) + ([after_gate(q.results)] if gating else []),
             batchable=lambda item: isinstance(item, Frame),
             max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
             keep_alive=keep_alive,
-            # Preprocess runs on the gate's thread, on what the gate passes: frames enter from the
-            # streams' lanes (fair, drop-oldest for cameras) only as fast as preprocess takes them,
-            # as without a gate, and a batch reaches preprocess whole.
-            same_thread=[1] if gating else (),
         )
         self.chain.on_producer_error = self._source_failed
         self.sources: dict[str, Source] = {}
@@ -229,6 +249,28 @@ class StreamingPipeline:
     def _gated(self, stream_id: str, live: bool) -> bool:
         """Whether the stream's frames go through the gate (its spec's gating, else the config's)."""
         return resolve_mode(self._gating.get(stream_id) or self.config.gating.mode, live)  # type: ignore[arg-type]
+
+    def _size_gate_outbox(self) -> None:
+        """The gate's outbox holds `queues.live_frames` frames per camera (the frames that wait
+        for the engine wait here now, not in the lanes, which the gate keeps drained: so a
+        camera's latency bound is as it was) and a batch, at least."""
+        if self.gate is None:
+            return
+        with self._lock:
+            cameras = sum(1 for source in self.sources.values() if source.live)
+        q = self.config.queues
+        outbox = self.chain.queues[1]
+        with outbox._cond:
+            outbox.maxsize = max(self.config.engine.batch_size, q.live_frames * max(cameras, 1))
+            outbox._cond.notify_all()
+
+    def _gate_dropped(self, frame: Frame) -> None:
+        """A camera frame past the gate dropped while it waited for the engine (gate's thread)."""
+        state = self.registry.get(frame.stream_id)
+        if state is not None:
+            state.frames_dropped(1, "queue")
+        if self.gate is not None:
+            self.gate.dropped(frame)
 
     def _count_gated(self, stream_id: str, inferred: bool) -> None:
         state = self.registry.get(stream_id)
@@ -259,6 +301,7 @@ class StreamingPipeline:
         else:
             state.expected_frames = getattr(source, "expected_frames", 0)
             policy = EdgePolicy(max(self.config.engine.batch_size, self.config.queues.file_frames), "block")
+        self._size_gate_outbox()
         self.chain.add_producer(source, policy)
         return state
 
@@ -303,6 +346,7 @@ class StreamingPipeline:
             if current is not None and current is not source:
                 return  # a stream by that id was added again meanwhile: its state is in use
             self.sources.pop(stream_id, None)
+        self._size_gate_outbox()
         self.chain.forget(stream_id)
         self.publish.forget(stream_id)
         if self.tracking is not None:

@@ -4,7 +4,9 @@ published, in order, with the last inferred instances on the frames the model sk
 from __future__ import annotations
 
 import json
+import time
 
+import av
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -14,6 +16,7 @@ from segstream.pipeline.gating import Carried, in_stream_order
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
 from segstream.pipeline.run import run
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_engine
+from segstream.pipeline.streams import SourceCounters, StreamState
 from segstream.service.metrics import PipelineCollector
 from segstream.shapes.monitoring import render_monitoring_clip
 
@@ -248,3 +251,66 @@ def test_two_gated_files_batched_together_each_keep_every_frame_once_in_order(mo
         for m in got[:-1]:
             if "inferred" in m:
                 assert m["inferred_frame"] < m["frame"] and "inferred" not in got[m["inferred_frame"]]
+
+
+class SlowEngine(CountingEngine):
+    """The real engine, taking `pause` s more per batch (a busy engine, e.g. a burst on other
+    cameras) without using the CPU meanwhile: the process has room, the engine does not."""
+
+    def __init__(self, engine, pause: float) -> None:
+        super().__init__(engine)
+        self.pause = pause
+
+    def infer(self, images, image_sizes):
+        time.sleep(self.pause)
+        return super().infer(images, image_sizes)
+
+
+class PacedCamera:
+    """A live source: the given pictures in a loop, delivered at `fps` on a clock (capture time =
+    delivery time), `count` frames. Duck-types the pipeline's sources."""
+
+    live = True
+
+    def __init__(self, stream_id: str, pictures: list, fps: float, count: int) -> None:
+        self.name = self.stream_id = stream_id
+        self.pictures, self.period, self.count = pictures, 1.0 / fps, count
+        self.state = StreamState(stream_id, "paced://" + stream_id, "live")
+        self.counters = SourceCounters()
+
+    def check(self) -> None:
+        pass
+
+    def items(self, stopping):
+        self.state.set_state("live")
+        start = time.monotonic()
+        for index in range(self.count):
+            if stopping.wait(max(0.0, start + index * self.period - time.monotonic())):
+                return
+            self.state.frame_decoded()
+            yield Frame(self.stream_id, index, None, time.time(), self.pictures[index % len(self.pictures)], live=True)
+
+
+def test_a_gated_camera_loses_no_frame_the_model_skips_while_the_engine_is_slow(still_clip, redis_url, redis_client):
+    # A still camera at 20 fps: the model runs on one frame in 2 s, but each run takes 0.6 s. The
+    # frames meanwhile are only carried over; none may be dropped for want of engine room.
+    with av.open(str(still_clip)) as container:
+        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    config = gating_config(redis_url, "on")
+    config.redis.maxlen = 10_000
+    base, _ = make_engine(config)
+    engine = SlowEngine(base, pause=0.6)
+    pipeline = StreamingPipeline(config, engine, keep_alive=True)
+    camera = PacedCamera("slowcam", pictures, fps=20, count=100)
+    pipeline.start()
+    try:
+        pipeline.add_source(camera)
+        wait_for(lambda: camera.state.published + camera.state.dropped_total >= 100, 30,
+                 lambda: f"100 frames published or dropped (now {camera.state.snapshot()})")
+    finally:
+        pipeline.shutdown(10)
+        pipeline.close()
+    assert camera.state.dropped_total == 0, camera.state.dropped
+    assert 2 <= engine.frames <= 6  # the model ran on few frames: every other one was carried
+    frames = [m["frame"] for m in entries(redis_client, "slowcam") if "frame" in m]
+    assert frames == list(range(100))  # every frame once, in order

@@ -32,6 +32,32 @@ def test_full_queue_blocks_items_that_must_not_be_lost():
     assert done.wait(2) and q.get_many(1) == ["b"]
 
 
+def test_light_markers_never_wait_for_room_and_keep_their_place():
+    # Markers ("c...") take no room from the heavy items: a queue full of frames still takes them.
+    q = BoundedQueue(2, light=lambda x: x.startswith("c"), light_capacity=3)
+    for item in ("f0", "c1", "f2", "c3", "c4"):
+        q.put(item)  # would block at the third item if the markers counted
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put("c5"), done.set()), daemon=True).start()
+    assert not done.wait(0.3), "the markers' own bound still holds"
+    assert q.get_many(2) == ["f0", "c1"]
+    assert done.wait(2) and q.get_many(10) == ["f2", "c3", "c4", "c5"]
+
+
+def test_a_shared_dropping_queue_takes_the_frame_of_the_camera_with_most_waiting():
+    dropped = []
+    q = BoundedQueue(3, droppable=lambda x: True, on_drop=dropped.append, owner=lambda x: x[0])
+    for item in ("a0", "b0", "b1"):
+        q.put(item)
+    q.put("c0")  # b has two waiting: one of b's goes, not a's older frame
+    q.put("c1")  # c has two (with the new one): c's waiting one goes
+    assert dropped == ["b1", "c0"] and q.get_many(5) == ["a0", "b0", "c1"]
+    # A camera faster than the rest still gets its turn: its oldest waiting frame keeps its place.
+    for item in ("a1", "b2", "a2", "a3", "a4"):
+        q.put(item)
+    assert q.get_many(5)[0] == "a1"
+
+
 class Numbers:
     name = "numbers"
 
