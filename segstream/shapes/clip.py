@@ -35,6 +35,36 @@ def coco_categories() -> list[dict]:
     return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
 
 
+def record_frame(index: int, video_name: str, width: int, height: int, shapes: Sequence, visible: Sequence[np.ndarray],
+                 tracks: Sequence[int], images: list[dict], annotations: list[dict]) -> None:
+    """Append frame `index`'s COCO image record and one annotation per shape seen well enough.
+
+    visible: per shape, bool [height, width], the pixels of it not hidden by shapes in front;
+    tracks: per shape, its identity in the clip. Masks below MIN_GT_PIXELS are left out.
+    """
+    images.append({"id": index + 1, "frame": index, "width": width, "height": height,
+                   "file_name": f"{video_name}#{index}"})
+    for shape, mask, track in zip(shapes, visible, tracks):
+        area = int(mask.sum())
+        if area < MIN_GT_PIXELS:
+            continue
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        annotations.append({
+            "id": len(annotations) + 1, "image_id": index + 1, "category_id": shape.class_id,
+            "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+            "area": area, "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
+            "colour": list(shape.colour), "track": track,
+        })
+
+
+def encode_frame(container: av.container.OutputContainer, stream: av.VideoStream, image: np.ndarray, pts: int) -> None:
+    """Encode one uint8 [H, W, 3] RGB frame at `pts` (frame ticks) into the clip."""
+    video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    video_frame.pts = pts
+    for packet in stream.encode(video_frame):
+        container.mux(packet)
+
+
 def render_clip(
     video_path: str | Path,
     gt_path: str | Path,
@@ -73,23 +103,8 @@ def render_clip(
                 if frame_index >= frames:
                     break
                 image, visible = paint(background, shapes, rng)
-                images.append({"id": frame_index + 1, "frame": frame_index, "width": width, "height": height,
-                               "file_name": f"{Path(video_path).name}#{frame_index}"})
-                for shape, mask, track in zip(shapes, visible, ids):
-                    area = int(mask.sum())
-                    if area < MIN_GT_PIXELS:
-                        continue
-                    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                    annotations.append({
-                        "id": len(annotations) + 1, "image_id": frame_index + 1, "category_id": shape.class_id,
-                        "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-                        "area": area, "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-                        "colour": list(shape.colour), "track": track,
-                    })
-                video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                video_frame.pts = frame_index
-                for packet in stream.encode(video_frame):
-                    container.mux(packet)
+                record_frame(frame_index, Path(video_path).name, width, height, shapes, visible, ids, images, annotations)
+                encode_frame(container, stream, image, frame_index)
                 shapes = [s.moved() for s in shapes]
                 frame_index += 1
         for packet in stream.encode():

@@ -20,10 +20,9 @@ from typing import Sequence
 
 import av
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from segstream.shapes.backgrounds import HELDOUT_PHOTOS, random_background
-from segstream.shapes.clip import MIN_GT_PIXELS, coco_categories
+from segstream.shapes.clip import coco_categories, encode_frame, record_frame
 from segstream.shapes.dataset import FRAME_SIZE
 from segstream.shapes.scene import Shape, paint, random_shape
 
@@ -112,23 +111,9 @@ def render_monitoring_clip(
             image, visible = paint(background, shapes, rng)
             noisy = image.astype(np.float32) + rng.normal(0.0, sensor_noise, size=image.shape).astype(np.float32)
             image = np.clip(noisy, 0, 255).astype(np.uint8)
-            images.append({"id": index + 1, "frame": index, "width": width, "height": height,
-                           "file_name": f"{Path(video_path).name}#{index}"})
-            for track, (shape, mask) in enumerate(zip(shapes, visible)):
-                area = int(mask.sum())
-                if area < MIN_GT_PIXELS:
-                    continue
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": index + 1, "category_id": shape.class_id,
-                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-                    "area": area, "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-                    "colour": list(shape.colour), "track": track,
-                })
-            video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            video_frame.pts = index
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
+            record_frame(index, Path(video_path).name, width, height, shapes, visible, range(len(shapes)),
+                         images, annotations)
+            encode_frame(container, stream, image, index)
         for packet in stream.encode():
             container.mux(packet)
     finally:
