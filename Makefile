@@ -54,7 +54,7 @@ test: system-deps $(STAMP)
 	$(PY) -m pytest -q
 
 demo: demo-system-deps $(DEMO_STAMP)
-	$(PY) -m segstream.pipeline.demo
+	$(PY) -m segstream.commands.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_vs_engine.py

@@ -31,7 +31,7 @@ from segstream.engines.openvino_runtime import OpenVinoRuntimeEngine
 from segstream.pipeline.config import parse_config
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks.collect import CollectSink
-from segstream.pipeline.wire import frame_message
+from segstream.pipeline.wire.entries import frame_message
 from segstream.shapes.clip import render_clip
 from segstream.shapes.evaluate import coco_metrics
 
@@ -70,7 +70,7 @@ def matched(got: list, want: list) -> tuple[int, int, float]:
 def batches(video: Path, config, count: int) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
     """`count` network inputs (float32 [1,3,H,W] numpy, image sizes) of the clip's frames, made by the pipeline's Preprocess."""
     from segstream.pipeline.messages import Frame
-    from segstream.pipeline.preprocess import Preprocess
+    from segstream.pipeline.stages.preprocess import Preprocess
     from segstream.shapes.evaluate import decode_frames
 
     prep = Preprocess(config, "cpu", 1, host_arrays=True)

@@ -126,8 +126,8 @@ def paste_figures(repeats: int = 5) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from segstream.pipeline.postprocess import paste_regions
-    from segstream.pipeline.rle import encode_region
+    from segstream.pipeline.stages.postprocess import paste_regions
+    from segstream.pipeline.wire.rle import encode_region
 
     def torch_paste(masks, boxes, height, width, threshold):  # today's paste_regions (before issue 22)
         m = masks.shape[-1]
@@ -188,7 +188,7 @@ def main() -> None:
     artifact = args.artifact
     if artifact is None:
         artifact = str(work / "artifact")
-        subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "-o", artifact],
+        subprocess.run([sys.executable, "-m", "segstream.commands.main", "export", "openvino", "-o", artifact],
                        check=True, env={**os.environ, "PYTHONPATH": str(ROOT), "SEGSTREAM_CACHE": str(work / "export-cache")},
                        stdout=subprocess.DEVNULL)
     clip = str(write_shapes_clip(work / "clip.mp4", frames=args.frames, width=640, height=360))

@@ -31,7 +31,7 @@ from typing import Iterator
 import av
 
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.consumer import Subscriber
+from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.messages import Frame
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import run

@@ -79,7 +79,7 @@ else
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import pydantic, redis, pycocotools, segstream.pipeline.streaming; print("imports ok")' || exit 2
-"$PY" -c 'from segstream.pipeline.device_frames import decode_backend; print("decode:", decode_backend("cuda"))'
+"$PY" -c 'from segstream.pipeline.sources.device_frames import decode_backend; print("decode:", decode_backend("cuda"))'
 
 step "kernels: CPU library and NVRTC cubin/PTX for sm_90"
 timeout 120 "$PY" -m segstream.kernels --cuda-arch 90 || echo "kernel prebuild failed (rc $?)"

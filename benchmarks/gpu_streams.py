@@ -42,10 +42,10 @@ from segstream.engines.model_config import ModelConfig  # noqa: E402
 from segstream.engines.models import LoadedModel, apply_test_thresholds, build_network, load_model, preset_config  # noqa: E402
 from segstream.engines.static_engine import StaticEngine  # noqa: E402
 from segstream.engines.torch_engine import TorchEngine  # noqa: E402
-from segstream.pipeline.inference import Inference  # noqa: E402
+from segstream.pipeline.stages.inference import Inference  # noqa: E402
 from segstream.pipeline.messages import Frame, FrameResult  # noqa: E402
-from segstream.pipeline.postprocess import Postprocess  # noqa: E402
-from segstream.pipeline.preprocess import Preprocess  # noqa: E402
+from segstream.pipeline.stages.postprocess import Postprocess  # noqa: E402
+from segstream.pipeline.stages.preprocess import Preprocess  # noqa: E402
 from segstream.pipeline.runtime import Chain, EdgePolicy  # noqa: E402
 
 

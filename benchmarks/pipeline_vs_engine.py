@@ -22,10 +22,10 @@ import torch
 
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.messages import Frame
-from segstream.pipeline.preprocess import Preprocess, fit_size
+from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import make_engine, run
-from segstream.pipeline.sources import PixelConverter
+from segstream.pipeline.sources.video import PixelConverter
 from worker_thread import on_worker_thread
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from segstream.kernels.mask_rle import default_cap, mask_rle_counts
-from segstream.pipeline.postprocess import paste_regions
-from segstream.pipeline.rle import encode_region, region_from_counts
+from segstream.pipeline.stages.postprocess import paste_regions
+from segstream.pipeline.wire.rle import encode_region, region_from_counts
 
 HEIGHT, WIDTH, INSTANCES, REPEATS = 720, 1280, 50, 30
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from segstream.pipeline.rle import encode_region
+from segstream.pipeline.wire.rle import encode_region
 
 HEIGHT, WIDTH, INSTANCES, REPEATS = 720, 1280, 20, 30
 

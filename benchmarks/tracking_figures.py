@@ -1,7 +1,7 @@
 """Tracking figures on clips of the independent generator, through the whole pipeline and Redis.
 
 Each clip is rendered by benchmarks/independent_shapes.py (code the tracker was not tuned on), run
-by `segstream.pipeline.evaluate.evaluate_through_redis` (what `segstream eval` does: decode,
+by `segstream.commands.evaluate.evaluate_through_redis` (what `segstream eval` does: decode,
 preprocess, engine, postprocess, tracking, publish into a private Redis, read back) and scored:
 IDF1, MOTA and identity switches over the published instances of score >= 0.5 (motmetrics, all
 clips together, identities kept apart per clip), next to the IDF1 that perfect identities would
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.consumer import Subscriber
-from segstream.pipeline.evaluate import TRACKING_MIN_SCORE, stage_costs
+from segstream.pipeline.wire.consumer import Subscriber
+from segstream.commands.evaluate import TRACKING_MIN_SCORE, stage_costs
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import run
 from segstream.shapes.evaluate import summarize_tracking, tracking_accumulators

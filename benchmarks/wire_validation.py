@@ -17,8 +17,8 @@ import time
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from segstream.pipeline.schema import parse_entry
-from segstream.pipeline.wire import decode_mask
+from segstream.pipeline.wire.schema import parse_entry
+from segstream.pipeline.wire.entries import decode_mask
 
 
 def frame_fields(width: int, height: int, instances: int, seed: int = 0) -> dict[str, str]:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.jobs import STREAM_ID, _text
-from segstream.pipeline.schema import (ID_PATTERN, CameraRecord, MalformedEntry, WorkerRecord, message_kind,
+from segstream.pipeline.wire.schema import (ID_PATTERN, CameraRecord, MalformedEntry, WorkerRecord, message_kind,
                                       parse_entry, why)
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ finishing and handing back check it in the same Lua step as what they change. A 
 entry is acknowledged and deleted, so the stream and the pending list hold only unfinished jobs.
 
 Anyone who can write to Redis can write a bad job, so entries and records are validated
-(segstream/pipeline/schema.py JobEntry, JobRecord) before anything is done with them. A bad one is a
+(segstream/pipeline/wire/schema.py JobEntry, JobRecord) before anything is done with them. A bad one is a
 failed job: its record says why where the job can be named, and its entry is copied to
 `<jobs>:dead` (fields plus `reason` and `entry`), acknowledged and deleted in one step, so neither
 this worker nor XAUTOCLAIM on another ever hands it out again.
@@ -30,7 +30,7 @@ import redis
 from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
-from segstream.pipeline.schema import JobEntry, JobRecord, MalformedEntry, message_kind, parse_entry, why
+from segstream.pipeline.wire.schema import JobEntry, JobRecord, MalformedEntry, message_kind, parse_entry, why
 
 log = logging.getLogger(__name__)
 #: The jobs' dead-letter stream keeps about this many entries (oldest trimmed).

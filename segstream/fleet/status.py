@@ -66,7 +66,7 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
 
 
 def _redacted(url: str) -> str:
-    from segstream.pipeline.locations import redact
+    from segstream.pipeline.sources.locations import redact
 
     return redact(url)
 

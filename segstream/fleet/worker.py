@@ -29,10 +29,10 @@ from segstream.fleet.cameras import CameraBook, live_workers, share
 from segstream.fleet.jobs import Claim, JobQueue, MalformedJob
 from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.locations import redact
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, connect
-from segstream.pipeline.sources import SourceError
+from segstream.pipeline.sources.video import SourceError
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_source
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segstream.pipeline.source_policy import DEFAULT_SCHEMES, PROTOCOLS
+from segstream.pipeline.sources.policy import DEFAULT_SCHEMES, PROTOCOLS
 
 
 class ConfigError(ValueError):
@@ -78,7 +78,7 @@ class SourceSection(_Section):
 
 
 class SourcesSection(_Section):
-    """Which sources may enter, from anywhere (pipeline/source_policy.py, docs/security-sources.md)."""
+    """Which sources may enter, from anywhere (pipeline/sources/policy.py, docs/security-sources.md)."""
 
     # URL schemes accepted; only network protocols can be named (never file, concat, pipe, ...).
     schemes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCHEMES))
@@ -176,7 +176,7 @@ class ServeSection(_Section):
 
 
 class TrackingSection(_Section):
-    """Track ids across frames (pipeline/tracking.py); overlaps are 0..1 (box IoU averaged with mask IoU)."""
+    """Track ids across frames (pipeline/stages/tracking.py); overlaps are 0..1 (box IoU averaged with mask IoU)."""
 
     enabled: bool = True
     min_hits: int = Field(default=2, ge=1)  # detections before a track is confirmed (it survives misses)
@@ -198,7 +198,7 @@ class TrackingSection(_Section):
 
 
 class GatingSection(_Section):
-    """Motion gating (pipeline/gating.py): run the engine only when a stream's picture changed;
+    """Motion gating (pipeline/stages/gating.py): run the engine only when a stream's picture changed;
     the frames in between carry the last inferred instances over."""
 
     mode: Literal["auto", "on", "off"] = "auto"  # auto: on for cameras, off for files

@@ -29,7 +29,7 @@ class Frame:
 
     image: uint8 [h, w, 3] RGB: the whole frame, in frame pixels, or (when the source decodes
         straight to the engine's input size) the frame scaled down to h x w. A numpy array on the
-        host, or a CUDA tensor when the source decoded on the GPU (NVDEC, pipeline/nvdec.py):
+        host, or a CUDA tensor when the source decoded on the GPU (NVDEC, pipeline/sources/nvdec.py):
         `host_image()` and `sample()` read either.
     index: 0-based index of the decoded frame in its source (gaps mean frames dropped on the way).
     pts: presentation time in seconds, or None when the container has none.
@@ -180,6 +180,6 @@ class FrameResult:
     instances: list[Instance] = field(default_factory=list)
     latency: float = 0.0  # seconds from decode to the end of postprocess
     error: str | None = None  # why this frame has no instances (an engine or postprocess failure)
-    # Motion gating (pipeline/gating.py): the engine skipped this frame; its instances are those
+    # Motion gating (pipeline/stages/gating.py): the engine skipped this frame; its instances are those
     # of this earlier frame of the stream. None: the engine ran on this frame.
     inferred_frame: int | None = None

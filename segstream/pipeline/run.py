@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 from segstream.engines.protocol import Engine
 from segstream.pipeline.config import ConfigError, RunConfig
-from segstream.pipeline.locations import default_stream_id
+from segstream.pipeline.sources.locations import default_stream_id
 from segstream.pipeline.runtime import Chain, StageStats
 from segstream.pipeline.sinks import Sink
-from segstream.pipeline.source_policy import check_source, protocol_whitelist
-from segstream.pipeline.sources import SourceError, VideoFileSource
+from segstream.pipeline.sources.policy import check_source, protocol_whitelist
+from segstream.pipeline.sources.video import SourceError, VideoFileSource
 from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
 from segstream.pipeline.streams import StreamState
 

@@ -20,28 +20,28 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.inference import engine_stages
-from segstream.pipeline.device_frames import decode_backend
-from segstream.pipeline.gating import Carried, CarryOver, Gate, GateSettings, resolve_mode
-from segstream.pipeline.locations import default_stream_id, source_kind
+from segstream.pipeline.stages.inference import engine_stages
+from segstream.pipeline.sources.device_frames import decode_backend
+from segstream.pipeline.stages.gating import Carried, CarryOver, Gate, GateSettings, resolve_mode
+from segstream.pipeline.sources.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
-from segstream.pipeline.postprocess import Postprocess
-from segstream.pipeline.preprocess import Preprocess, fit_size
+from segstream.pipeline.stages.postprocess import Postprocess
+from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress
-from segstream.pipeline.publish import Publish
+from segstream.pipeline.stages.publish import Publish
 from segstream.pipeline.runtime import Chain, EdgePolicy, StageStats
 from segstream.pipeline.sinks import Sink
 from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
 from segstream.pipeline.sinks.console import ConsoleSink
-from segstream.pipeline.source_policy import Origin, check_source
+from segstream.pipeline.sources.policy import Origin, check_source
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
-from segstream.pipeline.sources import CameraSource, Supervision, VideoFileSource
+from segstream.pipeline.sources.video import CameraSource, Supervision, VideoFileSource
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
-from segstream.pipeline.tracking import Tracking
+from segstream.pipeline.stages.tracking import Tracking
 
 if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model loaders may too
     from segstream.engines.factory import OpenedModel
-    from segstream.pipeline.nvdec import NvdecFileSource
+    from segstream.pipeline.sources.nvdec import NvdecFileSource
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,10 @@ def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
 
 def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted") -> Source:
     """A file or camera source for `spec` (kind from the URL unless the spec says), once the source
-    policy (`sources`, pipeline/source_policy.py) admitted its URL: raises SourceRefused otherwise,
+    policy (`sources`, pipeline/sources/policy.py) admitted its URL: raises SourceRefused otherwise,
     before anything is opened. origin "api": what arrived over HTTP (local files only under
     `sources.media_root`). A local file with a CUDA engine is decoded with NVDEC when usable
-    (`source.decoder`, pipeline/nvdec.py)."""
+    (`source.decoder`, pipeline/sources/nvdec.py)."""
     admitted = check_source(spec.url, config.sources, origin)
     location = admitted.location
     src = config.source
@@ -110,7 +110,7 @@ def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted")
     if config.engine.device == "cuda" and src.decoder != "cpu" and admitted.local:
         backend = decode_backend("cuda", src.decoder)
         if backend.name == "nvdec":
-            from segstream.pipeline.nvdec import NvdecFileSource
+            from segstream.pipeline.sources.nvdec import NvdecFileSource
 
             return NvdecFileSource(location, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
         if src.decoder == "nvdec":
@@ -122,7 +122,7 @@ def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted")
 
 class StreamingPipeline:
     """Sources -> preprocess -> [features ->] inference -> postprocess -> [tracking ->] publish, with streams
-    added at will (features: a split engine's trunk, see pipeline/inference.py).
+    added at will (features: a split engine's trunk, see pipeline/stages/inference.py).
 
     Raises SinkError (Redis unreachable at start), ModelError/EngineError (bad model) here, so a
     service fails before it listens. keep_alive: run without streams until stop() (a service);
@@ -172,7 +172,7 @@ class StreamingPipeline:
                                     config.engine.threads)
         self.inference = engine_part[-1]
         batch, q = config.engine.batch_size, config.queues
-        # Motion gating (pipeline/gating.py): a gate before preprocess and the carry-over before
+        # Motion gating (pipeline/stages/gating.py): a gate before preprocess and the carry-over before
         # publish. gating: whether any stream may be gated (None: unless gating.mode is off). A
         # run that gates nothing leaves them out, so it is the chain as it was; a service keeps
         # them, since a stream added later may ask for gating.

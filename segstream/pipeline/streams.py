@@ -61,9 +61,9 @@ class StreamState:
     last_error: str | None = None
     error: str | None = None  # why the stream ended early (its source failed), one line; None: it did not
     expected_frames: int = 0  # files: frames the container declares (0: unknown)
-    decoder: Literal["cpu", "nvdec"] = "cpu"  # where the source decodes (nvdec: on the GPU, pipeline/nvdec.py)
+    decoder: Literal["cpu", "nvdec"] = "cpu"  # where the source decodes (nvdec: on the GPU, pipeline/sources/nvdec.py)
     eos_frames: int | None = None  # files: the frame count of the published EOS entry
-    gating: bool = False  # motion gating is on for this stream (pipeline/gating.py)
+    gating: bool = False  # motion gating is on for this stream (pipeline/stages/gating.py)
     inferred: int = 0  # frames the gate sent to the engine (all of them with gating off)
     gated: int = 0  # frames the gate skipped: published with the last inferred instances
     started: float = field(default_factory=time.monotonic)

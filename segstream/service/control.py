@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from segstream.pipeline.source_policy import Origin, SourceRefused, local_refusal, scheme_of
+from segstream.pipeline.sources.policy import Origin, SourceRefused, local_refusal, scheme_of
 from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream, make_source
 from segstream.pipeline.streams import SourceError
 from segstream.service.stream_book import StreamBook

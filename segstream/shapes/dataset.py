@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segstream.pipeline.preprocess import fit_size
+from segstream.pipeline.stages.preprocess import fit_size
 from segstream.shapes.backgrounds import TRAIN_PHOTOS, random_background
 from segstream.shapes.scene import FRAME_SIZE, Shape, paint, random_scene, random_shape  # noqa: F401 (re-exported)
 

@@ -169,7 +169,7 @@ def test_precisions_other_engines_lack_are_refused_in_one_line(model):
 
 def _cli_without_openvino(*args: str) -> subprocess.CompletedProcess:
     """`segstream ARGS` in a Python where `import openvino` fails, as on a machine without it."""
-    code = ("import sys; sys.modules['openvino'] = None; from segstream.pipeline.cli import main; "
+    code = ("import sys; sys.modules['openvino'] = None; from segstream.commands.main import main; "
             "sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})

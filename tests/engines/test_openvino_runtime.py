@@ -30,7 +30,7 @@ SMALL_INPUT = (192, 320)
 #: Runs `segstream` as a base install sees it: torch and torchvision do not import.
 BASE_INSTALL = (
     "import sys; sys.modules['torch'] = sys.modules['torchvision'] = None\n"
-    "from segstream.pipeline.cli import main\n"
+    "from segstream.commands.main import main\n"
     "code = main(sys.argv[1:])\n"
     "assert 'torch' not in [m for m, v in list(sys.modules.items()) if v is not None], 'torch was imported'\n"
     "sys.exit(code)\n"
@@ -108,7 +108,7 @@ def test_the_bundled_artifact_is_the_bundled_checkpoint_exported():
 def test_an_exported_artifact_gives_the_torch_detections_and_a_second_export_replaces_it(tmp_path):
     model = load_model("shapes", input_size=SMALL_INPUT)
     out = tmp_path / "shapes-small"
-    done = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "--model", "shapes",
+    done = subprocess.run([sys.executable, "-m", "segstream.commands.main", "export", "openvino", "--model", "shapes",
                            "--input-size", "192x320", "-o", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"--model {out}" in done.stdout
@@ -135,13 +135,13 @@ def test_an_exported_artifact_gives_the_torch_detections_and_a_second_export_rep
     assert found >= 4, "the images must give detections to compare"
 
     # A second export over the artifact replaces it; a directory holding something else is refused.
-    again = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "--model", "shapes",
+    again = subprocess.run([sys.executable, "-m", "segstream.commands.main", "export", "openvino", "--model", "shapes",
                             "--input-size", "192x320", "-o", str(out)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     other = tmp_path / "photos"
     other.mkdir()
     (other / "keep.jpg").write_bytes(b"mine")
-    refused = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "-o", str(other)],
+    refused = subprocess.run([sys.executable, "-m", "segstream.commands.main", "export", "openvino", "-o", str(other)],
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "not a model artifact" in refused.stderr
     assert (other / "keep.jpg").read_bytes() == b"mine"
@@ -203,7 +203,7 @@ def test_a_damaged_artifact_is_refused_with_the_cause(clip, tmp_path):
 
 def test_an_int8_artifact_made_at_export_runs_on_a_base_install_at_its_own_precision(clip, tmp_path):
     out = tmp_path / "shapes-int8"
-    done = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "export", "openvino", "--model", "shapes",
+    done = subprocess.run([sys.executable, "-m", "segstream.commands.main", "export", "openvino", "--model", "shapes",
                            "--input-size", "192x320", "--precision", "int8", "--calibration-frames", "8", "-o", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr

@@ -13,7 +13,7 @@ from fleet_helpers import WorkerProcess, cli, wait_for, write_config
 from media import write_clip
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.keys import FleetKeys
-from segstream.pipeline.schema import MalformedEntry, parse_entry
+from segstream.pipeline.wire.schema import MalformedEntry, parse_entry
 
 FRAMES = 12
 JOBS = "segstream:fleet:jobs"

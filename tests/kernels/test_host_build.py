@@ -114,7 +114,7 @@ def test_a_run_with_a_missing_or_broken_kernel_library_stops_at_start_and_publis
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), paths["purelib"], paths["platlib"]]),
            "SEGSTREAM_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, "-S", "-m", "segstream.pipeline.cli", "run", str(clip), "--redis", redis_url, "--stream-id", "cam"],
+        [sys.executable, "-S", "-m", "segstream.commands.main", "run", str(clip), "--redis", redis_url, "--stream-id", "cam"],
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,  # cwd: -m puts it first on sys.path
     )
     assert done.returncode == 2, done.stderr

@@ -15,8 +15,8 @@ import torch
 from pycocotools import mask as coco_mask
 
 from segstream.kernels.mask_rle import compress_counts, mask_rle_counts
-from segstream.pipeline.postprocess import paste_regions
-from segstream.pipeline.rle import region_from_counts
+from segstream.pipeline.stages.postprocess import paste_regions
+from segstream.pipeline.wire.rle import region_from_counts
 
 THRESHOLD = 0.5
 

@@ -10,9 +10,9 @@ import torch
 
 from segstream.engines.model_config import ModelConfig
 from segstream.engines.models import SHAPES_CLASSES
-from segstream.pipeline.device_frames import PinnedUpload, decode_backend
+from segstream.pipeline.sources.device_frames import PinnedUpload, decode_backend
 from segstream.pipeline.messages import Frame
-from segstream.pipeline.preprocess import Preprocess
+from segstream.pipeline.stages.preprocess import Preprocess
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
@@ -69,8 +69,8 @@ def _shape_frames(count: int) -> list[Frame]:
 
 def _stages(engine, batch: int) -> list:
     """Preprocess, inference and postprocess as the pipeline chains them."""
-    from segstream.pipeline.inference import Inference
-    from segstream.pipeline.postprocess import Postprocess
+    from segstream.pipeline.stages.inference import Inference
+    from segstream.pipeline.stages.postprocess import Postprocess
 
     config = engine.config
     return [Preprocess(config, engine.device, batch), Inference(engine),
@@ -182,8 +182,8 @@ def test_a_file_is_decoded_on_the_cpu_where_nvdec_is_unusable_and_insisting_is_o
     from media import write_clip
 
     from segstream.pipeline.config import RunConfig
-    from segstream.pipeline.nvdec import NvdecFileSource
-    from segstream.pipeline.sources import VideoFileSource
+    from segstream.pipeline.sources.nvdec import NvdecFileSource
+    from segstream.pipeline.sources.video import VideoFileSource
     from segstream.pipeline.streaming import StreamSpec, make_source
     from segstream.pipeline.streams import SourceError
 
@@ -206,7 +206,7 @@ def test_a_file_is_decoded_on_the_cpu_where_nvdec_is_unusable_and_insisting_is_o
 
 
 def test_an_nvdec_source_refuses_a_missing_file_or_a_missing_decoder_in_one_line(tmp_path):
-    from segstream.pipeline.nvdec import NvdecFileSource
+    from segstream.pipeline.sources.nvdec import NvdecFileSource
     from segstream.pipeline.streams import SourceError
 
     with pytest.raises(SourceError, match=r"^video file not found: .*nope\.mp4$"):
@@ -250,7 +250,7 @@ def test_nvdec_frames_stay_on_the_gpu_match_the_cpu_decoder_and_segment_alike(tm
     from segstream.engines.factory import open_engine
     from segstream.engines.models import load_model
     from segstream.pipeline.messages import EndOfStream
-    from segstream.pipeline.nvdec import NvdecFileSource
+    from segstream.pipeline.sources.nvdec import NvdecFileSource
     from pycocotools import mask as mask_utils
 
     clip = _shapes_clip(tmp_path)

@@ -13,9 +13,9 @@ from pycocotools import mask as coco_mask
 from servers import segstream_cli
 from media import CODECS, count_decodable_frames, write_clip
 from segstream.engines.models import load_model
-from segstream.pipeline.preprocess import Preprocess, fit_size
+from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.pipeline.run import run
-from segstream.pipeline.sources import VideoFileSource
+from segstream.pipeline.sources.video import VideoFileSource
 
 
 def stream_entries(client, stream_id: str) -> list[dict]:

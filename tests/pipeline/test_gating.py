@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from live_helpers import wait_for
 from segstream.pipeline.config import parse_config
-from segstream.pipeline.gating import Carried, in_stream_order
+from segstream.pipeline.stages.gating import Carried, in_stream_order
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
 from segstream.pipeline.run import run
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_engine
@@ -211,7 +211,7 @@ def test_the_monitoring_clip_stands_still_mostly_and_its_ground_truth_says_when_
 def test_a_reconnect_sends_the_next_frame_to_the_model_and_an_ended_camera_is_forgotten(still_clip):
     import av
 
-    from segstream.pipeline.gating import Gate, GateSettings
+    from segstream.pipeline.stages.gating import Gate, GateSettings
 
     with av.open(str(still_clip)) as container:
         images = [f.to_ndarray(format="rgb24") for _, f in zip(range(8), container.decode(video=0))]

@@ -19,7 +19,7 @@ import pytest
 from live_helpers import RunInThread, SlowEngine, all_entries, frames_of, publish_times, statuses_of, wait_for
 from media import write_clip
 from servers import RtspServer, segstream_cli
-from segstream.pipeline.faults import StageFailed
+from segstream.pipeline.stages.faults import StageFailed
 from segstream.pipeline.redis_server import PrivateRedis, free_port
 from segstream.pipeline.run import run
 

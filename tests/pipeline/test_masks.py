@@ -8,9 +8,9 @@ import torch
 from pycocotools import mask as coco_mask
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from segstream.pipeline.postprocess import paste_regions
-from segstream.pipeline.rle import encode_region
-from segstream.pipeline.wire import decode_mask
+from segstream.pipeline.stages.postprocess import paste_regions
+from segstream.pipeline.wire.rle import encode_region
+from segstream.pipeline.wire.entries import decode_mask
 
 
 def full_frame(region: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device,
     With regions (tracking, drawing) the mask regions are those the CPU pastes."""
     from segstream.engines.protocol import Detections
     from segstream.pipeline.messages import Frame, FrameDetections
-    from segstream.pipeline.postprocess import Postprocess
+    from segstream.pipeline.stages.postprocess import Postprocess
 
     g = torch.Generator().manual_seed(4)
     items = []
@@ -106,7 +106,7 @@ def test_kernel_postprocess_publishes_what_the_cpu_postprocess_publishes(device,
 def test_kernel_postprocess_encodes_masks_too_ragged_for_their_row_on_the_cpu():
     from segstream.engines.protocol import Detections
     from segstream.pipeline.messages import Frame, FrameDetections
-    from segstream.pipeline.postprocess import Postprocess
+    from segstream.pipeline.stages.postprocess import Postprocess
 
     g = torch.Generator().manual_seed(5)
     masks = (torch.rand((3, 28, 28), generator=g) > 0.5).float()  # salt and pepper: thousands of runs

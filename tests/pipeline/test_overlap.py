@@ -10,7 +10,7 @@ import torch
 from media import write_clip
 from segstream.engines.models import load_model
 from segstream.engines.torch_engine import TorchEngine
-from segstream.pipeline.faults import StageFailed
+from segstream.pipeline.stages.faults import StageFailed
 from segstream.pipeline.run import run
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from segstream.pipeline.consumer import Subscriber
-from segstream.pipeline.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry, schema_text
-from segstream.pipeline.wire import MaskError, decode_mask, entry_kind
+from segstream.pipeline.wire.consumer import Subscriber
+from segstream.pipeline.wire.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry, schema_text
+from segstream.pipeline.wire.entries import MaskError, decode_mask, entry_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))
@@ -246,7 +246,7 @@ def test_decode_mask_refuses_counts_that_do_not_add_up_and_matches_pycocotools_o
 def test_the_json_schema_in_the_repository_is_the_one_the_models_generate():
     committed = (ROOT / "docs" / "wire-schema-v1.json").read_text()
     assert committed == schema_text(), (
-        "docs/wire-schema-v1.json is stale: run `python -m segstream.pipeline.wire --schema docs/wire-schema-v1.json`")
+        "docs/wire-schema-v1.json is stale: run `python -m segstream.pipeline.wire.entries --schema docs/wire-schema-v1.json`")
 
 
 def test_a_consumer_in_another_language_validating_with_the_json_schema_agrees_on_types():

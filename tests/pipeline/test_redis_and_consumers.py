@@ -9,11 +9,11 @@ import pytest
 
 from servers import segstream_cli
 from media import write_clip
-from segstream.pipeline.consumer import Subscriber
+from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.wire import decode_mask
+from segstream.pipeline.wire.entries import decode_mask
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from servers import segstream_cli
 from segstream.pipeline.messages import StreamStatus
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
-from segstream.pipeline.wire import status_message
+from segstream.pipeline.wire.entries import status_message
 from segstream.service.stream_book import StreamBook
 from servers import wait_for  # noqa: E402
 

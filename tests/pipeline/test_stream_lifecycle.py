@@ -18,9 +18,9 @@ import torch
 
 from media import scene, write_clip
 from segstream.engines.protocol import Detections
-from segstream.pipeline.faults import StageFailed
+from segstream.pipeline.stages.faults import StageFailed
 from segstream.pipeline.messages import Frame, FrameDetections
-from segstream.pipeline.postprocess import Postprocess
+from segstream.pipeline.stages.postprocess import Postprocess
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
 from servers import wait_for  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_one_failed_batch_on_the_device_counts_as_one_failure():
 
 def test_a_file_cut_short_says_truncated_in_the_log_the_api_the_eos_and_stays_listed(
         service_pipeline, cut_mp4, redis_client, caplog):
-    from segstream.service.command import Endpoints
+    from segstream.commands.serve import Endpoints
     from segstream.service.control import StreamControl
 
     caplog.set_level(logging.WARNING)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from segstream.pipeline.cli import main as cli_main
-from segstream.pipeline.consumer import Subscriber
+from segstream.commands.main import main as cli_main
+from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.wire import describe, entry_kind
+from segstream.pipeline.wire.entries import describe, entry_kind
 
 FAST = {"read_block_ms": 200, "socket_timeout": 0.5, "backoff_base": 0.05, "backoff_max": 0.3}
 

@@ -21,10 +21,10 @@ from media import write_clip, write_shapes_clip
 from servers import segstream_cli
 from segstream.engines.model_config import ModelConfig
 from segstream.engines.protocol import Detections
-from segstream.pipeline.bilinear import axis_taps, resize_image
+from segstream.pipeline.stages.bilinear import axis_taps, resize_image
 from segstream.pipeline.messages import Frame
-from segstream.pipeline.postprocess import Postprocess
-from segstream.pipeline.preprocess import Preprocess
+from segstream.pipeline.stages.postprocess import Postprocess
+from segstream.pipeline.stages.preprocess import Preprocess
 
 RUNNER = Path(__file__).with_name("torch_free_run.py")
 
@@ -46,7 +46,7 @@ def _run_without_torch(clip: Path, redis_url: str, artifact: Path | None = None)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["torch_imported"] is False and report["torch_like"] == []
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
-    assert "segstream.pipeline.postprocess" in imported, "the import log covers the run"
+    assert "segstream.pipeline.stages.postprocess" in imported, "the import log covers the run"
     assert not [name for name in imported if name.split(".")[0] in ("torch", "torchvision")]
     return report
 
@@ -174,7 +174,7 @@ def test_numpy_detections_publish_torchvisions_paste_as_pycocotools_encodes_it()
 
 def test_the_c_row_pass_pastes_exactly_what_numpy_pastes(monkeypatch):
     """The paste's row pass runs in C where the CPU library has it, else in numpy: same masks."""
-    from segstream.pipeline import bilinear
+    from segstream.pipeline.stages import bilinear
 
     rng = np.random.default_rng(9)
     cases = []

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from segstream.pipeline.config import ConfigError, TrackingSection, parse_config
-from segstream.pipeline.evaluate import main as evaluate_main, stage_costs
+from segstream.commands.evaluate import main as evaluate_main, stage_costs
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks.annotated_video import annotate
-from segstream.pipeline.tracking import Tracking
-from segstream.pipeline.wire import describe, frame_message
+from segstream.pipeline.stages.tracking import Tracking
+from segstream.pipeline.wire.entries import describe, frame_message
 from segstream.shapes.clip import render_clip
 from segstream.service.viewer import draw
 from segstream.shapes.evaluate import tracking_metrics
@@ -308,12 +308,12 @@ def test_disabled_tracking_publishes_no_track_id(clip, fast_config, redis_client
 
 
 def test_the_trackers_assignment_pairs_exactly_as_scipys_solver_including_ties():
-    """The tracker's numpy solver (pipeline/assignment.py, kept so a run never loads
+    """The tracker's numpy solver (pipeline/stages/assignment.py, kept so a run never loads
     scipy.optimize) returns scipy's pairs: random costs, tied integer costs, excluded pairs (1e6),
     wide and tall matrices, empty ones."""
     from scipy.optimize import linear_sum_assignment as scipys
 
-    from segstream.pipeline.assignment import linear_sum_assignment
+    from segstream.pipeline.stages.assignment import linear_sum_assignment
 
     rng = np.random.default_rng(0)
     for trial in range(1500):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from segstream.pipeline.locations import redact, redact_text
+from segstream.pipeline.sources.locations import redact, redact_text
 
 CASES = {
     "rtsp://admin:hunter2@10.0.0.7/live": "rtsp://admin:***@10.0.0.7/live",

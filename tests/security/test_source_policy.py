@@ -12,7 +12,7 @@ import os
 import pytest
 
 from segstream.pipeline.config import ConfigError, parse_config
-from segstream.pipeline.source_policy import MAX_URL_LENGTH, SourceRefused, check_source, protocol_whitelist
+from segstream.pipeline.sources.policy import MAX_URL_LENGTH, SourceRefused, check_source, protocol_whitelist
 
 DEFAULT = parse_config({}).sources
 REDIS_CRLF = "rtsp://127.0.0.1:6379/a\r\nSET canary 1\r\nX"

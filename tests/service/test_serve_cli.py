@@ -12,7 +12,7 @@ from servers import segstream_cli
 
 def test_a_bad_stream_in_the_config_is_named_by_its_key():
     from segstream.pipeline.config import ConfigError, parse_config
-    from segstream.service.command import stream_specs
+    from segstream.commands.serve import stream_specs
 
     config = parse_config({"streams": [{"id": "cam1", "url": "rtsp://127.0.0.1:9/x"}, {"id": "cam2"}]})
     with pytest.raises(ConfigError, match=r"^streams\.1\.url: Field required$"):
@@ -36,7 +36,7 @@ def test_the_example_service_config_and_its_streams_are_valid():
     from pathlib import Path
 
     from segstream.pipeline.config import load_config
-    from segstream.service.command import stream_specs
+    from segstream.commands.serve import stream_specs
 
     specs = stream_specs(load_config(Path(__file__).parents[2] / "configs" / "service.yaml"))
     assert [s.id for s in specs] == ["entrance", "loading-dock"]

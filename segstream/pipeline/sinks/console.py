@@ -6,7 +6,7 @@ import sys
 from typing import Any, TextIO
 
 from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
-from segstream.pipeline.wire import describe
+from segstream.pipeline.wire.entries import describe
 
 
 class ConsoleSink:

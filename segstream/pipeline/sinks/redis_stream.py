@@ -32,9 +32,9 @@ import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from segstream.pipeline.locations import redact
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.wire import dumps
+from segstream.pipeline.wire.entries import dumps
 
 if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
     from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus

@@ -23,9 +23,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.engines.models import ModelError
     from segstream.kernels.host_build import KernelLibraryError
     from segstream.pipeline.config import ConfigError
-    from segstream.pipeline.faults import StageFailed
+    from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
-    from segstream.pipeline.sources import SourceError
+    from segstream.pipeline.sources.video import SourceError
 
     return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
             StageFailed, KernelLibraryError)
@@ -122,7 +122,7 @@ def print_summary(summary, out=sys.stderr) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from segstream.pipeline.source_policy import check_source
+    from segstream.pipeline.sources.policy import check_source
 
     config = config_from_args(args)
     for source in args.sources:  # refused before anything heavy is even imported, let alone opened
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
-        from segstream.service.command import Endpoints
+        from segstream.commands.serve import Endpoints
         from segstream.service.exposure import resolve_token
 
         endpoints = Endpoints(args.http, resolve_token(args), read_only=True, insecure_no_auth=args.insecure_no_auth)
@@ -150,9 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """Prints one line per entry (`<stream> frame N ...`, status lines, end of stream), waiting through
     quiet periods and Redis outages (one warning line when Redis goes away, one when it is back)."""
-    from segstream.pipeline.consumer import Subscriber
+    from segstream.pipeline.wire.consumer import Subscriber
     from segstream.pipeline.sinks import SinkError
-    from segstream.pipeline.wire import describe, entry_kind
+    from segstream.pipeline.wire.entries import describe, entry_kind
 
     if args.consumer and not args.group:
         raise SinkError("--consumer needs --group")
@@ -200,7 +200,7 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
     p.add_argument("--json", action="store_true", help="print the raw JSON instead of a summary line")
     p.set_defaults(func=cmd_subscribe)
 
-    from segstream.pipeline import commands
+    from segstream.commands import delegated as commands
 
     for register in (*commands.REGISTRARS, *extra):
         register(sub)

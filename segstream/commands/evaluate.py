@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from segstream.pipeline.config import RunConfig, load_config, override
-from segstream.pipeline.consumer import Subscriber
+from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import RunSummary, run
 

@@ -3,7 +3,7 @@
 Masks are pasted the way torchvision's `paste_masks_in_image` does (the 28x28 probabilities,
 padded by one cell, resized bilinearly onto the integer box grown by the same margin), but only
 the box region is computed and thresholded: the frame-sized mask is never materialised, and the
-RLE is computed from the region (see rle.py). On the host this is numpy (pipeline/bilinear.py:
+RLE is computed from the region (see rle.py). On the host this is numpy (pipeline/stages/bilinear.py:
 two gathers and two weighted sums per axis, over the clipped box only) and the C RLE encoder, so
 detections in numpy arrays (a torch-free engine) are finished without importing torch.
 
@@ -12,7 +12,7 @@ When the engine leaves its detections on a GPU, the stage takes every frame wait
 device (segstream.kernels.mask_rle); boxes, scores, classes and RLE counts come back in one copy
 per batch into a reused pinned buffer, and only the compression of the counts into COCO's string
 runs on the host. On a GPU the stage works on its own CUDA stream, after the inference stage's
-event (pipeline/device_streams.py), so its one wait per batch waits for nothing else. Where
+event (pipeline/stages/device_streams.py), so its one wait per batch waits for nothing else. Where
 something needs the mask regions (drawing, the tracker's mask IoU), they are rebuilt from those
 counts on the host (`region_from_counts`, the cost of the region), not pasted again.
 """
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from segstream.engines.protocol import Detections
-from segstream.pipeline.bilinear import paste_mask
-from segstream.pipeline.device_streams import on_stream, stage_stream, take_over
-from segstream.pipeline.faults import ConsecutiveFailures
+from segstream.pipeline.stages.bilinear import paste_mask
+from segstream.pipeline.stages.device_streams import on_stream, stage_stream, take_over
+from segstream.pipeline.stages.faults import ConsecutiveFailures
 from segstream.pipeline.messages import FrameDetections, FrameResult, Instance
-from segstream.pipeline.rle import encode_region, region_from_counts
+from segstream.pipeline.wire.rle import encode_region, region_from_counts
 
 if TYPE_CHECKING:  # the device path's types; detections in numpy arrays never import torch
     import torch
@@ -72,7 +72,7 @@ def paste_regions(
 
     Semantics of torchvision's `paste_masks_in_image`: the mask padded by one cell is resized
     bilinearly onto the integer box grown by the same margin (float32 arithmetic, truncated to
-    integers as torch's `.to(int64)`); the resampling is pipeline/bilinear.py's, in numpy.
+    integers as torch's `.to(int64)`); the resampling is pipeline/stages/bilinear.py's, in numpy.
     """
     masks, boxes = host_array(masks), host_array(boxes)
     if masks.shape[0] == 0:

@@ -1,4 +1,4 @@
-"""`segstream submit | worker | status | cameras` (registered in pipeline/commands.py DELEGATED).
+"""`segstream submit | worker | status | cameras` (registered in commands/delegated.py DELEGATED).
 
 submit, status and cameras only talk to Redis (no torch import: they start in well under a
 second); worker loads the engine.
@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag, load_config, override
-from segstream.pipeline.locations import redact
+from segstream.pipeline.sources.locations import redact
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
@@ -42,8 +42,8 @@ def submit_main(argv: Sequence[str]) -> int:
     p.add_argument("--config", help="YAML config whose `sources:` section judges the sources (workers judge again)")
     args = p.parse_args(list(argv))
     from segstream.fleet.jobs import JobQueue
-    from segstream.pipeline.locations import default_stream_id, source_kind
-    from segstream.pipeline.source_policy import check_source
+    from segstream.pipeline.sources.locations import default_stream_id, source_kind
+    from segstream.pipeline.sources.policy import check_source
 
     policy = load_config(args.config).sources
 
@@ -169,7 +169,7 @@ def cameras_main(argv: Sequence[str]) -> int:
     sub.add_parser("list", parents=[common], help="the wanted cameras and their owners")
     args = p.parse_args(list(argv))
     from segstream.fleet.cameras import CameraBook
-    from segstream.pipeline.source_policy import check_source
+    from segstream.pipeline.sources.policy import check_source
 
     if args.action == "add":  # judged before Redis is even reached: a refused URL is never stored
         check_source(args.url, load_config(args.config).sources, "trusted")

@@ -15,7 +15,7 @@ both masks are at hand (the track's last mask moved the same way; `mask_weight`)
 crossing objects overlap a lot, their masks much less. The overlaps of all tracks with all
 instances are computed once a frame; each pass is one optimal assignment within its part of them
 (`linear_sum_assignment` on 1 - overlap, pairs under the pass's minimum excluded: scipy's
-solver re-done in numpy, pipeline/assignment.py, so a run does not load scipy.optimize).
+solver re-done in numpy, pipeline/stages/assignment.py, so a run does not load scipy.optimize).
 
 Time is the stream's own clock: pts for files (media seconds), capture time for cameras, so
 `max_age` means seconds of video and a camera that reconnects within it keeps its ids.
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from segstream.pipeline.assignment import linear_sum_assignment
+from segstream.pipeline.stages.assignment import linear_sum_assignment
 from segstream.pipeline.config import TrackingSection
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 

@@ -11,8 +11,8 @@ A frame the engine failed on carries "error": why, and no instances. A frame the
 (motion gating) carries "inferred": false and "inferred_frame": n, the frame its instances are from.
 Fields may be added within schema 1; renaming or removing one needs schema 2.
 
-The validated models of these entries (and of the fleet's records) are in segstream/pipeline/schema.py;
-`python -m segstream.pipeline.wire --schema` prints their JSON Schema (docs/wire-schema-v1.json).
+The validated models of these entries (and of the fleet's records) are in segstream/pipeline/wire/schema.py;
+`python -m segstream.pipeline.wire.entries --schema` prints their JSON Schema (docs/wire-schema-v1.json).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from segstream.pipeline.schema import (  # noqa: F401  (the wire's public names)
+from segstream.pipeline.wire.schema import (  # noqa: F401  (the wire's public names)
     MAX_MASK_PIXELS, SCHEMA, MalformedEntry, MaskError, mask_runs, parse_entry, schema_text, validate_message)
 
 if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
@@ -185,10 +185,10 @@ def describe(message: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m segstream.pipeline.wire --schema [FILE]`: print (or write) the wire's JSON Schema."""
+    """`python -m segstream.pipeline.wire.entries --schema [FILE]`: print (or write) the wire's JSON Schema."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "--schema" or len(args) > 2:
-        print("usage: python -m segstream.pipeline.wire --schema [FILE]", file=sys.stderr)
+        print("usage: python -m segstream.pipeline.wire.entries --schema [FILE]", file=sys.stderr)
         return 2
     if len(args) == 2:
         with open(args[1], "w", encoding="utf-8") as out:

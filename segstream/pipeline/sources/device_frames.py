@@ -4,7 +4,7 @@ plus one upload per frame from a reused pinned buffer.
     backend = decode_backend("cuda")     # DecodeBackend("nvdec" | "cpu", reason)
     upload = PinnedUpload(device)        # numpy uint8 [h, w, 3] -> device tensor, on the caller's stream
 
-NVDEC: PyNvVideoCodec decodes on the GPU's video engine into device memory (pipeline/nvdec.py,
+NVDEC: PyNvVideoCodec decodes on the GPU's video engine into device memory (pipeline/sources/nvdec.py,
 local files). It is not a dependency of segstream (its import needs the driver's video libraries,
 which a container gets only with NVIDIA_DRIVER_CAPABILITIES including `video`); `decode_backend`
 says whether it is usable and, if not, why, and the pipeline falls back to its PyAV sources (CPU
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from segstream.pipeline.device_streams import device_type
+from segstream.pipeline.stages.device_streams import device_type
 
 if TYPE_CHECKING:  # torch is imported where a GPU is used: a CPU run may have no torch
     import torch

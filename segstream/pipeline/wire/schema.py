@@ -15,7 +15,7 @@ of the wanted-cameras hash) and `WorkerRecord` (a worker's heartbeat hash).
 Every model allows keys it does not know (fields may be added within schema 1) and checks types
 strictly: no "3" for 3, no true for 1, no NaN. A mask's `counts` must add up to height x width of
 its `size`, which must be the frame's [height, width] and at most `max_mask_pixels` pixels; both are
-checked from the counts string alone, without allocating the mask. `python -m segstream.pipeline.wire
+checked from the counts string alone, without allocating the mask. `python -m segstream.pipeline.wire.entries
 --schema` prints the JSON Schema (docs/wire-schema-v1.json); the counts rule is stated in its
 descriptions, as JSON Schema cannot express it. torch-free: consumers import this.
 """

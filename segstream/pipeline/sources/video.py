@@ -22,9 +22,9 @@ from av.video.reformatter import VideoReformatter
 
 from redis.backoff import EqualJitterBackoff
 
-from segstream.pipeline.locations import is_remote, redact, redact_text
+from segstream.pipeline.sources.locations import is_remote, redact, redact_text
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
-from segstream.pipeline.source_policy import protocol_whitelist
+from segstream.pipeline.sources.policy import protocol_whitelist
 from segstream.pipeline.streams import SourceCounters, SourceError, StreamState
 
 log = logging.getLogger(__name__)

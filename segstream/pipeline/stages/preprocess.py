@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from segstream.engines.model_config import ModelConfig
-from segstream.pipeline.bilinear import resize_image
-from segstream.pipeline.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
-from segstream.pipeline.gating import in_stream_order
+from segstream.pipeline.stages.bilinear import resize_image
+from segstream.pipeline.stages.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
+from segstream.pipeline.stages.gating import in_stream_order
 from segstream.pipeline.messages import Batch, Frame
 
 if TYPE_CHECKING:  # the GPU path's types; a CPU batch is made in numpy
@@ -30,12 +30,12 @@ class Preprocess:
     On the CPU the arithmetic runs in numpy, single-threaded: the engine's thread pool owns the
     cores, and a second torch thread pool contending with it costs more than it gains. A frame
     that does not fit as decoded is resized in numpy with torch's bilinear semantics
-    (pipeline/bilinear.py). host_arrays: the engine takes the numpy batch itself (a torch-free
+    (pipeline/stages/bilinear.py). host_arrays: the engine takes the numpy batch itself (a torch-free
     engine, engines/protocol.py); otherwise the batch is wrapped as a torch tensor (no copy). On a GPU
     each frame is uploaded once from a reused pinned buffer (device_frames.PinnedUpload) and the
     colour conversion, resize and normalisation run on the device, on the stage's own CUDA stream;
     the Batch carries an event recorded after its last kernel, which the inference stage's stream
-    waits for (no default stream, no host wait; pipeline/device_streams.py).
+    waits for (no default stream, no host wait; pipeline/stages/device_streams.py).
     """
 
     name = "preprocess"
@@ -56,7 +56,7 @@ class Preprocess:
         if not self.on_host:
             import torch
 
-            from segstream.pipeline.device_frames import PinnedUpload
+            from segstream.pipeline.sources.device_frames import PinnedUpload
 
             self.mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
             self.std = torch.tensor(config.std, device=device).view(3, 1, 1)

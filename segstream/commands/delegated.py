@@ -11,15 +11,15 @@ import importlib
 from typing import Callable
 
 DELEGATED = {
-    "demo": ("segstream.pipeline.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
-    "eval": ("segstream.pipeline.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
+    "demo": ("segstream.commands.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
+    "eval": ("segstream.commands.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
     "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
     "export": ("segstream.engines.export:main", "export onnx|tensorrt|openvino"),
-    "submit": ("segstream.fleet.commands:submit_main", "enqueue file jobs for the fleet's workers"),
-    "worker": ("segstream.fleet.commands:worker_main", "run fleet jobs and cameras on this machine's engine"),
-    "status": ("segstream.fleet.commands:status_main", "the fleet at a glance: workers, jobs, cameras"),
-    "cameras": ("segstream.fleet.commands:cameras_main", "add|remove|list the cameras the fleet keeps running"),
-    "serve": ("segstream.service.command:main", "run the camera service: HTTP control API, /metrics, probes, live viewer"),
+    "submit": ("segstream.commands.fleet:submit_main", "enqueue file jobs for the fleet's workers"),
+    "worker": ("segstream.commands.fleet:worker_main", "run fleet jobs and cameras on this machine's engine"),
+    "status": ("segstream.commands.fleet:status_main", "the fleet at a glance: workers, jobs, cameras"),
+    "cameras": ("segstream.commands.fleet:cameras_main", "add|remove|list the cameras the fleet keeps running"),
+    "serve": ("segstream.commands.serve:main", "run the camera service: HTTP control API, /metrics, probes, live viewer"),
 }
 
 

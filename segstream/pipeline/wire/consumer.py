@@ -7,7 +7,7 @@
             for inst in message["instances"]:
                 mask = decode_mask(inst["mask"])   # uint8 [height, width]
 
-Every entry is validated against wire schema v1 (segstream/pipeline/schema.py) before it is handed
+Every entry is validated against wire schema v1 (segstream/pipeline/wire/schema.py) before it is handed
 out, so a consumer may index what the schema promises (`inst["mask"]["size"]`, ...) without checks. A
 malformed entry (no `data`, not JSON, a field of the wrong type, a mask whose counts do not fit its
 size or whose size is above `max_mask_pixels`) is logged once (its id and why) and skipped; in a
@@ -34,8 +34,8 @@ from redis.retry import Retry
 
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sinks.redis_stream import answered_error, connect, redact, stream_key
-from segstream.pipeline.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry
-from segstream.pipeline.wire import decode_mask, entry_kind  # noqa: F401  (part of the consumer API)
+from segstream.pipeline.wire.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry
+from segstream.pipeline.wire.entries import decode_mask, entry_kind  # noqa: F401  (part of the consumer API)
 
 log = logging.getLogger("segstream.consumer")
 

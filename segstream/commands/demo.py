@@ -14,12 +14,12 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from segstream.pipeline.cli import print_summary
+from segstream.commands.main import print_summary
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.consumer import Subscriber
+from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.run import run
-from segstream.pipeline.wire import describe
+from segstream.pipeline.wire.entries import describe
 
 STREAM = "demo"
 

@@ -8,7 +8,7 @@ stages on two threads, one batch apart:
 so that the trunk of batch n+1 runs on one core while the heads of batch n run on another. Other
 engines, or `engine.overlap: false`, run `engine.infer` whole in the inference stage. On a GPU
 the inference stage runs the engine on its own CUDA stream, after the preprocess's event, and
-sends an event with the detections (pipeline/device_streams.py).
+sends an event with the detections (pipeline/stages/device_streams.py).
 
 An engine error on one batch does not end the run: those frames go on with `error` set and no
 detections (published with an `error` field), until `max_consecutive_errors` in a row.
@@ -22,8 +22,8 @@ import threading
 from typing import Any, Iterable
 
 from segstream.engines.protocol import Engine, SplitEngine
-from segstream.pipeline.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
-from segstream.pipeline.faults import ConsecutiveFailures
+from segstream.pipeline.stages.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
+from segstream.pipeline.stages.faults import ConsecutiveFailures
 from segstream.pipeline.messages import Batch, BatchFeatures, FrameDetections
 
 

@@ -63,7 +63,7 @@ def stream_specs(config: RunConfig) -> list[Any]:
     """The config's `streams:` entries as StreamSpecs; an error names streams.N.key. Each URL is
     judged by the source policy here, before the model loads (a config file is trusted: local files
     anywhere, or under sources.media_root when it is set)."""
-    from segstream.pipeline.source_policy import SourceRefused, check_source
+    from segstream.pipeline.sources.policy import SourceRefused, check_source
 
     for i, raw in enumerate(config.streams):  # before StreamSpec (and torch) is imported: refusals are instant
         if isinstance(raw, dict) and isinstance(raw.get("url"), str):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from segstream.pipeline.locations import redact
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.streams import SourceError
 
 if TYPE_CHECKING:

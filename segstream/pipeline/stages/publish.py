@@ -18,7 +18,7 @@ from segstream.pipeline.progress import Progress
 from segstream.pipeline.sinks import Sink
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.streams import StreamRegistry
-from segstream.pipeline.wire import eos_message, frame_message, status_message
+from segstream.pipeline.wire.entries import eos_message, frame_message, status_message
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 import torch
 
-from segstream.pipeline.device_streams import hand_over, on_stream
-from segstream.pipeline.locations import redact
+from segstream.pipeline.stages.device_streams import hand_over, on_stream
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.messages import EndOfStream, Frame
 from segstream.pipeline.streams import SourceCounters, SourceError, StreamState
 
