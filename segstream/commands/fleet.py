@@ -16,6 +16,7 @@ from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag
 from segstream.pipeline.sources.locations import redact
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
+WORKER_HTTP_HOST = "127.0.0.1"  # `worker --http :PORT` listens on loopback (probes of a local agent)
 
 
 def _client(url: str):
@@ -78,8 +79,9 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--config", help="YAML config (the `fleet:` section: lease, heartbeat, max_attempts, capacity)")
     p.add_argument("--name", help="worker name (default: host-pid)")
     p.add_argument("--capacity", type=int, help="streams (jobs + cameras) run at once; cameras are balanced by it")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve /livez, /readyz and /status (':PORT': loopback; "
-                   "another address needs a token or --insecure-no-auth; /status needs the token when set)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP app read-only: /livez, /readyz, /metrics, "
+                   "GET /streams, /status, the viewer (':PORT': loopback; another address needs a token or "
+                   "--insecure-no-auth; everything but the probes needs the token when set)")
     from segstream.service.exposure import add_access_flags
 
     add_access_flags(p)
@@ -90,13 +92,13 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gating", choices=("auto", "on", "off"), help="motion gating (gating.mode; auto: cameras only)")
     args = p.parse_args(list(argv))
-    token = None
+    http = None
     if args.http:  # refused before anything loads: one error line
-        from segstream.fleet.probes import parse_address
-        from segstream.service.exposure import check_bind, resolve_token
+        from segstream.service.exposure import resolve_token
+        from segstream.service.http import parse_http
 
+        parse_http(args.http, WORKER_HTTP_HOST)
         token = resolve_token(args)
-        check_bind(parse_address(args.http)[0], token, args.insecure_no_auth)
     config = load_config(args.config)
     if args.input_size:
         override(config, "model.input_size", input_size_flag(args.input_size))
@@ -110,33 +112,24 @@ def worker_main(argv: Sequence[str]) -> int:
 
     events = logging.StreamHandler()
     events.setFormatter(logging.Formatter("segstream worker: %(message)s"))
-    fleet_log = logging.getLogger("segstream.fleet")
-    fleet_log.setLevel(logging.INFO)
-    fleet_log.addHandler(events)
-    fleet_log.propagate = False
-    import signal
+    for name in ("segstream.fleet", "segstream.service"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(events)
+        logger.propagate = False
+    from segstream.commands.serve import run_fleet_process
 
-    def stopped_early(signum, frame):  # before the engine is even imported: nothing to hand back
-        raise SystemExit(0)
+    if args.http:  # up before the engine loads: /livez answers while it loads
+        from segstream.service.http import HttpServer
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stopped_early)
-    holder: list = []
-    if args.http:  # up before torch is imported: /livez answers while the engine loads
-        from segstream.fleet.probes import serve_probes
-
-        def ready() -> bool:
-            worker = holder[0] if holder else None
-            return bool(worker and worker.pipeline is not None and worker.pipeline.ready() and not worker.stopping.is_set())
-
-        serve_probes(args.http, live=lambda: True, ready=ready, token=token,
-                     status=lambda: holder[0].snapshot() if holder and holder[0].pipeline else {"loading": True})
-    from segstream.fleet.worker import Worker
-
-    worker = Worker(config, name=args.name)
-    holder.append(worker)
-    worker.install_signals()
-    return worker.run()
+        http = HttpServer(args.http, token, insecure_no_auth=args.insecure_no_auth, default_host=WORKER_HTTP_HOST,
+                          serve=config.serve)
+        http.serve_starting()
+    try:
+        return run_fleet_process(config, http, write_api=False, name=args.name)
+    finally:
+        if http is not None:
+            http.close()
 
 
 def status_main(argv: Sequence[str]) -> int:

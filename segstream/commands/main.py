@@ -131,13 +131,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
-        from segstream.commands.serve import Endpoints
+        from segstream.service.control import StreamControl
         from segstream.service.exposure import resolve_token
+        from segstream.service.http import HttpServer
 
-        endpoints = Endpoints(args.http, resolve_token(args), read_only=True, insecure_no_auth=args.insecure_no_auth)
+        endpoints = HttpServer(args.http, resolve_token(args), insecure_no_auth=args.insecure_no_auth)
     try:
         summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
-                      kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+                      kind=args.kind or "auto", on_pipeline=(lambda p: endpoints.attach(
+                          StreamControl(p), why_read_only="a CLI run's streams come from its command line"))
+                      if endpoints else None)
     finally:
         if endpoints is not None:
             endpoints.close()

@@ -1,34 +1,32 @@
-"""`segstream serve`: the long-running camera service.
+"""`segstream serve`: a fleet worker with the HTTP write API turned on (`segstream worker` is the
+same process without it; fleet/worker.py, fleet/control.py).
 
-    segstream serve [--config FILE] [--http HOST:PORT] [--redis URL] [--token-file FILE | --token TOKEN]
+    segstream serve [--config FILE] [--http HOST:PORT] [--redis URL] [--name NAME] [--token-file FILE | --token TOKEN]
                     [--insecure-no-auth] [--tls-cert FILE --tls-key FILE] [--metrics-public]
 
 The token comes from $SEGSTREAM_TOKEN, --token-file or --token (service/exposure.py); a
 non-loopback --http needs one unless --insecure-no-auth.
 
-Loads the model once, starts the pipeline with the config's `streams:` and the streams remembered
-from the API, and serves the HTTP API, /metrics, the probes and the live viewer until SIGTERM or
-SIGINT; then stops taking requests, drains every stream (files get their EOS entry) and exits 0.
-A second signal aborts at once.
+Loads the model once, puts the config's cameras into the fleet's camera book (`<prefix>fleet:cameras`)
+and runs its local files, and serves the HTTP API, /metrics, the probes and the live viewer until
+SIGTERM or SIGINT (commands/lifecycle.py): then stops taking requests, drains every stream (files
+get their EOS entry), releases its cameras to the rest of the fleet and exits 0. A second signal
+aborts at once. Two serves on one Redis are a fleet of two; one serve is a fleet of one.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import ValidationError
 
 from segstream.pipeline.config import ConfigError, RunConfig, load_config, override
-from segstream.service.exposure import add_access_flags, check_bind, resolve_token
+from segstream.service.exposure import add_access_flags, resolve_token
+from segstream.service.http import HttpServer, parse_http
 
 log = logging.getLogger("segstream.service")
 DEFAULT_HTTP = "127.0.0.1:8080"
@@ -40,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/service.yaml): model, engine, redis, viewer, streams")
     p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_HTTP})")
     p.add_argument("--redis", help="redis://[user:password@]host:port/db (overrides redis.url)")
+    p.add_argument("--name", help="this process's name in the fleet (default: host-pid)")
     # The token is required as Authorization: Bearer TOKEN on every endpoint but /livez and /readyz.
     add_access_flags(p)
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM), with --tls-key")
@@ -48,15 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="motion gating default for the streams (gating.mode; a stream's spec may say otherwise)")
     p.add_argument("--metrics-public", action="store_true", help="leave /metrics open when a token is set")
     return p
-
-
-def parse_http(value: str) -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT', ':PORT' for every interface) -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--http: {value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def stream_specs(config: RunConfig) -> list[Any]:
@@ -94,21 +84,6 @@ def _stream_refusal(index: int, exc: Exception) -> str:
     return f"streams.{index}.{text}" if text.startswith("url:") else f"streams.{index}.url: {text}"
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """Bind here, before the model loads, so a taken port is one clear error line."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--http: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
 def _tls(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -119,13 +94,15 @@ def _tls(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def _setup_logging() -> None:
+    """One line per event on stderr, from the service and from the fleet process it is."""
     if log.handlers:  # main() called again in one process
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("segstream: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    for logger in (log, logging.getLogger("segstream.fleet")):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,114 +121,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(specs) > config.serve.max_streams:
         raise ConfigError(f"streams: {len(specs)} streams, more than serve.max_streams ({config.serve.max_streams})")
     token = resolve_token(args)
-    endpoints = Endpoints(args.http, token, tls, args.metrics_public, insecure_no_auth=args.insecure_no_auth)
+    http = HttpServer(args.http, token, tls, args.metrics_public, insecure_no_auth=args.insecure_no_auth)
     try:
-        return _serve(config, specs, endpoints)
+        return run_fleet_process(config, http, write_api=True, name=args.name, streams=specs,
+                                 capacity=serve_capacity(config))
     finally:
-        endpoints.close()
+        http.close()
 
 
-class Endpoints:
-    """The HTTP side on a thread of this process: uvicorn serving build_app() for one pipeline.
-
-    The socket is bound at construction (before any model loads: a taken port is one error
-    line); attach() starts serving once the pipeline exists; close() ends the viewer's endless
-    responses and stops uvicorn.
-    """
-
-    def __init__(self, http: str, token: str | None = None, tls: tuple[str | None, str | None] = (None, None),
-                 metrics_public: bool = False, read_only: bool = False, insecure_no_auth: bool = False) -> None:
-        self.host, self.port = parse_http(http)
-        check_bind(self.host, token, insecure_no_auth)  # before anything listens
-        self.sock = listen(self.host, self.port)
-        self.token, self.tls, self.metrics_public, self.read_only = token, tls, metrics_public, read_only
-        self.viewer: Any = None
-        self.server: Any = None
-        self.thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"{'https' if self.tls[0] else 'http'}://{host}:{port}"
-
-    def attach(self, pipeline: Any, control: Any = None) -> None:
-        import uvicorn
-
-        from segstream.service.app import build_app
-        from segstream.service.control import StreamControl
-        from segstream.service.metrics import PipelineCollector, build_registry
-        from segstream.service.viewer import Viewer
-
-        config = pipeline.config
-        v = config.viewer
-        self.viewer = Viewer(pipeline.watch, v.fps, v.max_width, v.jpeg_quality)
-        info = {"model": pipeline.model_source, "engine": pipeline.engine_name, "device": config.engine.device,
-                "batch_size_max": config.engine.batch_size}
-        if config.model.input_size:
-            info["input_size"] = "x".join(str(n) for n in config.model.input_size)
-        registry = build_registry(PipelineCollector(pipeline, self.viewer, info))
-        app = build_app(control or StreamControl(pipeline), self.viewer, registry, token=self.token,
-                        metrics_public=self.metrics_public, secure_cookie=self.tls[0] is not None,
-                        read_only=self.read_only, serve=config.serve)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                                    lifespan="off", ssl_certfile=self.tls[0], ssl_keyfile=self.tls[1],
-                                                    timeout_graceful_shutdown=2))
-        # Not on the main thread, so uvicorn installs no signal handlers: the command owns them.
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="service:http", daemon=True)
-        self.thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-    def close(self) -> None:
-        if self.viewer is not None:
-            self.viewer.close()  # ends the endless MJPEG responses, so uvicorn can close its connections
-        if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(5)
-        self.sock.close()
+def serve_capacity(config: RunConfig) -> int:
+    """The streams a serve runs at once: fleet.capacity when the config says, else serve.max_streams
+    (a single serve runs every camera it accepts, as before it was a fleet of one)."""
+    return config.fleet.capacity if "capacity" in config.fleet.model_fields_set else config.serve.max_streams
 
 
-def _serve(config: RunConfig, specs: list[Any], endpoints: Endpoints) -> int:
-    from segstream.pipeline.streaming import StreamingPipeline
-    from segstream.service.control import StreamControl
-    from segstream.service.stream_book import StreamBook
+class FleetProcess:
+    """A fleet Worker with its HTTP side: the Application the lifecycle runs for `serve` and `worker`."""
 
-    pipeline = StreamingPipeline(config)  # loads the model: the only time
-    control = StreamControl(pipeline, StreamBook(config.redis.url, config.redis.prefix), specs,
-                            max_streams=config.serve.max_streams)
-    stop = threading.Event()
+    def __init__(self, worker: Any, http: HttpServer | None, write_api: bool) -> None:
+        from segstream.fleet.control import FleetControl
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stop.is_set():  # a second signal: abort at once
-            print("segstream: aborted", file=sys.stderr, flush=True)
-            os._exit(130)
-        stop.set()
+        self.worker = worker
+        self.http = http
+        self.write_api = write_api
+        self.control = FleetControl(worker, worker.config.serve.max_streams)
+        self._http_failed = False
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        control.start()
-        endpoints.attach(pipeline, control)
-        log.info("serving on %s (viewer at /, API at /streams, metrics at /metrics%s); model %s on %s, loaded once",
-                 endpoints.url, ", token required" if endpoints.token else ", no token: only loopback Host names are served",
-                 pipeline.model_source, pipeline.engine_name)
-        while not stop.wait(0.5):
-            if not endpoints.alive:
-                raise RuntimeError("the HTTP server stopped")
-            if pipeline.wait(0):  # only a fatal stage error ends a keep-alive pipeline (raised here)
-                raise RuntimeError("the pipeline ended")
-        log.info("stopping: draining %d stream(s)", len(pipeline.registry.all()))
-        started = time.monotonic()
-        endpoints.close()
-        drained = control.stop(config.shutdown_timeout)
-        log.info("stopped in %.1f s%s", time.monotonic() - started, "" if drained else " (drain timed out)")
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def start(self) -> None:
+        self.worker.start()
+        if self.http is None:
+            return
+        self.http.attach(self.control, write_api=self.write_api, worker=self.worker.name,
+                         why_read_only="this process is a `segstream worker` (no write API): add streams through "
+                                       "a `segstream serve` or `segstream cameras add`")
+        pipeline = self.worker.pipeline
+        what = "API at /streams" if self.write_api else "read-only /streams"
+        log.info("serving on %s (viewer at /, %s, metrics at /metrics%s); model %s on %s, loaded once; fleet name %s",
+                 self.http.url, what, ", token required" if self.http.token else ", no token: only loopback Host names are served",
+                 pipeline.model_source, pipeline.engine_name, self.worker.name)
+
+    def ended(self) -> bool:
+        if self.http is not None and self.http.thread is not None and not self.http.alive:
+            self._http_failed = True
+        return self._http_failed or self.worker.ended()
+
+    def drain(self, timeout: float) -> bool:
+        if self.http is not None:
+            self.http.close()  # stop taking requests first
+        return self.worker.drain(timeout)
+
+    def abort(self) -> None:
+        self.worker.abort()
+
+    def failure(self) -> str | None:
+        return self.worker.failure() or ("the HTTP server stopped" if self._http_failed else None)
+
+    def summary(self) -> Any:
+        return self.worker.summary()
+
+
+def run_fleet_process(config: RunConfig, http: HttpServer | None, write_api: bool, name: str | None = None,
+                      streams: list[Any] | None = None, capacity: int | None = None) -> int:
+    """Run a fleet Worker (with `http` when given) through the one lifecycle; the exit code."""
+    from segstream.commands.lifecycle import run_application
+    from segstream.fleet.worker import Worker
+
+    worker = Worker(config, name=name, capacity=capacity, streams=streams)
+    return run_application(FleetProcess(worker, http, write_api), config.shutdown_timeout)
 
 
 if __name__ == "__main__":

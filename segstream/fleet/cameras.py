@@ -65,31 +65,40 @@ class CameraBook:
         self._release = client.register_script(_RELEASE)
         self._reported: set[tuple[str, bytes]] = set()  # malformed cameras already warned about
 
-    # -- the wanted cameras (segstream cameras add|remove|list) ------------------------------
-    def add(self, camera_id: str, url: str) -> bool:
-        """True when new (an existing camera's URL is replaced)."""
+    # -- the wanted cameras (segstream cameras add|remove|list, POST/DELETE /streams) ---------
+    def add(self, camera_id: str, url: str, only_new: bool = False, **settings: Any) -> bool:
+        """Want a camera (its settings: CameraRecord's fields). True when new; an existing camera's
+        record is replaced, or, with only_new, left alone (False: the id is taken)."""
         if not STREAM_ID.match(camera_id):
             raise ValueError(f"camera id {camera_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-        return bool(self.client.hset(self.keys.cameras, camera_id, json.dumps({"url": url})))
+        record = CameraRecord.model_validate({"url": url, **settings})
+        value = record.model_dump_json(exclude_defaults=True)
+        if only_new:
+            return bool(self.client.hsetnx(self.keys.cameras, camera_id, value))
+        return bool(self.client.hset(self.keys.cameras, camera_id, value))
 
     def remove(self, camera_id: str) -> bool:
         return bool(self.client.hdel(self.keys.cameras, camera_id))
 
-    def wanted(self) -> dict[str, str]:
-        """camera id -> URL."""
+    def wanted(self) -> dict[str, CameraRecord]:
+        """camera id -> its record; a value that does not validate is skipped (and logged once)."""
         out = {}
         for k, v in self.client.hgetall(self.keys.cameras).items():
             camera_id = _text(k)
             try:
                 if not _CAMERA_ID.match(camera_id):
                     raise ValueError("the camera id is not 1-64 of A-Z a-z 0-9 . _ -")
-                out[camera_id] = CameraRecord.model_validate(json.loads(v)).url
+                out[camera_id] = CameraRecord.model_validate(json.loads(v))
             except (ValueError, RecursionError) as exc:  # ValidationError is a ValueError
                 if (camera_id, v) not in self._reported:  # once per bad value, not on every heartbeat
                     self._reported.add((camera_id, v))
                     reason = why(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0][:200]
                     log.warning("camera %r in %s skipped: %s", camera_id[:80], self.keys.cameras, reason)
         return out
+
+    def wake(self) -> None:
+        """Tell every worker to balance now (a camera was added or removed)."""
+        self.client.publish(self.keys.wake, b"1")
 
     def owners(self, camera_ids: list[str]) -> dict[str, str | None]:
         values = self.client.mget([self.keys.camera_owner(c) for c in camera_ids]) if camera_ids else []

@@ -4,7 +4,8 @@
     <p>fleet:job:<job>            hash: source, stream_id, state, attempts, worker, reason, ...
     <p>fleet:job-index            zset job -> submit time (what `segstream status` lists)
     <p>fleet:fence:job:<job>      fencing token of a job's current claim (INCR on each claim)
-    <p>fleet:cameras              hash camera id -> JSON {"url": ...}: the wanted cameras
+    <p>fleet:cameras              hash camera id -> JSON {"url": ..., ...} (CameraRecord): the camera book
+    <p>fleet:wake                 pub/sub channel: a message makes every worker balance its cameras at once
     <p>fleet:camera:<id>:owner    the owning worker's name, SET NX PX lease, renewed by heartbeat
     <p>fleet:fence:camera:<id>    fencing token of a camera's current lease
     <p>fleet:worker:<name>        hash: the worker's heartbeat (expires after the lease)
@@ -37,6 +38,10 @@ class FleetKeys:
     @property
     def cameras(self) -> str:
         return f"{self.prefix}fleet:cameras"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.prefix}fleet:wake"
 
     def camera_owner(self, camera_id: str) -> str:
         return f"{self.prefix}fleet:camera:{camera_id}:owner"

@@ -1,59 +1,49 @@
-"""`segstream worker`: one loaded engine (a StreamingPipeline kept alive) running file jobs and
-cameras for the fleet, several at once, batched together.
+"""One process of the fleet: `segstream worker`, and `segstream serve` (the same process with the HTTP
+write API, fleet/control.py). One loaded engine (a StreamingPipeline kept alive) runs file jobs,
+cameras of the book and local streams (files added over the API or a config), batched together.
 
-Threads: the main loop takes jobs (XAUTOCLAIM, then XREADGROUP), starts and finishes streams and
-balances cameras; the heartbeat thread writes the worker's hash and renews every claim and lease
-each `fleet.heartbeat` seconds, so a slow main loop never costs a lease. Redis away: both loops
-log once and retry with backoff; the pipeline's sink keeps results in its outboxes (nothing
-lost). SIGTERM/SIGINT: stop taking work, hand jobs back (fenced, claimable at once), let cameras
-publish their `ended` status, release their leases, exit 0.
+An Application (commands/lifecycle.py): start() (waits for Redis, a refused password is one error;
+loads the model, adds the config's streams, starts the threads), drain() (stop taking work, hand jobs back, let cameras publish their `ended`
+status, release their leases), abort(), ended()/failure() (the engine failed), summary().
+
+Threads: the main loop takes jobs (XAUTOCLAIM, then XREADGROUP), finishes them and balances the
+cameras (fleet/cameras_owned.py) every `fleet.heartbeat` seconds, or at once when a message on the
+wake channel says the book changed; the heartbeat thread writes the worker's record and renews
+every claim and lease (fleet/heartbeat.py), so a slow main loop never costs a lease; the wake
+thread listens on `<p>fleet:wake`. Redis away: the loops log once and retry with backoff; the
+pipeline's sink keeps results in its outboxes (nothing lost).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from redis.backoff import EqualJitterBackoff
 
-from segstream.fleet.cameras import CameraBook, live_workers, share
-from segstream.fleet.jobs import Claim, JobQueue, MalformedJob
+from segstream.fleet import heartbeat
+from segstream.fleet.cameras import CameraBook
+from segstream.fleet.cameras_owned import CamerasOwned
+from segstream.fleet.jobs import JobQueue
+from segstream.fleet.jobs_running import JobsRunning
 from segstream.fleet.keys import FleetKeys
+from segstream.pipeline.admission import open_admitted
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, connect
-from segstream.pipeline.sources.video import SourceError
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_source
+from segstream.pipeline.sources.locations import redact
+from segstream.pipeline.sources.policy import Origin
+from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
+from segstream.pipeline.streams import StreamState
 
 log = logging.getLogger(__name__)
 
 REDIS_TROUBLE = CONNECTION_ERRORS + (redis.BusyLoadingError,)
-
-
-@dataclass
-class RunningJob:
-    claim: Claim
-    errors_from: int  # unused: a source's error is its chain's producer_error(stream id), cleared at its start
-    lost: bool = False
-
-
-@dataclass
-class OwnedCamera:
-    camera_id: str
-    url: str
-    token: int
-    acquired: float = field(default_factory=time.monotonic)
-    lost: bool = False
 
 
 def default_name() -> str:
@@ -61,7 +51,12 @@ def default_name() -> str:
 
 
 class Worker:
-    def __init__(self, config: RunConfig, name: str | None = None, capacity: int | None = None) -> None:
+    """`streams`: the config's streams (cameras go into the book, the rest run here)."""
+
+    redis_trouble = REDIS_TROUBLE  # what the main loop waits through (JobsRunning re-raises it)
+
+    def __init__(self, config: RunConfig, name: str | None = None, capacity: int | None = None,
+                 streams: list[StreamSpec] | None = None) -> None:
         if not config.redis.url:
             raise SinkError("a worker needs Redis (--redis URL)")
         self.config = config
@@ -69,69 +64,27 @@ class Worker:
         self.name = name or default_name()
         self.capacity = capacity or self.fleet.capacity
         self.keys = FleetKeys(config.redis.prefix)
-        self.jobs: dict[str, RunningJob] = {}  # by stream id
-        self.cameras: dict[str, OwnedCamera] = {}
+        self.config_streams = list(streams or [])
+        self.jobs: JobsRunning | None = None
+        self.local: set[str] = set()  # streams of this process only (not jobs, not cameras)
         self.removing: dict[str, threading.Thread] = {}
-        self.refused: dict[str, str] = {}  # camera id -> the URL the source policy refused
-        # jobs/cameras change on the main loop and are read by the heartbeat and Redis' writer thread.
-        self._held = threading.Lock()
+        self._held = threading.Lock()  # `local` changes on HTTP threads, is read by the main loop and the heartbeat
         self.stopping = threading.Event()
+        self.wakeup = threading.Event()
         self.pipeline: StreamingPipeline | None = None
         self.client: redis.Redis | None = None
+        self.cameras: CamerasOwned | None = None
         self.started = time.time()
-        self.jobs_done = 0
-        self.jobs_failed = 0
         self._balanced = 0.0
+        self._loop: threading.Thread | None = None
+        self._finished: bool | None = None  # drained in time, once shut down
+        self._shutting = threading.Lock()
         self._redis_trouble_since: float | None = None
         self._backoff = EqualJitterBackoff(cap=config.redis.backoff_max, base=config.redis.backoff_initial)
 
-    # -- life cycle ----------------------------------------------------------------------------
-    def run(self) -> int:
-        """Until SIGTERM/SIGINT (or stop()); 0 after a clean hand-back, 1 when the engine failed."""
-        self._connect()
-        if self.stopping.is_set():
-            return 0
-        self.jobs_q = JobQueue(self.client, self.keys, self.fleet.group, self.fleet.lease, self.fleet.keep_finished)
-        self.book = CameraBook(self.client, self.keys, self.fleet.lease)
-        try:
-            self._retrying(self.jobs_q.ensure_group)
-        except SinkError:  # stopped while Redis was away: nothing was taken yet
-            return 0
-        self.pipeline = StreamingPipeline(self.config, keep_alive=True)
-        self.pipeline.redis.on_fenced = self._fenced
-        self.pipeline.start()
-        beat = threading.Thread(target=self._heartbeat_loop, name="fleet-heartbeat", daemon=True)
-        self._beat_once()
-        beat.start()
-        log.info("worker %s ready (capacity %d) on Redis %s", self.name, self.capacity, redact(self.config.redis.url))
-        failures = 0
-        while not self.stopping.is_set():
-            if self.pipeline.chain.done():
-                break
-            try:
-                if self._step():  # a Redis call succeeded
-                    failures = 0
-                    self._redis_back()
-            except REDIS_TROUBLE as exc:
-                failures += 1
-                self._redis_away(exc)
-                self.stopping.wait(self._backoff.compute(failures))
-        return self._shutdown()
-
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def install_signals(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            if self.stopping.is_set() and self.pipeline is not None:
-                self.pipeline.abort()
-            self.stopping.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
-
-    def _connect(self) -> None:
-        """Wait for Redis (retrying with backoff) until it answers or the worker is stopped."""
+    # -- the Application -------------------------------------------------------------------
+    def connect(self) -> None:
+        """Wait for Redis (retrying with backoff, one log line); a refused password raises SinkError."""
         failures = 0
         while not self.stopping.is_set():
             try:
@@ -145,7 +98,89 @@ class Worker:
                 self._redis_away(exc)
                 self.stopping.wait(self._backoff.compute(failures))
 
-    def _retrying(self, call: Any) -> Any:
+    def start(self) -> None:
+        """Wait for Redis, load the model (the only time), add the config's streams, start the threads."""
+        if self.client is None:
+            self.connect()
+        if self.stopping.is_set():
+            raise SinkError("stopped while waiting for Redis")
+        queue = JobQueue(self.client, self.keys, self.fleet.group, self.fleet.lease, self.fleet.keep_finished)
+        self.book = CameraBook(self.client, self.keys, self.fleet.lease)
+        self._retrying(queue.ensure_group)
+        self.jobs = JobsRunning(self, queue)
+        self.pipeline = StreamingPipeline(self.config, keep_alive=True)
+        self.cameras = CamerasOwned(self, self.book)
+        self.pipeline.redis.on_fenced = self._fenced
+        self.pipeline.start()
+        for spec in self.config_streams:  # a config file is trusted: local files anywhere (or under media_root)
+            if is_camera(spec):  # the same id in two processes' configs is one camera of the book
+                record = {"kind": "live", "max_frames": spec.max_frames, "gating": spec.gating}
+                self._retrying(lambda s=spec, r=record: self.book.add(s.id, s.url, **{k: v for k, v in r.items() if v}))
+            else:
+                self.add_local(spec, "trusted")
+        self._retrying(self._beat_once)
+        for target, name in ((self._heartbeat_loop, "fleet-heartbeat"), (self._listen_wake, "fleet-wake")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+        self._loop = threading.Thread(target=self._main_loop, name="fleet-main", daemon=True)
+        self._loop.start()
+        log.info("worker %s ready (capacity %d) on Redis %s", self.name, self.capacity, redact(self.config.redis.url))
+
+    def ended(self) -> bool:
+        """Ended by itself: the engine failed (the main loop shut the worker down)."""
+        return self._finished is not None and not self.stopping.is_set()
+
+    def failure(self) -> str | None:
+        errors = self.pipeline.chain.errors if self.pipeline is not None else []
+        return f"the engine failed: {errors[0]}" if errors else None
+
+    def drain(self, timeout: float) -> bool:
+        self.stopping.set()
+        self.wakeup.set()
+        if self._loop is not None:
+            self._loop.join(timeout + 5)
+        return self._shutdown(timeout)
+
+    def abort(self) -> None:
+        self.stopping.set()  # also ends a start() still waiting for Redis
+        if self.pipeline is not None:
+            self.pipeline.abort()
+
+    def summary(self) -> Any:
+        from segstream.pipeline.run import RunSummary
+
+        p = self.pipeline
+        return RunSummary(streams={s.stream_id: s for s in p.registry.all()} if p else {},
+                          elapsed=time.time() - self.started, model_source=p.model_source if p else "-",
+                          placeholder=bool(p and p.placeholder), engine=p.engine_name if p else "-",
+                          stages=p.chain.stats if p else [], interrupted=self.stopping.is_set())
+
+    def ready(self) -> bool:
+        return bool(self.pipeline is not None and self.pipeline.ready() and not self.stopping.is_set())
+
+    # -- local streams (serve's API, the config) ---------------------------------------------
+    def add_local(self, spec: StreamSpec, origin: Origin) -> StreamState:
+        """Run a stream on this process only (its path is local here). Raises SourceRefused,
+        SourceError, StreamExists."""
+        source = open_admitted(spec, self.config, origin)
+        with self._held:
+            state = self.pipeline.add_source(source, gating=spec.gating)
+            self.local.add(spec.id)
+        return state
+
+    def remove_local(self, stream_id: str) -> None:
+        """Stop a local stream, drained (a file gets its EOS entry); raises UnknownStream."""
+        self.pipeline.remove_stream(stream_id)
+        with self._held:
+            self.local.discard(stream_id)
+
+    def room(self) -> int:
+        """Streams this worker may still start: capacity less its jobs, cameras and running local streams."""
+        with self._held:
+            local = sum(1 for s in self.local if s in self.pipeline.sources)
+        return self.capacity - len(self.jobs or ()) - len(self.cameras or ()) - local
+
+    # -- Redis trouble -----------------------------------------------------------------------
+    def _retrying(self, call: Callable[[], Any]) -> Any:
         failures = 0
         while True:
             try:
@@ -167,127 +202,55 @@ class Worker:
             log.warning("worker %s: Redis reachable again after %.1f s", self.name, time.time() - self._redis_trouble_since)
             self._redis_trouble_since = None
 
-    # -- the main loop -------------------------------------------------------------------------
+    # -- the main loop -----------------------------------------------------------------------
+    def _main_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            if self.pipeline.chain.done():
+                break
+            try:
+                if self._step():  # a Redis call succeeded
+                    failures = 0
+                    self._redis_back()
+            except REDIS_TROUBLE as exc:
+                failures += 1
+                self._redis_away(exc)
+                self.stopping.wait(self._backoff.compute(failures))
+        if not self.stopping.is_set():  # the engine failed: shut down here, ended() tells the lifecycle
+            self._shutdown(self.config.shutdown_timeout)
+
     def _step(self) -> bool:
         """One round of the main loop; True when it talked to Redis."""
         self._reap()
         talked = False
-        if time.monotonic() - self._balanced >= self.fleet.heartbeat:
-            self._balance_cameras()
+        if self.wakeup.is_set() or time.monotonic() - self._balanced >= self.fleet.heartbeat:
+            self.wakeup.clear()
+            self.cameras.balance()
             self._balanced = time.monotonic()
             talked = True
-        free = self.capacity - len(self.jobs) - len(self.cameras)
+        free = self.room()
         if free <= 0:
-            self.stopping.wait(0.2)
+            self.wakeup.wait(0.2)
             return talked
-        block_ms = int(min(1.0, self.fleet.heartbeat) * 1000)
-        for entry_id, job_id in self.jobs_q.take(self.name, free, block_ms):
-            try:
-                self._start_job(entry_id, job_id)
-            except REDIS_TROUBLE:
-                raise
-            except Exception as exc:  # whatever a job holds, it fails alone: the worker keeps running
-                reason = f"could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:300]
-                log.warning("job %s failed: %s", job_id, reason)
-                self.jobs_failed += 1
-                for stream_id, job in list(self.jobs.items()):  # registered before it failed: nothing runs for it
-                    if job.claim.job_id == job_id:
-                        with self._held:
-                            del self.jobs[stream_id]
-                        self._drop_stream(stream_id)
-                self.jobs_q.reject(entry_id, {"job": job_id}, reason, job_id)
+        block_ms = int(min(0.5, self.fleet.heartbeat) * 1000)  # a wake-up waits at most this long
+        self.jobs.take(free, block_ms)
         return True
 
-    def _start_job(self, entry_id: str, job_id: str) -> None:
-        try:
-            claim = self.jobs_q.claim(self.name, entry_id, job_id)
-        except MalformedJob as exc:
-            self.jobs_failed += 1
-            log.warning("job %s failed: %s (moved to %s:dead)", job_id, exc.reason, self.keys.jobs)
-            return
-        if claim is None:
-            return
-        if claim.attempts > self.fleet.max_attempts:
-            last = claim.record.get("worker") or "unknown"
-            reason = (f"given up after {self.fleet.max_attempts} attempts: the worker running it stopped "
-                      f"each time (last: {last})")
-            if self.jobs_q.finish(claim, "failed", reason=reason):
-                self.jobs_failed += 1
-            log.warning("job %s (%s) failed: %s", job_id, claim.stream_id, reason)
-            return
-        resume = self.jobs_q.resume_point(claim)
-        if resume.eos_frames is not None:  # its EOS landed; the worker died before acknowledging
-            self.jobs_q.finish(claim, "done", frames=resume.eos_frames)
-            return
-        self._wait_removed(claim.stream_id)
-        if claim.stream_id in self.pipeline.sources or claim.stream_id in self.jobs:
-            self.jobs_q.finish(claim, "failed", reason=f"stream {claim.stream_id} is already being published on {self.name}")
-            return
-        try:  # the job's source is judged by this worker's policy before anything is opened
-            spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame)
-            source = make_source(spec, self.config, "trusted")
-            source.check()
-        except (SourceError, ValueError) as exc:
-            reason = str(exc).splitlines()[0]
-            self.jobs_q.finish(claim, "failed", reason=reason)
-            self.jobs_failed += 1
-            log.warning("job %s (%s) failed: %s", job_id, claim.stream_id, reason)
-            return
-        self.pipeline.redis.fence(claim.stream_id, self.keys.job_fence(job_id), claim.token)
-        with self._held:
-            self.jobs[claim.stream_id] = RunningJob(claim, 0)
-        self.pipeline.add_source(source)
-        if resume.start_frame:
-            log.info("job %s (%s): resuming at frame %d (attempt %d)", job_id, claim.stream_id,
-                        resume.start_frame, claim.attempts)
-
     def _reap(self) -> None:
-        """Finish jobs whose EOS is published or whose source failed; drop what was lost."""
-        for stream_id, job in list(self.jobs.items()):
-            state = self.pipeline.registry.get(stream_id)
-            claim = job.claim
-            if job.lost:
-                log.warning("job %s (%s) was taken over by another worker; stopped here", claim.job_id, stream_id)
-                self._drop_stream(stream_id)
-                with self._held:
-                    del self.jobs[stream_id]
-                continue
-            failure = self.pipeline.chain.producer_error(stream_id)  # this job's: cleared when its source was added
-            error = str(failure) if failure is not None else (state.error if state is not None else None)
-            if state is not None and state.eos_frames is not None:
-                if self.jobs_q.finish(claim, "done", frames=state.eos_frames, reason=error or ""):
-                    self.jobs_done += 1
-                with self._held:
-                    del self.jobs[stream_id]
-                self._remove_stream(stream_id, then=lambda sid=stream_id: self.pipeline.redis.forget(sid))
-            elif error is not None and stream_id not in self.pipeline.chain.producers():
-                if self.jobs_q.finish(claim, "failed", reason=error.splitlines()[0]):
-                    self.jobs_failed += 1
-                log.warning("job %s (%s) failed: %s", claim.job_id, stream_id, error)
-                with self._held:
-                    del self.jobs[stream_id]
-                self._drop_stream(stream_id)
-        for camera_id, camera in list(self.cameras.items()):
-            if camera.lost:
-                log.warning("camera %s was taken over by another worker; stopped here", camera_id)
-                with self._held:
-                    del self.cameras[camera_id]
-                self._drop_stream(camera_id)
+        """Finish jobs that ended, stop what was taken over, forget finished removals."""
+        self.jobs.reap()
+        self.cameras.reap_lost()
         for stream_id, thread in list(self.removing.items()):
             if not thread.is_alive():
-                del self.removing[stream_id]
+                self.removing.pop(stream_id, None)
 
     def _fenced(self, stream_id: str) -> None:
         """From the sink's writer thread: a write for this stream was refused by its fence."""
-        with self._held:
-            job, camera = self.jobs.get(stream_id), self.cameras.get(stream_id)
-        if job is not None:
-            job.lost = True
-        if camera is not None:
-            camera.lost = True
+        self.jobs.fenced(stream_id)
+        self.cameras.fenced(stream_id)
 
-    # -- streams ending ------------------------------------------------------------------------
-    def _remove_stream(self, stream_id: str, then: Any = None) -> None:
+    # -- streams ending ----------------------------------------------------------------------
+    def remove_stream(self, stream_id: str, then: Callable[[], Any] | None = None) -> threading.Thread:
         """Stop a stream and wait for its drain in the background (then call `then`)."""
         def work() -> None:
             try:
@@ -303,76 +266,21 @@ class Worker:
         thread = threading.Thread(target=work, name=f"remove:{stream_id}", daemon=True)
         self.removing[stream_id] = thread
         thread.start()
+        return thread
 
-    def _drop_stream(self, stream_id: str) -> None:
+    def drop_stream(self, stream_id: str) -> None:
         """A stream whose results may no longer be published here: nothing waits for its drain."""
         state = self.pipeline.registry.get(stream_id)
         if state is not None:
             state.finish()
-        self._remove_stream(stream_id)
+        self.remove_stream(stream_id)
 
-    def _wait_removed(self, stream_id: str) -> None:
+    def wait_removed(self, stream_id: str) -> None:
         thread = self.removing.get(stream_id)
         if thread is not None:
             thread.join(self.config.shutdown_timeout + 1)
 
-    # -- cameras -------------------------------------------------------------------------------
-    def _balance_cameras(self) -> None:
-        wanted = self.book.wanted()
-        for camera_id in [c for c in self.cameras if c not in wanted or self.cameras[c].url != wanted[c]]:
-            self._release_camera(camera_id, "removed from the wanted cameras")
-        if self.stopping.is_set():
-            return
-        peers = live_workers(self.client, self.keys, self.fleet.lease)
-        capacities = {name: int(w.get("capacity", "1")) for name, w in peers.items()}
-        capacities[self.name] = self.capacity
-        target = share(len(wanted), self.capacity, capacities)
-        if len(self.cameras) > target:
-            newest = max(self.cameras.values(), key=lambda c: c.acquired)
-            self._release_camera(newest.camera_id, f"rebalancing ({len(self.cameras)} > share {target})")
-            return
-        free = [c for c in wanted if c not in self.cameras and c not in self.removing]
-        random.shuffle(free)  # workers starting together try different cameras first
-        owners = self.book.owners(free)
-        for camera_id in free:
-            if len(self.cameras) >= target:
-                break
-            if owners.get(camera_id) is None:
-                self._take_camera(camera_id, wanted[camera_id])
-
-    def _take_camera(self, camera_id: str, url: str) -> None:
-        token = self.book.acquire(camera_id, self.name)
-        if not token:
-            return
-        if camera_id in self.pipeline.sources:  # still draining from an earlier lease here
-            self.book.release(camera_id, self.name)
-            return
-        start = self.book.next_frame(camera_id)
-        try:  # judged by this worker's source policy before anything is opened
-            source = make_source(StreamSpec(id=camera_id, url=url, kind="live", start_frame=start), self.config, "trusted")
-        except (SourceError, ValueError) as exc:
-            if self.refused.get(camera_id) != url:  # said once per URL, not on every balancing round
-                log.warning("camera %s refused: %s", camera_id, str(exc).splitlines()[0])
-                self.refused[camera_id] = url
-            self.book.release(camera_id, self.name)
-            return
-        self.refused.pop(camera_id, None)
-        self.pipeline.redis.fence(camera_id, self.keys.camera_fence(camera_id), token)
-        with self._held:
-            self.cameras[camera_id] = OwnedCamera(camera_id, url, token)
-        self.pipeline.add_source(source)
-        log.info("camera %s: owned by %s (token %d)", camera_id, self.name, token)
-
-    def _release_camera(self, camera_id: str, why: str) -> None:
-        with self._held:
-            camera = self.cameras.pop(camera_id, None)
-        if camera is None:
-            return
-        log.info("camera %s: released by %s (%s)", camera_id, self.name, why)
-        # The lease is given up only after the stream drained (its `ended` status published).
-        self._remove_stream(camera_id, then=lambda: self.book.release(camera_id, self.name))
-
-    # -- heartbeat -----------------------------------------------------------------------------
+    # -- heartbeat and wake-ups ----------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         while not self.stopping.wait(self.fleet.heartbeat):
             try:
@@ -382,69 +290,67 @@ class Worker:
                 self._redis_away(exc)
 
     def _beat_once(self) -> None:
-        with self._held:
-            jobs, cameras = list(self.jobs.values()), list(self.cameras.values())
-        for job in jobs:
-            if not job.lost and not self.jobs_q.refresh(job.claim, self.name):
-                job.lost = True
-        for camera in cameras:
-            if not camera.lost and not self.book.renew(camera.camera_id, self.name):
-                camera.lost = True
-        snapshot = self.snapshot()
-        now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        key = self.keys.worker(self.name)
-        pipe.hset(key, mapping={k: (v if isinstance(v, (str, int, float)) else json.dumps(v))
-                                for k, v in snapshot.items()})
-        pipe.pexpire(key, int(self.fleet.lease * 1000))
-        pipe.zadd(self.keys.workers, {self.name: now})
-        pipe.zremrangebyscore(self.keys.workers, "-inf", now - 3600)  # forget workers gone for an hour
-        pipe.execute()
+        self.jobs.renew()
+        self.cameras.renew()
+        heartbeat.write_record(self.client, self.keys, self.name, self.snapshot(), self.fleet.lease)
+
+    def _listen_wake(self) -> None:
+        """Set `wakeup` on every message of the wake channel (the book changed somewhere)."""
+        while not self.stopping.is_set():
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.keys.wake)
+                while not self.stopping.is_set():
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self.wakeup.set()
+            except REDIS_TROUBLE + (redis.RedisError,):
+                self.stopping.wait(1.0)  # the main loop and the heartbeat say that Redis is away
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # a broken connection's close: nothing to free
+                        pass
 
     def snapshot(self) -> dict[str, Any]:
-        """What the heartbeat hash and GET /status say about this worker."""
-        streams = []
-        fps = 0.0
-        for state in self.pipeline.registry.all() if self.pipeline else []:
-            snap = state.snapshot()
-            fps += snap["fps_out"]
-            lag = None if state.last_frame_time is None else round(time.time() - state.last_frame_time, 3)
-            streams.append({"id": snap["id"], "kind": snap["kind"], "state": snap["state"], "fps": snap["fps_out"],
-                            "published": snap["frames_published"], "lag": lag,
-                            "dropped": sum(snap["dropped"].values())})
+        """What the heartbeat record and GET /status say about this worker."""
+        streams = heartbeat.stream_entries(self.pipeline.registry.all() if self.pipeline else [])
         with self._held:
-            jobs, cameras = len(self.jobs), len(self.cameras)
-        return {"name": self.name, "capacity": self.capacity, "load": jobs + cameras,
-                "jobs": jobs, "cameras": cameras, "fps": round(fps, 2),
-                "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed, "started": self.started,
-                "host": socket.gethostname(), "pid": os.getpid(), "stopping": int(self.stopping.is_set()),
+            local = len(self.local)
+        jobs, cameras = len(self.jobs or ()), len(self.cameras or ())
+        done, failed = (self.jobs.done, self.jobs.failed) if self.jobs else (0, 0)
+        return {"name": self.name, "capacity": self.capacity, "load": jobs + cameras + local,
+                "jobs": jobs, "cameras": cameras, "local": local, "fps": round(sum(s["fps"] for s in streams), 2),
+                "jobs_done": done, "jobs_failed": failed, "started": self.started,
+                **heartbeat.identity(), "stopping": int(self.stopping.is_set()),
                 "redis_up": int(self.pipeline.redis_up if self.pipeline else 0), "streams": streams}
 
     # -- shutdown ------------------------------------------------------------------------------
-    def _shutdown(self) -> int:
-        failed = bool(self.pipeline.chain.errors)
-        for stream_id, job in list(self.jobs.items()):
-            # Nothing more leaves this process for the job, not even the interrupted EOS of its
-            # source: then the next worker resumes after the last frame that landed.
-            self.pipeline.redis.fence(stream_id, self.keys.job_fence(job.claim.job_id), "handed-back")
+    def _shutdown(self, timeout: float) -> bool:
+        """Hand jobs back, drain every stream, release the leases, erase the record (once)."""
+        with self._shutting:
+            if self._finished is not None:
+                return self._finished
+            self.jobs.hand_back()
+            done = self.pipeline.shutdown(timeout)
+            self.pipeline.close()
             try:
-                if not job.lost and self.jobs_q.hand_back(job.claim, self.name):
-                    log.info("job %s (%s): handed back", job.claim.job_id, stream_id)
+                self.cameras.release_all()
+                heartbeat.erase_record(self.client, self.keys, self.name)
             except REDIS_TROUBLE:
-                pass  # its claim goes idle: another worker takes it after fleet.lease
-        done = self.pipeline.shutdown(self.config.shutdown_timeout)
-        self.pipeline.close()
-        try:
-            for camera_id in list(self.cameras):
-                self.book.release(camera_id, self.name)
-            self.client.delete(self.keys.worker(self.name))
-            self.client.zrem(self.keys.workers, self.name)
-        except REDIS_TROUBLE:
-            pass
-        if failed:
-            log.error("worker %s: the engine failed: %s", self.name, self.pipeline.chain.errors[0])
-            return 1
-        if not done:
-            log.warning("worker %s: streams did not drain within shutdown_timeout (%g s); what was left is dropped "
-                        "(jobs resume elsewhere after their last published frame)", self.name, self.config.shutdown_timeout)
-        return 0
+                pass
+            if not done and self.failure() is None:
+                log.warning("worker %s: streams did not drain within shutdown_timeout (%g s); what was left is "
+                            "dropped (jobs resume elsewhere after their last published frame)", self.name, timeout)
+            self._finished = done
+            return done
+
+
+def is_camera(spec: StreamSpec) -> bool:
+    """A live source reached over the network: a camera of the book, which any process may run.
+    Everything else (files, local devices) runs on the process that was given it."""
+    from segstream.pipeline.sources.locations import source_kind
+    from segstream.pipeline.sources.policy import scheme_of
+
+    return bool(scheme_of(spec.url)) and source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live"

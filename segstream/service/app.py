@@ -1,4 +1,5 @@
-"""The service's HTTP side: control API, metrics, probes and the live viewer, as one ASGI app.
+"""The one HTTP app of every long-running process (`serve`, `worker --http`, `run --http`): the
+streams API, metrics, probes and the live viewer, as one ASGI app (served by service/http.py).
 
 Starlette on uvicorn: a small, well-kept ASGI toolkit with exactly the parts needed (routing,
 JSON and streaming responses, static files, a thread pool for blocking calls) and nothing else;
@@ -8,9 +9,10 @@ pipeline's threads.
 
     GET    /                      the live viewer (static page + MJPEG of the chosen stream)
     GET    /streams               every stream: id, url (password redacted), kind, state, fps, counters, latency
-    POST   /streams               {"id", "url", "kind"?, "max_frames"?} -> 201 | 400 | 409 | 422
+    POST   /streams               {"id", "url", "kind"?, "max_frames"?} -> 201 | 400 | 409 | 422 (405: no write API here)
     GET    /streams/{id}          one stream -> 200 | 404
-    DELETE /streams/{id}          stop it, drained (a file gets its EOS entry) -> 200 + its final counters | 404
+    DELETE /streams/{id}          stop it, drained (a file gets its EOS entry) -> 200 + its final counters | 404 | 405
+    GET    /status                what this process does (a fleet process: its heartbeat record) as JSON
     GET    /metrics               Prometheus text format
     GET    /livez                 200 while the process answers
     GET    /readyz                200 when the model is loaded and Redis answers, else 503 (no paths shown)
@@ -39,10 +41,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from segstream.pipeline.admission import BookUnavailable, StreamElsewhere, TooManyStreams
 from segstream.pipeline.config import ServeSection
 from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
 from segstream.service.auth import TokenAuth
-from segstream.service.control import StreamControl, TooManyStreams
+from segstream.service.control import StreamsControl
 from segstream.service.guards import BodyError, HttpGuards, clip, json_body
 from segstream.service.openapi import openapi_document
 from segstream.service.viewer import Viewer
@@ -56,8 +59,9 @@ BOUNDARY = "segstreamframe"
 MAX_ERRORS_LISTED = 10
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": clip(message, 300), **extra}, status_code=status)
+def _error(status: int, message: str, headers_allow: str | None = None, **extra: Any) -> JSONResponse:
+    headers = {"allow": headers_allow} if headers_allow else None
+    return JSONResponse({"error": clip(message, 300), **extra}, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -82,18 +86,42 @@ def _model_name(source: Any) -> str | None:
     return Path(text).name if ("/" in text or "\\" in text) else text
 
 
-def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry, token: str | None = None,
+def build_app(control: StreamsControl, viewer: Viewer, metrics: CollectorRegistry, token: str | None = None,
               metrics_public: bool = False, secure_cookie: bool = False, read_only: bool = False,
-              serve: ServeSection | None = None) -> HttpGuards:
+              serve: ServeSection | None = None, why_read_only: str = "this process has no write API") -> HttpGuards:
     """The whole HTTP side; `token` None/empty leaves every endpoint open (to loopback Host names and
-    serve.allowed_hosts only). read_only (`segstream run --http`): no POST/DELETE, streams come from
-    the command line. `serve`: the limits (default ServeSection())."""
-    pipeline = control.pipeline
+    serve.allowed_hosts only). read_only (`run --http`, `worker --http`): POST/DELETE answer 405 with
+    `why_read_only`. `serve`: the limits (default ServeSection())."""
     serve = serve or ServeSection()
     document = openapi_document(read_only=read_only, token=bool(token), metrics_public=metrics_public)
+    return _guarded(_routes(control, viewer, metrics, document, read_only, serve, why_read_only),
+                    token, metrics_public, secure_cookie, serve)
 
-    async def list_streams(request: Request) -> Response:
-        return JSONResponse(control.list())
+
+def _guarded(routes: list[Any], token: str | None, metrics_public: bool, secure_cookie: bool,
+             serve: ServeSection) -> HttpGuards:
+    app = Starlette(routes=routes)
+    auth = TokenAuth(app, token, metrics_public=metrics_public, secure_cookie=secure_cookie)
+    return HttpGuards(auth, token_set=bool(token), allowed_hosts=serve.allowed_hosts, max_body_bytes=serve.max_body_bytes)
+
+
+def starting_app(token: str | None = None, metrics_public: bool = False, serve: ServeSection | None = None) -> HttpGuards:
+    """What a process serves while its model loads: /livez 200, /readyz 503, anything else 503
+    (behind the same guards and token as the full app)."""
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def starting(request: Request) -> Response:
+        return JSONResponse({"status": "starting", "error": "the model is loading; try again shortly"}, status_code=503)
+
+    routes = [Route("/livez", livez, methods=["GET"]),
+              Route("/{path:path}", starting, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])]
+    return _guarded(routes, token, metrics_public, False, serve or ServeSection())
+
+
+def _routes(control: StreamsControl, viewer: Viewer, metrics: CollectorRegistry, document: dict[str, Any],
+            read_only: bool, serve: ServeSection, why_read_only: str) -> list[Any]:
+    pipeline = control.pipeline
 
     async def add_stream(request: Request) -> Response:
         try:  # the guards bounded the body's size; json_body bounds its depth
@@ -112,17 +140,22 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
             return _error(409, f"stream {spec.id!r} exists already: DELETE /streams/{spec.id} first", field="id")
         except TooManyStreams as exc:
             return _error(409, str(exc), reason="max_streams")
+        except BookUnavailable as exc:
+            return _error(503, str(exc), reason="redis")
         except ValidationError as exc:
             return _validation_error(exc)
         except (ValueError, OSError, RuntimeError) as exc:  # the source was refused (SourceError: e.g. a missing file)
             return _error(400, clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200), field="url")
-        log.info("stream %s added over the API (%s)", spec.id, snapshot.get("url"))
+        log.info("stream %s added over the API (%s)", spec.id, snapshot.get("url"))  # (redacted)
         return JSONResponse(snapshot, status_code=201, headers={"location": f"/streams/{spec.id}"})
+
+    async def list_streams_(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(control.list))
 
     async def get_stream(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         try:
-            return JSONResponse(control.get(stream_id))
+            return JSONResponse(await run_in_threadpool(control.get, stream_id))
         except UnknownStream:
             return _error(404, f"no stream {clip(stream_id, 64)!r}")
 
@@ -132,6 +165,10 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
             snapshot = await run_in_threadpool(control.remove, stream_id)
         except UnknownStream:
             return _error(404, f"no stream {clip(stream_id, 64)!r}")
+        except StreamElsewhere as exc:
+            return _error(409, str(exc), worker=clip(exc.worker, 200), reason="elsewhere")
+        except BookUnavailable as exc:
+            return _error(503, str(exc), reason="redis")
         log.info("stream %s removed over the API", stream_id)
         return JSONResponse(snapshot)
 
@@ -142,8 +179,14 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
+    async def no_write_api(request: Request) -> Response:
+        return _error(405, f"{request.method} {request.url.path}: {why_read_only}", headers_allow="GET")
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(control.status))
+
     async def readyz(request: Request) -> Response:
-        ready = bool(pipeline.ready())
+        ready = bool(control.ready())
         body = {"status": "ready" if ready else "not ready", "redis": bool(pipeline.redis_up),
                 "redis_down_since": pipeline.redis_down_since, "model": _model_name(pipeline.model_source)}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -165,12 +208,13 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
-    routes = [
+    return [
         Route("/", viewer_page, methods=["GET"]),
-        Route("/streams", list_streams, methods=["GET"]),
-        *([] if read_only else [Route("/streams", add_stream, methods=["POST"])]),
+        Route("/streams", list_streams_, methods=["GET"]),
+        Route("/streams", no_write_api if read_only else add_stream, methods=["POST"]),
         Route("/streams/{stream_id}", get_stream, methods=["GET"]),
-        *([] if read_only else [Route("/streams/{stream_id}", delete_stream, methods=["DELETE"])]),
+        Route("/streams/{stream_id}", no_write_api if read_only else delete_stream, methods=["DELETE"]),
+        Route("/status", status, methods=["GET"]),
         Route("/metrics", scrape, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -179,6 +223,3 @@ def build_app(control: StreamControl, viewer: Viewer, metrics: CollectorRegistry
         Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
-    auth = TokenAuth(app, token, metrics_public=metrics_public, secure_cookie=secure_cookie)
-    return HttpGuards(auth, token_set=bool(token), allowed_hosts=serve.allowed_hosts, max_body_bytes=serve.max_body_bytes)

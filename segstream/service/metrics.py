@@ -3,7 +3,9 @@
 A custom prometheus_client Collector: nothing is counted twice. The pipeline's StreamState
 counters, stage stats, queue depths and batch counters are the single source of truth; each
 scrape turns a snapshot of them into metric families. A removed stream's series disappear with it
-(Prometheus treats that like a target restart of those series).
+(Prometheus treats that like a target restart of those series). In a fleet process (`serve`,
+`worker --http`) every per-stream series also carries `worker` (the process's name, as `segstream
+status` shows it), so the series of a camera that moved between workers stay apart.
 
     segstream_frames_decoded_total{stream}            counter   frames decoded by the source
     segstream_frames_published_total{stream}          counter   frames whose entry reached every sink
@@ -57,10 +59,12 @@ STATES = ("connecting", "live", "reconnecting", "down", "ended")
 class PipelineCollector(Collector):
     """Collects the families listed in the module doc from a StreamingPipeline."""
 
-    def __init__(self, pipeline: Any, viewer: Viewer | None = None, info: dict[str, str] | None = None) -> None:
+    def __init__(self, pipeline: Any, viewer: Viewer | None = None, info: dict[str, str] | None = None,
+                 worker: str | None = None) -> None:
         self.pipeline = pipeline
         self.viewer = viewer
         self.info = info or {}
+        self.worker = worker  # a fleet process's name: a `worker` label on every per-stream series
 
     def collect(self) -> Iterator[Metric]:
         yield from self._streams()
@@ -68,37 +72,39 @@ class PipelineCollector(Collector):
         yield from self._service()
 
     def _streams(self) -> Iterator[Metric]:
-        decoded = CounterMetricFamily("segstream_frames_decoded", "Frames decoded by the stream's source.", labels=["stream"])
-        published = CounterMetricFamily("segstream_frames_published", "Frames whose entry reached every sink.", labels=["stream"])
-        dropped = CounterMetricFamily("segstream_frames_dropped", "Frames dropped, by reason (queue: a camera outpaced the engine; outbox: Redis was away too long).", labels=["stream", "reason"])
-        failed = CounterMetricFamily("segstream_frames_failed", "Frames published with an error field (engine or postprocess failure).", labels=["stream"])
-        instances = CounterMetricFamily("segstream_instances", "Instances published.", labels=["stream"])
-        reconnects = CounterMetricFamily("segstream_reconnects", "Times the stream's source reconnected.", labels=["stream"])
-        up = GaugeMetricFamily("segstream_stream_up", "1 while the stream is live (frames flowing), else 0.", labels=["stream"])
-        state = GaugeMetricFamily("segstream_stream_state", "1 for the stream's current state.", labels=["stream", "state"])
-        fps = GaugeMetricFamily("segstream_stream_fps", "Frames per second over the last 10 s (in: decoded, out: published).", labels=["stream", "direction"])
-        inferred = CounterMetricFamily("segstream_frames_inferred", "Frames the model ran on (all of them without motion gating).", labels=["stream"])
-        gated = CounterMetricFamily("segstream_frames_gated", "Frames motion gating skipped: published with the last inferred frame's instances.", labels=["stream"])
-        latency = HistogramMetricFamily("segstream_capture_to_publish_seconds", "Seconds from capture (decode) to the published entry.", labels=["stream"])
+        per_stream = ["stream", "worker"] if self.worker else ["stream"]
+        decoded = CounterMetricFamily("segstream_frames_decoded", "Frames decoded by the stream's source.", labels=per_stream)
+        published = CounterMetricFamily("segstream_frames_published", "Frames whose entry reached every sink.", labels=per_stream)
+        dropped = CounterMetricFamily("segstream_frames_dropped", "Frames dropped, by reason (queue: a camera outpaced the engine; outbox: Redis was away too long).", labels=per_stream + ["reason"])
+        failed = CounterMetricFamily("segstream_frames_failed", "Frames published with an error field (engine or postprocess failure).", labels=per_stream)
+        instances = CounterMetricFamily("segstream_instances", "Instances published.", labels=per_stream)
+        reconnects = CounterMetricFamily("segstream_reconnects", "Times the stream's source reconnected.", labels=per_stream)
+        up = GaugeMetricFamily("segstream_stream_up", "1 while the stream is live (frames flowing), else 0.", labels=per_stream)
+        state = GaugeMetricFamily("segstream_stream_state", "1 for the stream's current state.", labels=per_stream + ["state"])
+        fps = GaugeMetricFamily("segstream_stream_fps", "Frames per second over the last 10 s (in: decoded, out: published).", labels=per_stream + ["direction"])
+        inferred = CounterMetricFamily("segstream_frames_inferred", "Frames the model ran on (all of them without motion gating).", labels=per_stream)
+        gated = CounterMetricFamily("segstream_frames_gated", "Frames motion gating skipped: published with the last inferred frame's instances.", labels=per_stream)
+        latency = HistogramMetricFamily("segstream_capture_to_publish_seconds", "Seconds from capture (decode) to the published entry.", labels=per_stream)
         for stream in self.pipeline.registry.all():
             snap = stream.snapshot()
             sid = snap["id"]
-            decoded.add_metric([sid], snap["frames_decoded"])
-            published.add_metric([sid], snap["frames_published"])
+            key = [sid, self.worker] if self.worker else [sid]
+            decoded.add_metric(key, snap["frames_decoded"])
+            published.add_metric(key, snap["frames_published"])
             for reason, count in sorted(snap["dropped"].items()):
-                dropped.add_metric([sid, reason], count)
-            failed.add_metric([sid], snap["errors"])
-            instances.add_metric([sid], snap["instances"])
-            reconnects.add_metric([sid], snap["reconnects"])
-            inferred.add_metric([sid], snap["frames_inferred"])
-            gated.add_metric([sid], snap["frames_gated"])
-            up.add_metric([sid], 1.0 if snap["state"] == "live" else 0.0)
+                dropped.add_metric(key + [reason], count)
+            failed.add_metric(key, snap["errors"])
+            instances.add_metric(key, snap["instances"])
+            reconnects.add_metric(key, snap["reconnects"])
+            inferred.add_metric(key, snap["frames_inferred"])
+            gated.add_metric(key, snap["frames_gated"])
+            up.add_metric(key, 1.0 if snap["state"] == "live" else 0.0)
             for name in STATES:
-                state.add_metric([sid, name], 1.0 if snap["state"] == name else 0.0)
-            fps.add_metric([sid, "in"], snap["fps_in"])
-            fps.add_metric([sid, "out"], snap["fps_out"])
+                state.add_metric(key + [name], 1.0 if snap["state"] == name else 0.0)
+            fps.add_metric(key + ["in"], snap["fps_in"])
+            fps.add_metric(key + ["out"], snap["fps_out"])
             buckets, total, _count = stream.latency_histogram()
-            latency.add_metric([sid], [(_le(bound), n) for bound, n in buckets], total)
+            latency.add_metric(key, [(_le(bound), n) for bound, n in buckets], total)
         yield from (decoded, published, dropped, failed, instances, reconnects, inferred, gated, up, state, fps, latency)
 
     def _runtime(self) -> Iterator[Metric]:

@@ -253,10 +253,16 @@ class WorkerRecord(BaseModel):
 
 
 class CameraRecord(BaseModel):
-    """The JSON value of one field (the camera id) of the hash `<prefix>fleet:cameras`."""
+    """The JSON value of one field (the camera id) of the hash `<prefix>fleet:cameras`: the camera
+    book of every `serve` and `worker` on one Redis. Only `url` is required (`{"url": ...}` as
+    `segstream cameras add` writes it); the rest are the stream's settings as `POST /streams` took them."""
 
     model_config = _STRICT
     url: str = Field(min_length=1, max_length=8192)
+    kind: Literal["auto", "live"] = "auto"  # a camera: a live source (auto: from the URL's scheme)
+    max_frames: int | None = Field(default=None, ge=1)  # the camera ends after this many frames
+    gating: Literal["auto", "on", "off"] | None = None  # motion gating (None: the worker's gating.mode)
+    origin: Literal["api", "trusted"] = "trusted"  # who added it: the source policy judges it as such
 
 
 RESULT_MODELS: tuple[type[BaseModel], ...] = (FrameEntry, EndOfStreamEntry, StatusEntry, UnknownEntry)
