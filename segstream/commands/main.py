@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from segstream.commands.lifecycle import print_summary  # noqa: F401  (the summary every command prints)
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 
@@ -103,22 +105,6 @@ def config_from_args(args: argparse.Namespace):
     if args.no_progress:
         override(config, "output.progress", False)
     return config
-
-
-def print_summary(summary, out=sys.stderr) -> None:
-    model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
-    print(f"model: {model}; engine: {summary.engine}", file=out)
-    for t in summary.streams.values():
-        drop = f", {t.dropped_total} dropped" if t.live else ""
-        inferred = f" ({t.inferred} inferred, {t.gated} carried over by motion gating)" if t.gating else ""
-        print(f"{t.stream_id}: {t.published} frames published{inferred}, {t.instances} instances{drop}, "
-              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
-    stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
-    print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)
-    if summary.corrupt_skipped:
-        print(f"skipped {summary.corrupt_skipped} corrupt packet(s)", file=out)
-    for path in summary.videos:
-        print(f"annotated video: {path}", file=out)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
