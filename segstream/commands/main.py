@@ -16,6 +16,7 @@ from segstream.commands.lifecycle import print_summary  # noqa: F401  (the summa
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+EXIT_ABORTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -113,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     for source in args.sources:  # refused before anything heavy is even imported, let alone opened
         check_source(source, config.sources, "trusted")
-    from segstream.pipeline.run import run
+    from segstream.commands.lifecycle import run_application
+    from segstream.pipeline.run import PipelineRun
 
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
@@ -122,15 +124,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         endpoints = Endpoints(args.http, resolve_token(args), read_only=True, insecure_no_auth=args.insecure_no_auth)
     try:
-        summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
-                      kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+        app = PipelineRun(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                          kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+        return run_application(app, config.shutdown_timeout)
     finally:
         if endpoints is not None:
             endpoints.close()
-    print_summary(summary)
-    for error in summary.source_errors:
-        print(f"segstream: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT if summary.source_errors else 0
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -199,16 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("SEGSTREAM_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        code = int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command's lifecycle took the signals over
         print("segstream: interrupted", file=sys.stderr)
-        if args.command in ("run", "serve", "worker"):
-            # An abort leaves worker threads inside native code (decoders, torch); interpreter
-            # teardown under them can end in a C++ `terminate`. Sinks are closed by now: leave at once.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        code = EXIT_ABORTED
     except Exception as exc:  # one line for the user, never a traceback
         if debug:
             raise
@@ -223,6 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         print(f"segstream: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return EXIT_INTERNAL
+    if code == EXIT_ABORTED and args.command in ("run", "serve", "worker"):
+        # An abort leaves worker threads inside native code (decoders, torch, a model still
+        # loading); interpreter teardown under them can end in a C++ `terminate`. The sinks are
+        # closed by now: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ABORTED)
+    return code
 
 
 if __name__ == "__main__":
