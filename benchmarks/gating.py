@@ -58,7 +58,7 @@ def file_figures(video: Path, gt: Path, mode: str, engine, url: str) -> dict:
     config.gating.mode = mode
     stream_id = f"gating-{video.stem}-{mode}-{int(time.time() * 1000)}"
     cpu, wall = time.process_time(), time.monotonic()
-    summary = run([str(video)], config, stream_ids=[stream_id], engine=engine, handle_signals=False)
+    summary = run([str(video)], config, stream_ids=[stream_id], engine=engine)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     entries = Subscriber(url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
     frames = [e for e in entries if "frame" in e]

@@ -52,7 +52,7 @@ def main() -> int:
                 subprocess.run([sys.executable, str(RENDERER), str(video), str(gt), "--seed", str(seed),
                                 "--frames", str(args.frames)], check=True, capture_output=True)
             stream_id = f"tracking-{seed}-{int(time.time() * 1000)}"
-            summary = run([str(video)], config, stream_ids=[stream_id], handle_signals=False)
+            summary = run([str(video)], config, stream_ids=[stream_id])
             entries = Subscriber(url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
             pair = tracking_accumulators(gt, entries, min_score=TRACKING_MIN_SCORE)
             if pair is None:

@@ -12,8 +12,11 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from segstream.commands.lifecycle import print_summary  # noqa: F401  (the summary every command prints)
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+EXIT_ABORTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -105,29 +108,14 @@ def config_from_args(args: argparse.Namespace):
     return config
 
 
-def print_summary(summary, out=sys.stderr) -> None:
-    model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
-    print(f"model: {model}; engine: {summary.engine}", file=out)
-    for t in summary.streams.values():
-        drop = f", {t.dropped_total} dropped" if t.live else ""
-        inferred = f" ({t.inferred} inferred, {t.gated} carried over by motion gating)" if t.gating else ""
-        print(f"{t.stream_id}: {t.published} frames published{inferred}, {t.instances} instances{drop}, "
-              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
-    stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
-    print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)
-    if summary.corrupt_skipped:
-        print(f"skipped {summary.corrupt_skipped} corrupt packet(s)", file=out)
-    for path in summary.videos:
-        print(f"annotated video: {path}", file=out)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from segstream.pipeline.sources.policy import check_source
 
     config = config_from_args(args)
     for source in args.sources:  # refused before anything heavy is even imported, let alone opened
         check_source(source, config.sources, "trusted")
-    from segstream.pipeline.run import run
+    from segstream.commands.lifecycle import run_application
+    from segstream.pipeline.run import PipelineRun
 
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
@@ -137,17 +125,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         endpoints = HttpServer(args.http, resolve_token(args), insecure_no_auth=args.insecure_no_auth)
     try:
-        summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
-                      kind=args.kind or "auto", on_pipeline=(lambda p: endpoints.attach(
-                          StreamControl(p), why_read_only="a CLI run's streams come from its command line"))
-                      if endpoints else None)
+        app = PipelineRun(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                          kind=args.kind or "auto", on_pipeline=(lambda p: endpoints.attach(
+                              StreamControl(p), why_read_only="a CLI run's streams come from its command line"))
+                          if endpoints else None)
+        return run_application(app, config.shutdown_timeout)
     finally:
         if endpoints is not None:
             endpoints.close()
-    print_summary(summary)
-    for error in summary.source_errors:
-        print(f"segstream: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT if summary.source_errors else 0
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -216,16 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("SEGSTREAM_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        code = int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command's lifecycle took the signals over
         print("segstream: interrupted", file=sys.stderr)
-        if args.command in ("run", "serve", "worker"):
-            # An abort leaves worker threads inside native code (decoders, torch); interpreter
-            # teardown under them can end in a C++ `terminate`. Sinks are closed by now: leave at once.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        code = EXIT_ABORTED
     except Exception as exc:  # one line for the user, never a traceback
         if debug:
             raise
@@ -240,6 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         print(f"segstream: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return EXIT_INTERNAL
+    if code == EXIT_ABORTED and args.command in ("run", "serve", "worker"):
+        # An abort leaves worker threads inside native code (decoders, torch, a model still
+        # loading); interpreter teardown under them can end in a C++ `terminate`. The sinks are
+        # closed by now: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ABORTED)
+    return code
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def clip(tmp_path_factory):
 def _published(video, engine):
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(video)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 
@@ -134,7 +134,7 @@ def _mask_ap(engine, clip) -> float:
 
     sink = _Messages()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(clip[0])], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(clip[0])], config, engine=engine, extra_sinks=[sink])
     return coco_metrics(clip[1], sink.messages)["mask_ap"]
 
 

@@ -56,7 +56,7 @@ def clip(tmp_path_factory):
 def _published(video: Path, engine) -> list:
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(video)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 

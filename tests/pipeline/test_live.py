@@ -70,7 +70,7 @@ def test_camera_feed_that_drops_is_rejoined(fast_config, redis_client):
     result: dict = {}
     worker = threading.Thread(
         target=lambda: result.update(summary=run([server.url], fast_config, stream_ids=["cam"], engine=SlowEngine(0.01),
-                                                 on_start=chains.append, handle_signals=False)),
+                                                 on_start=chains.append)),
     )
     worker.start()
     try:
