@@ -148,7 +148,8 @@ def status_main(argv: Sequence[str]) -> int:
 
 def cameras_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="segstream cameras", description=(
-        "The cameras the fleet keeps running: each is owned by one worker at a time and moves when that worker goes."))
+        "The fleet's camera book (the same one `segstream serve`'s POST/DELETE /streams changes): each camera is "
+        "owned by one worker or serve at a time and moves when that process goes."))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis", default=os.environ.get("SEGSTREAM_REDIS", DEFAULT_REDIS))
     common.add_argument("--prefix", default="segstream:")
@@ -172,15 +173,17 @@ def cameras_main(argv: Sequence[str]) -> int:
             new = book.add(args.camera_id, args.url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        book.wake()  # every worker balances now: the camera is picked up at once
         print(f"{'added' if new else 'updated'} camera {args.camera_id}: {redact(args.url)}")
     elif args.action == "remove":
         if not book.remove(args.camera_id):
             print(f"segstream: error: no camera {args.camera_id}", file=sys.stderr)
             return 2
+        book.wake()
         print(f"removed camera {args.camera_id}")
     else:
         wanted = book.wanted()
         owners = book.owners(sorted(wanted))
         for camera_id in sorted(wanted):
-            print(f"{camera_id}\t{redact(wanted[camera_id])}\towner {owners[camera_id] or '-'}")
+            print(f"{camera_id}\t{redact(wanted[camera_id].url)}\towner {owners[camera_id] or '-'}")
     return 0

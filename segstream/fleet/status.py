@@ -1,5 +1,6 @@
 """`segstream status`: the fleet at a glance, read from Redis only (workers' heartbeat hashes,
-job records, camera leases), so it works from any machine and never touches a worker."""
+job records, the camera book and its leases), so it works from any machine and never touches a
+worker. Every `segstream serve` is a worker here too; its `GET /streams` reads the same records."""
 
 from __future__ import annotations
 
@@ -57,9 +58,12 @@ def gather(client: redis.Redis, keys: FleetKeys, lease: float = 10.0) -> dict[st
     for camera_id in sorted(wanted):
         stream = streams_by_id.get(camera_id, {})
         owner = owners[camera_id]
-        cameras.append({"id": camera_id, "url": _redacted(wanted[camera_id]), "owner": owner,
-                        "state": stream.get("state") if owner else "unowned", "fps": stream.get("fps"),
-                        "lag": stream.get("lag"), "dropped": stream.get("dropped")})
+        dropped = stream.get("dropped")
+        # "pending": wanted, nobody runs it yet (as GET /streams says; "connecting" once owned, before its first record)
+        cameras.append({"id": camera_id, "url": _redacted(wanted[camera_id].url), "owner": owner,
+                        "state": (stream.get("state") or "connecting") if owner else "pending", "fps": stream.get("fps"),
+                        "lag": stream.get("lag"),
+                        "dropped": sum(dropped.values()) if isinstance(dropped, dict) else dropped})
     return {"workers": workers,
             "jobs": {"counts": {s: counts.get(s, 0) for s in ("waiting", "running", "done", "failed")}, "list": jobs},
             "cameras": cameras}

@@ -39,7 +39,9 @@ def openapi_document(read_only: bool = False, token: bool = False, metrics_publi
             "operationId": "addStream", "summary": "add a camera or file stream",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StreamSpec"}}}},
             "responses": {"201": _json("added", stream), **refusals,
-                          "409": _json("a stream with this id exists, or serve.max_streams are running"),
+                          "409": _json("a stream with this id exists in the fleet, or serve.max_streams are held "
+                                       "(reason max_streams)"),
+                          "503": _json("Redis is away: the camera book cannot be changed now (reason redis)"),
                           "422": _json("a field is invalid (the answer names it)")},
         }
     one_path: dict[str, Any] = {
@@ -50,7 +52,9 @@ def openapi_document(read_only: bool = False, token: bool = False, metrics_publi
     if not read_only:
         one_path["delete"] = {"operationId": "deleteStream", "summary": "stop a stream (drained) and forget it",
                               "responses": {"200": _json("its final counters", stream), "401": refusals["401"],
-                                            "404": _json("no such stream")}}
+                                            "404": _json("no such stream"),
+                                            "409": _json("a local stream of another process (the answer names its worker)"),
+                                            "503": _json("Redis is away: the camera book cannot be changed now")}}
     open_security: list[dict[str, list[str]]] = [{}]
     paths: dict[str, Any] = {
         "/streams": streams_path,
@@ -60,6 +64,8 @@ def openapi_document(read_only: bool = False, token: bool = False, metrics_publi
                              "responses": {"200": {"description": "metrics",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                                            "401": refusals["401"]}}},
+        "/status": {"get": {"operationId": "status", "summary": "what this process runs (a fleet process: its heartbeat record)",
+                            "responses": {"200": _json("the status", {"type": "object"}), "401": refusals["401"]}}},
         "/livez": {"get": {"operationId": "livez", "summary": "200 while the process answers", "security": open_security,
                            "responses": {"200": _json("alive", {"type": "object"})}}},
         "/readyz": {"get": {"operationId": "readyz", "summary": "200 when the model is loaded and Redis answers",
@@ -77,7 +83,9 @@ def openapi_document(read_only: bool = False, token: bool = False, metrics_publi
             "schemas": {
                 "StreamSpec": spec_schema,
                 "Stream": {"type": "object", "required": ["id", "state"],
-                           "properties": {"id": STREAM_ID, "url": {"type": "string"}, "state": {"type": "string"}},
+                           "properties": {"id": STREAM_ID, "url": {"type": "string"}, "state": {"type": "string"},
+                                          "worker": {"type": ["string", "null"],
+                                                     "description": "the fleet process running it (null: pending)"}},
                            "additionalProperties": True},
                 "Readiness": {"type": "object", "required": ["status", "redis"],
                               "properties": {"status": {"type": "string"}, "redis": {"type": "boolean"},
