@@ -73,7 +73,7 @@ class HttpServer:
     def _run(self) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(self._asgi, log_config=None, log_level="warning", access_log=False,
+        self.server = uvicorn.Server(uvicorn.Config(self._asgi, interface="asgi3", log_config=None, log_level="warning", access_log=False,
                                                     lifespan="off", ssl_certfile=self.tls[0], ssl_keyfile=self.tls[1],
                                                     timeout_graceful_shutdown=2))
         # Not on the main thread, so uvicorn installs no signal handlers: the command owns them.
