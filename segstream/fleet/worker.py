@@ -35,7 +35,7 @@ from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.admission import open_admitted
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, connect
+from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, answered_error, connect, refused_access
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sources.policy import Origin
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
@@ -43,7 +43,11 @@ from segstream.pipeline.streams import StreamState
 
 log = logging.getLogger(__name__)
 
-REDIS_TROUBLE = CONNECTION_ERRORS + (redis.BusyLoadingError,)
+#: What the loops wait through, retrying: Redis away, loading, or refusing who we are (AuthenticationError
+#: is a ConnectionError; an ACL without the right is NoPermissionError).
+REDIS_TROUBLE = CONNECTION_ERRORS + (redis.BusyLoadingError, redis.exceptions.NoPermissionError)
+#: Seconds between log lines while Redis refuses the credentials (the sink says the same for results).
+REFUSED_LOG_INTERVAL = 60.0
 
 
 def default_name() -> str:
@@ -80,6 +84,7 @@ class Worker:
         self._finished: bool | None = None  # drained in time, once shut down
         self._shutting = threading.Lock()
         self._redis_trouble_since: float | None = None
+        self._refused_logged = -REFUSED_LOG_INTERVAL
         self._backoff = EqualJitterBackoff(cap=config.redis.backoff_max, base=config.redis.backoff_initial)
 
     # -- the Application -------------------------------------------------------------------
@@ -155,7 +160,9 @@ class Worker:
                           stages=p.chain.stats if p else [], interrupted=self.stopping.is_set())
 
     def ready(self) -> bool:
-        return bool(self.pipeline is not None and self.pipeline.ready() and not self.stopping.is_set())
+        """Model loaded, Redis answering (the results' sink and the fleet's loops alike), not stopping."""
+        return bool(self.pipeline is not None and self.pipeline.ready() and not self.stopping.is_set()
+                    and self._redis_trouble_since is None)
 
     # -- local streams (serve's API, the config) ---------------------------------------------
     def add_local(self, spec: StreamSpec, origin: Origin) -> StreamState:
@@ -192,6 +199,14 @@ class Worker:
                     raise SinkError("stopped while waiting for Redis") from None
 
     def _redis_away(self, exc: BaseException) -> None:
+        if isinstance(exc, redis.RedisError) and refused_access(exc):  # not an outage: said once a minute
+            now = time.monotonic()
+            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
+                self._refused_logged = now
+                log.error("worker %s: %s; the camera book and the jobs wait, retrying (one line a minute)",
+                          self.name, answered_error(self.config.redis.url, exc))
+            self._redis_trouble_since = self._redis_trouble_since or time.time()
+            return
         if self._redis_trouble_since is None:
             self._redis_trouble_since = time.time()
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -147,15 +147,16 @@ def test_bad_camera_values_and_result_entries_are_skipped_not_fatal(redis_url, r
     book = CameraBook(redis_client, FleetKeys(), lease=3.0)
     book.add("door", "rtsp://127.0.0.1:8554/door")
     redis_client.hset("segstream:fleet:cameras", mapping={"list": "[1]", "nourl": '{"uri": "x"}', "number": '{"url": 5}',
-                                                          "notjson": "rtsp://x", "bad\nid": '{"url": "rtsp://y"}'})
+                                                          "notjson": "rtsp://x", "bad\nid": '{"url": "rtsp://y"}',
+                                                          "badkind": '{"url": "rtsp://z", "kind": "file"}'})
     with pytest.raises(ValueError, match="camera id"):
         book.add("cam1\n", "rtsp://127.0.0.1/x")
     with pytest.raises(ValueError, match="stream id"):
         JobQueue(redis_client, FleetKeys()).submit("/videos/a.mp4", "cam1\n")
     for _ in range(3):  # as every heartbeat asks
-        assert book.wanted() == {"door": "rtsp://127.0.0.1:8554/door"}
+        assert {k: r.url for k, r in book.wanted().items()} == {"door": "rtsp://127.0.0.1:8554/door"}
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(warnings) == 5, warnings  # once per bad value, not once per heartbeat
+    assert len(warnings) == 6, warnings  # once per bad value, not once per heartbeat
 
     def frame(n) -> dict:
         return {"data": json.dumps({"schema": 1, "stream": "door", "frame": n, "pts": None, "time": 1.0,

@@ -5,7 +5,9 @@ minute until the credentials work again. Real redis-server processes, their pass
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 
 import redis as redis_py
 
@@ -14,7 +16,6 @@ from segstream.pipeline.messages import StreamStatus
 from segstream.pipeline.redis_server import PrivateRedis
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.wire.entries import status_message
-from segstream.service.stream_book import StreamBook
 from servers import wait_for  # noqa: E402
 
 
@@ -55,18 +56,52 @@ def test_a_password_changed_while_publishing_is_one_error_line_a_minute_and_down
             sink.close(2)
 
 
-def test_the_stream_book_says_why_redis_refuses_it_once(caplog):
-    caplog.set_level(logging.WARNING, logger="segstream.service")
-    with PrivateRedis(["--requirepass", "right"], password="wrong") as url:
-        book = StreamBook(url, "segstream:", retry_interval=0.02)
-        loaded = []
-        book.start(loaded.append)
+def test_a_worker_whose_redis_refuses_the_credentials_says_why_once_and_is_not_ready(tmp_path):
+    """The camera book and the jobs live in Redis: a password changed under a running worker is one
+    error line (not a silent retry loop), /readyz 503, and work again once the password is fixed."""
+    import json
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    from segstream.pipeline.redis_server import free_port, stop_process
+
+    def readyz(port: int) -> int:
         try:
-            book.remember({"id": "cam9", "url": "rtsp://cam9"})
-            wait_for(lambda: book.trouble, 10, "the book's trouble")
-            time.sleep(0.5)  # many retries
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except OSError:
+            return 0
+
+    with PrivateRedis() as url:
+        admin = redis_py.Redis.from_url(url)
+        config = tmp_path / "worker.yaml"
+        config.write_text(yaml.safe_dump({"model": {"input_size": [128, 224]}, "redis": {"url": url},
+                                          "fleet": {"lease": 3.0, "heartbeat": 0.2}}))
+        port = free_port()
+        log = tmp_path / "worker.log"
+        exe = Path(sys.executable).with_name("segstream")
+        worker = subprocess.Popen([str(exe), "worker", "--config", str(config), "--name", "w1", "--http", f"127.0.0.1:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        try:
+            wait_for(lambda: readyz(port) == 200, 120, "the worker to be ready")
+            admin.config_set("requirepass", "rotated")
+            admin = redis_py.Redis.from_url(url.replace("redis://", "redis://:rotated@"))
+            admin.client_kill_filter(_type="normal", skipme=True)  # the worker's connections are gone
+            refused = lambda: [line for line in log.read_text().splitlines()  # noqa: E731
+                               if "worker w1" in line and "refused the credentials" in line]
+            wait_for(refused, 15, "a line saying Redis refused the worker's credentials")
+            time.sleep(2.0)  # ten heartbeats and many main-loop rounds at this pace: still one line
+            assert len(refused()) == 1, refused()
+            assert "rotated" not in log.read_text()
+            wait_for(lambda: readyz(port) == 503, 15, "/readyz to say 503")
+            admin.config_set("requirepass", "")  # the operator fixes it: the worker's record is written again
+            admin.delete("segstream:fleet:worker:w1")
+            wait_for(lambda: admin.exists("segstream:fleet:worker:w1"), 15, "the worker's heartbeat again")
+            assert json.loads(admin.hget("segstream:fleet:worker:w1", "streams")) == []
         finally:
-            book.close(1)
-    lines = [r.getMessage() for r in caplog.records if "stream book" in r.getMessage()]
-    assert len(lines) == 1 and "refused the credentials" in lines[0], lines
-    assert "wrong" not in lines[0] and not loaded
+            stop_process(worker)

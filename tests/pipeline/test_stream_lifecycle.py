@@ -74,15 +74,15 @@ def test_one_failed_batch_on_the_device_counts_as_one_failure():
 
 def test_a_file_cut_short_says_truncated_in_the_log_the_api_the_eos_and_stays_listed(
         service_pipeline, cut_mp4, redis_client, caplog):
-    from segstream.commands.serve import Endpoints
     from segstream.service.control import StreamControl
+    from segstream.service.http import HttpServer
 
     caplog.set_level(logging.WARNING)
     service_pipeline.config.sources.media_root = str(cut_mp4.parent)  # a file over the API: under the media root
     control = StreamControl(service_pipeline)
-    endpoints = Endpoints("127.0.0.1:0")
+    endpoints = HttpServer("127.0.0.1:0")
     try:
-        endpoints.attach(service_pipeline, control)
+        endpoints.attach(control)
         control.add(StreamSpec(id="cut", url=str(cut_mp4)))
         state = wait_for(lambda: (s := service_pipeline.registry.get("cut")) and s.error and s.finished and s,
                          60, "the cut file's error")

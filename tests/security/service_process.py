@@ -110,8 +110,8 @@ class ServeProcess:
         return [s["id"] for s in answer.json()]
 
     def remembered(self) -> set[str]:
-        """The stream ids the service wrote to Redis (to be added again after a restart)."""
-        return {k.decode() for k in self.redis.client().hkeys(f"{PREFIX}service:streams")}
+        """The cameras in the fleet's camera book (run by some process, again after a restart)."""
+        return {k.decode() for k in self.redis.client().hkeys(f"{PREFIX}fleet:cameras")}
 
 
 def raw_exchange(port: int, head: bytes, body_parts: list[bytes] = (), timeout: float = 10) -> tuple[bytes, float]:

@@ -51,8 +51,8 @@ def guarded(tmp_path_factory, redis):
 
 
 def stream_keys(redis: PrivateRedis, prefix: str) -> set[str]:
-    """What the service keeps about API streams in Redis (the remembered-streams hash's fields)."""
-    return {k.decode() for k in redis.client().hkeys(f"{prefix}service:streams")}
+    """What the service keeps about API streams in Redis (the camera book's fields)."""
+    return {k.decode() for k in redis.client().hkeys(f"{prefix}fleet:cameras")}
 
 
 # -- a web page the user visits: "simple" cross-site requests ---------------------------------

@@ -96,7 +96,7 @@ def refused(service: Service, stream_id: str, url: str, **extra: Any) -> str:
     status, body = service.post(stream_id, url, **extra)
     assert 400 <= status < 500 and body.get("field") == "url", (status, body)
     assert stream_id not in service.streams()
-    assert service.redis.client().hget(f"{PREFIX}service:streams", stream_id) is None
+    assert service.redis.client().hget(f"{PREFIX}fleet:cameras", stream_id) is None  # the camera book
     assert service.call("GET", f"/viewer/streams/{stream_id}.mjpg")[0] == 404
     return body["error"]
 
@@ -135,11 +135,11 @@ def folders(tmp_path_factory):
 def service(folders, camera):
     redis = PrivateRedis()
     redis.start()
-    # Specs remembered by an older, unprotected service: a restart must not run them again.
-    book = f"{PREFIX}service:streams"
+    # Cameras put into the book over the API by an older, unprotected service: never run now.
+    book = f"{PREFIX}fleet:cameras"
     redis.client().hset(book, mapping={
-        "old-crlf": json.dumps({"id": "old-crlf", "url": f"rtsp://127.0.0.1:{redis.port}/a\r\nSET canary-restored 1\r\nX"}),
-        "old-file": json.dumps({"id": "old-file", "url": str(folders / "private" / "secret.mp4"), "kind": "live"}),
+        "old-crlf": json.dumps({"url": f"rtsp://127.0.0.1:{redis.port}/a\r\nSET canary-restored 1\r\nX", "origin": "api"}),
+        "old-file": json.dumps({"url": str(folders / "private" / "secret.mp4"), "kind": "live", "origin": "api"}),
     })
     config = {
         "model": {"input_size": [128, 224], "score_threshold": 0.3},
@@ -174,11 +174,14 @@ def service(folders, camera):
         redis.stop()
 
 
-def test_remembered_streams_that_the_policy_now_refuses_are_skipped_with_a_warning(service):
-    wait_for(lambda: "skipping remembered stream old-crlf" in service.stderr(), 20, "the restore warning")
-    assert "skipping remembered stream old-file" in service.stderr()
-    streams = service.streams()
-    assert "old-crlf" not in streams and "old-file" not in streams
+def test_book_cameras_that_the_policy_now_refuses_are_never_run_and_said_so_once(service):
+    wait_for(lambda: "camera old-crlf refused" in service.stderr(), 20, "the refusal warning")
+    assert "camera old-file refused" in service.stderr()
+    streams = service.streams()  # listed as wanted, run by nobody
+    assert streams["old-crlf"]["state"] == streams["old-file"]["state"] == "pending"
+    assert streams["old-crlf"]["worker"] is None and streams["old-file"]["frames_published"] == 0
+    time.sleep(2.5)  # a few balancing rounds: still one warning each
+    assert service.stderr().count("camera old-crlf refused") == 1
     never(lambda: service.redis.client().exists("canary-restored"), 1.0)
     assert service.published("old-file") == 0
 
@@ -311,8 +314,8 @@ def test_secrets_in_a_camera_url_are_never_shown(service):
     assert service.streams()["secret-cam"]["url"] == (
         f"rtsp://***@127.0.0.1:{dark}/s?user=admin&password=***&x-api-key=***&Signature=***")
     assert service.streams()["secret-pw"]["url"] == f"rtsp://viewer:***@127.0.0.1:{dark}/s"
-    # Redis keeps the real URL: the service needs it to reconnect after a restart.
-    assert json.loads(client.hget(f"{PREFIX}service:streams", "secret-cam"))["url"] == url
+    # The camera book keeps the real URL: whichever process runs the camera needs it to connect.
+    assert json.loads(client.hget(f"{PREFIX}fleet:cameras", "secret-cam"))["url"] == url
     for stream_id in ("secret-cam", "secret-pw"):
         assert service.call("DELETE", f"/streams/{stream_id}")[0] == 200
 

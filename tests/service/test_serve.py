@@ -4,7 +4,8 @@ real gstreamer RTSP cameras, the real model, and the viewer in a real headless C
 One service process serves the whole module (the model loads once, which is itself checked); the
 tests run in file order and build on each other like an operator's session: cameras added, one
 removed, metrics scraped, the viewer opened, Redis lost and back, then SIGTERM and a restart that
-remembers the API's cameras.
+runs the cameras of the book again (a single serve is a fleet of one: its cameras are in the
+fleet's camera book, `<prefix>fleet:cameras`).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def service(tmp_path_factory, cameras):
     svc = Service(process, f"http://127.0.0.1:{port}", folder / "serve.log", redis,
                   lambda name: f"rtsp://{'viewer:hunter2@' if name == 'cam3' else ''}127.0.0.1:{cameras.port}/{name}")
     svc.folder = folder  # type: ignore[attr-defined]
+    svc.name = f"{os.uname().nodename}-{process.pid}"  # type: ignore[attr-defined]  (its default fleet name)
     svc.port = port  # type: ignore[attr-defined]
     try:
         wait_alive(svc)
@@ -155,7 +157,8 @@ def test_three_cameras_added_over_http_publish_and_the_removed_one_stops(service
              "every camera to publish frames")
     client = service.redis.client()
     assert all(frames_on_redis(client, name) for name in CAMERAS)
-    assert set(client.hkeys(f"{PREFIX}service:streams")) == {n.encode() for n in CAMERAS}
+    assert set(client.hkeys(f"{PREFIX}fleet:cameras")) == {n.encode() for n in CAMERAS}
+    assert {s["worker"] for s in service.streams().values()} == {service.name}
 
     status, body, _ = service.call("DELETE", "/streams/cam2")
     assert status == 200 and body["id"] == "cam2"
@@ -167,8 +170,8 @@ def test_three_cameras_added_over_http_publish_and_the_removed_one_stops(service
     assert "hunter2" not in streams["cam3"]["url"] and "hunter2" not in service.stderr()
     assert service.call("GET", "/streams/cam2")[0] == 404
     assert service.call("GET", "/streams/cam1")[1]["id"] == "cam1"
-    wait_for(lambda: set(client.hkeys(f"{PREFIX}service:streams")) == {b"cam1", b"cam3"}, 10,
-             "cam2 to be forgotten in Redis")
+    wait_for(lambda: set(client.hkeys(f"{PREFIX}fleet:cameras")) == {b"cam1", b"cam3"}, 10,
+             "cam2 to leave the camera book")
 
     # cam2 stopped publishing (DELETE answered once its last entry was on Redis); the others go on.
     before = {name: len(frames_on_redis(client, name)) for name in CAMERAS}
@@ -402,12 +405,12 @@ def test_readyz_is_503_while_redis_is_down_and_200_after(service):
     wait_for(lambda: len(frames_on_redis(client, "cam1")) > count, 20, "cam1 to publish again")
 
 
-def test_sigterm_drains_exits_zero_and_a_restart_remembers_the_api_cameras(service):
+def test_sigterm_drains_exits_zero_and_a_restart_runs_the_cameras_of_the_book(service):
     assert next(iter(service.metrics()["segstream_model_loads"].samples)).value == 1.0  # one load for everything
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=40) == 0, service.stderr()
     client = service.redis.client()
-    assert set(client.hkeys(f"{PREFIX}service:streams")) == {b"cam1", b"cam3"}
+    assert set(client.hkeys(f"{PREFIX}fleet:cameras")) == {b"cam1", b"cam3"}  # files over the API are not kept
 
     service.process = start_service(service.folder, service.redis, service.port, "serve-again")
     service.log = service.folder / "serve-again.log"
