@@ -62,6 +62,9 @@ class FleetControl:
     def status(self) -> dict[str, Any]:
         return self.worker.snapshot()
 
+    def redis(self) -> tuple[bool, float | None]:
+        return self.worker.redis_state()
+
     # -- reading ---------------------------------------------------------------------------
     def list(self) -> list[dict[str, Any]]:
         w = self.worker

@@ -164,6 +164,12 @@ class Worker:
         return bool(self.pipeline is not None and self.pipeline.ready() and not self.stopping.is_set()
                     and self._redis_trouble_since is None)
 
+    def redis_state(self) -> tuple[bool, float | None]:
+        """Whether Redis answers (the results' sink and the fleet's loops alike), and since when not."""
+        sink_up = self.pipeline is None or self.pipeline.redis_up
+        since = [t for t in (self._redis_trouble_since, self.pipeline and self.pipeline.redis_down_since) if t]
+        return bool(sink_up and self._redis_trouble_since is None), (min(since) if since else None)
+
     # -- local streams (serve's API, the config) ---------------------------------------------
     def add_local(self, spec: StreamSpec, origin: Origin) -> StreamState:
         """Run a stream on this process only (its path is local here). Raises SourceRefused,

@@ -187,8 +187,9 @@ def _routes(control: StreamsControl, viewer: Viewer, metrics: CollectorRegistry,
 
     async def readyz(request: Request) -> Response:
         ready = bool(control.ready())
-        body = {"status": "ready" if ready else "not ready", "redis": bool(pipeline.redis_up),
-                "redis_down_since": pipeline.redis_down_since, "model": _model_name(pipeline.model_source)}
+        redis_up, down_since = control.redis()
+        body = {"status": "ready" if ready else "not ready", "redis": redis_up,
+                "redis_down_since": down_since, "model": _model_name(pipeline.model_source)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def viewer_page(request: Request) -> Response:

@@ -33,6 +33,7 @@ class StreamsControl(Protocol):
     def remove(self, stream_id: str) -> dict[str, Any]: ...  # its last state; drained
     def status(self) -> dict[str, Any]: ...  # GET /status: what this process does
     def ready(self) -> bool: ...  # GET /readyz
+    def redis(self) -> tuple[bool, float | None]: ...  # Redis answers?, unix time it went away (None: up)
 
 
 class StreamControl:
@@ -77,3 +78,6 @@ class StreamControl:
 
     def ready(self) -> bool:
         return bool(self.pipeline.ready())
+
+    def redis(self) -> tuple[bool, float | None]:
+        return bool(self.pipeline.redis_up), self.pipeline.redis_down_since

@@ -104,7 +104,7 @@ class HttpServer:
                 "batch_size_max": config.engine.batch_size}
         if config.model.input_size:
             info["input_size"] = "x".join(str(n) for n in config.model.input_size)
-        registry = build_registry(PipelineCollector(pipeline, self.viewer, info, worker=worker))
+        registry = build_registry(PipelineCollector(pipeline, self.viewer, info, worker=worker, redis=control.redis))
         self._app = build_app(control, self.viewer, registry, token=self.token, metrics_public=self.metrics_public,
                               secure_cookie=self.tls[0] is not None, read_only=not write_api,
                               serve=self.serve or config.serve, why_read_only=why_read_only)

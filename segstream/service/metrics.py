@@ -39,7 +39,7 @@ status` shows it), so the series of a camera that moved between workers stay apa
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -60,11 +60,13 @@ class PipelineCollector(Collector):
     """Collects the families listed in the module doc from a StreamingPipeline."""
 
     def __init__(self, pipeline: Any, viewer: Viewer | None = None, info: dict[str, str] | None = None,
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, redis: Callable[[], tuple[bool, float | None]] | None = None) -> None:
         self.pipeline = pipeline
         self.viewer = viewer
         self.info = info or {}
         self.worker = worker  # a fleet process's name: a `worker` label on every per-stream series
+        # (Redis up?, since when not): a fleet process knows it from its loops too, before the sink does
+        self.redis = redis or (lambda: (bool(pipeline.redis_up), pipeline.redis_down_since))
 
     def collect(self) -> Iterator[Metric]:
         yield from self._streams()
@@ -126,9 +128,8 @@ class PipelineCollector(Collector):
                                 value=self.info.get("batch_size_max", 1))
 
     def _service(self) -> Iterator[Metric]:
-        redis_up = bool(self.pipeline.redis_up)
+        redis_up, since = self.redis()
         yield GaugeMetricFamily("segstream_redis_up", "1 when Redis answers, else 0.", value=1.0 if redis_up else 0.0)
-        since = self.pipeline.redis_down_since
         if since is not None:
             yield GaugeMetricFamily("segstream_redis_down_since_seconds", "Unix time since Redis has been unreachable.", value=since)
         info = InfoMetricFamily("segstream_model", "The model and engine every stream shares.")
