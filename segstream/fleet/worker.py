@@ -261,6 +261,8 @@ class Worker:
         """Finish jobs that ended, stop what was taken over, forget finished removals."""
         self.jobs.reap()
         self.cameras.reap_lost()
+        with self._held:  # local streams that ended and left the listing (pushed out by newer ones)
+            self.local = {s for s in self.local if s in self.pipeline.registry}
         for stream_id, thread in list(self.removing.items()):
             if not thread.is_alive():
                 self.removing.pop(stream_id, None)

@@ -106,15 +106,18 @@ def _guarded(routes: list[Any], token: str | None, metrics_public: bool, secure_
 
 
 def starting_app(token: str | None = None, metrics_public: bool = False, serve: ServeSection | None = None) -> HttpGuards:
-    """What a process serves while its model loads: /livez 200, /readyz 503, anything else 503
-    (behind the same guards and token as the full app)."""
+    """What a process serves while its model loads: /livez 200, /status 200 {"loading": true},
+    /readyz and anything else 503 (behind the same guards and token as the full app)."""
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def starting(request: Request) -> Response:
         return JSONResponse({"status": "starting", "error": "the model is loading; try again shortly"}, status_code=503)
 
-    routes = [Route("/livez", livez, methods=["GET"]),
+    async def status(request: Request) -> Response:
+        return JSONResponse({"status": "starting", "loading": True})
+
+    routes = [Route("/livez", livez, methods=["GET"]), Route("/status", status, methods=["GET"]),
               Route("/{path:path}", starting, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])]
     return _guarded(routes, token, metrics_public, False, serve or ServeSection())
 
