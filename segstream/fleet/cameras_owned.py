@@ -2,8 +2,9 @@
 
 Balance (each `fleet.heartbeat` seconds, and at once when the wake channel says the book
 changed): cameras no longer wanted (or whose record changed) are released after their drain;
-the worker aims at its share, ceil(cameras x capacity / capacity of all live workers), capped
-by the room it has left (its jobs and local streams count), gives one back per round when it holds
+the worker aims at its share, ceil(cameras x capacity / capacity of all live workers) (capacity
+weighs the share: a survivor takes a dead peer's cameras beyond it), at most `serve.max_streams`
+less its jobs and local streams (the hard bound on one process), gives one back per round when it holds
 more, and acquires unowned ones up to it (in random order, so workers starting together try
 different cameras first). A camera's record is judged by the source policy as its `origin` says
 before anything is opened; a refused one is released and logged once per URL.
@@ -75,7 +76,9 @@ class CamerasOwned:
         peers = live_workers(w.client, w.keys, w.fleet.lease)
         capacities = {name: int(p.get("capacity", "1")) for name, p in peers.items()}
         capacities[w.name] = w.capacity
-        target = min(share(len(wanted), w.capacity, capacities), len(self.held) + w.room())
+        # capacity weighs the share (a survivor takes a dead peer's cameras beyond it); serve.max_streams
+        # is the hard bound on what one process holds
+        target = min(share(len(wanted), w.capacity, capacities), w.most_cameras())
         if len(self.held) > target:
             newest = max(self.held.values(), key=lambda c: c.acquired)
             self.release(newest.camera_id, f"rebalancing ({len(self.held)} > share {target})")

@@ -186,6 +186,10 @@ class Worker:
         with self._held:
             self.local.discard(stream_id)
 
+    def most_cameras(self) -> int:
+        """The most cameras this process may hold: serve.max_streams less its jobs and running local streams."""
+        return self.config.serve.max_streams - (self.capacity - self.room()) + len(self.cameras or ())
+
     def room(self) -> int:
         """Streams this worker may still start: capacity less its jobs, cameras and running local streams."""
         with self._held:
