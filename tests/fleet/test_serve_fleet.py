@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_helpers import SEGSTREAM, cli, wait_for
 from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from media import write_clip
 from servers import RtspServer
 
 LEASE = 3.0
@@ -105,9 +106,11 @@ def fleet(tmp_path_factory, cameras):
         "source": {"open_timeout": 2, "stall_timeout": 3, "decoder_threads": 1},
         "fleet": {"lease": LEASE, "heartbeat": 0.5, "capacity": 2},
         "shutdown_timeout": 5,
+        "sources": {"media_root": str(folder)},  # files over the API: from here only
         # the same camera id in both serves' configs: one camera of the book, run once
         "streams": [{"id": "door", "url": f"rtsp://127.0.0.1:{cameras.port}/cam1"}],
     }
+    write_clip(folder / "clip.mp4", width=224, height=128, frames=40)
     path = folder / "fleet.yaml"
     path.write_text(yaml.safe_dump(config))
     procs = {name: start("serve", name, path, folder) for name in ("a", "b")}
@@ -180,6 +183,19 @@ def test_a_camera_posted_to_one_serve_is_picked_up_within_2_s_and_run_by_exactly
     # a second POST of the same id is refused on either serve
     for proc in (a, b):
         assert proc.call("POST", "/streams", {"id": "yard", "url": "rtsp://127.0.0.1:9/x"})[0] == 409
+
+
+def test_a_file_posted_to_one_serve_runs_there_and_only_there_it_is_deleted(fleet):
+    a, b = fleet["procs"]["a"], fleet["procs"]["b"]
+    status, body = a.call("POST", "/streams", {"id": "clip", "url": str(fleet["folder"] / "clip.mp4")})
+    assert status == 201 and body["worker"] == "a", body
+    assert not fleet["redis"].client().hexists(f"{PREFIX}fleet:cameras", "clip")  # local: not in the book
+    wait_for(lambda: b.streams().get("clip", {}).get("worker") == "a", 10, "the other serve to list the file on a")
+    status, body = b.call("DELETE", "/streams/clip")
+    assert status == 409 and body["worker"] == "a", body
+    status, body = a.call("DELETE", "/streams/clip")
+    assert status == 200 and body["id"] == "clip", body
+    wait_for(lambda: "clip" not in b.streams(), 10, "the file to leave every listing")
 
 
 def test_sigkill_the_serve_running_a_camera_and_the_other_publishes_it_within_the_lease(fleet):
