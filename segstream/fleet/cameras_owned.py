@@ -37,6 +37,7 @@ class OwnedCamera:
     token: int
     acquired: float = field(default_factory=time.monotonic)
     lost: bool = False
+    started: threading.Event = field(default_factory=threading.Event)  # its source runs (add_source returned)
 
 
 def camera_spec(camera_id: str, record: CameraRecord, start_frame: int | None) -> StreamSpec:
@@ -60,6 +61,12 @@ class CamerasOwned:
 
     def __len__(self) -> int:
         return len(self.held)
+
+    def running_here(self, camera_id: str) -> bool:
+        """Whether this worker holds the camera and its source was started (it may be removed now)."""
+        with self.lock:
+            camera = self.held.get(camera_id)
+        return camera is not None and camera.started.is_set()
 
     def ids(self) -> list[str]:
         with self.lock:
@@ -113,6 +120,7 @@ class CamerasOwned:
         with self.lock:
             self.held[camera_id] = OwnedCamera(camera_id, record, token)
         w.pipeline.add_source(source, gating=record.gating)
+        self.held[camera_id].started.set()
         log.info("camera %s: owned by %s (token %d)", camera_id, w.name, token)
 
     def release(self, camera_id: str, why: str, then: Callable[[], Any] | None = None) -> threading.Thread | None:

@@ -139,7 +139,7 @@ class FleetControl:
         deadline = time.monotonic() + PICKUP_WAIT
         while True:
             state = w.pipeline.registry.get(camera_id)
-            if state is not None:
+            if state is not None and w.cameras.running_here(camera_id):  # fully started: a DELETE may follow at once
                 return {**state.snapshot(), "worker": w.name}
             try:
                 owner = w.book.owners([camera_id])[camera_id]
