@@ -117,10 +117,11 @@ class CamerasOwned:
             return
         self.refused.pop(camera_id, None)
         w.pipeline.redis.fence(camera_id, w.keys.camera_fence(camera_id), token)
+        owned = OwnedCamera(camera_id, record, token)
         with self.lock:
-            self.held[camera_id] = OwnedCamera(camera_id, record, token)
+            self.held[camera_id] = owned
         w.pipeline.add_source(source, gating=record.gating)
-        self.held[camera_id].started.set()
+        owned.started.set()
         log.info("camera %s: owned by %s (token %d)", camera_id, w.name, token)
 
     def release(self, camera_id: str, why: str, then: Callable[[], Any] | None = None) -> threading.Thread | None:
@@ -137,7 +138,8 @@ class CamerasOwned:
             if then is not None:
                 then()
 
-        return self.worker.remove_stream(camera_id, then=after)
+        # (released from another thread while take() still adds it: its source is removed once started)
+        return self.worker.remove_stream(camera_id, then=after, first=lambda: camera.started.wait(10))
 
     # -- leases ----------------------------------------------------------------------------
     def renew(self) -> None:

@@ -277,9 +277,12 @@ class Worker:
         self.cameras.fenced(stream_id)
 
     # -- streams ending ----------------------------------------------------------------------
-    def remove_stream(self, stream_id: str, then: Callable[[], Any] | None = None) -> threading.Thread:
-        """Stop a stream and wait for its drain in the background (then call `then`)."""
+    def remove_stream(self, stream_id: str, then: Callable[[], Any] | None = None,
+                      first: Callable[[], Any] | None = None) -> threading.Thread:
+        """Stop a stream and wait for its drain in the background (`first` before, then `then`)."""
         def work() -> None:
+            if first is not None:
+                first()
             try:
                 self.pipeline.remove_stream(stream_id)
             except KeyError:
