@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from segstream.commands.main import print_summary
+from segstream.commands.lifecycle import print_summary
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.redis_server import PrivateRedis

@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Sequence
 
-from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag, load_config, override
+from segstream.commands.model_flags import add_model_flags, apply_model_flags
+from segstream.pipeline.config import ConfigError, load_config, override
 from segstream.pipeline.sources.locations import redact
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
@@ -83,12 +84,7 @@ def worker_main(argv: Sequence[str]) -> int:
     from segstream.service.exposure import add_access_flags
 
     add_access_flags(p)
-    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
-    p.add_argument("--input-size", help="network input HxW, multiples of 32")
-    p.add_argument("--engine", choices=ENGINE_KINDS)
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--gating", choices=("auto", "on", "off"), help="motion gating (gating.mode; auto: cameras only)")
+    add_model_flags(p)  # the same model/engine flags as `segstream run` and `segstream serve`
     args = p.parse_args(list(argv))
     token = None
     if args.http:  # refused before anything loads: one error line
@@ -97,12 +93,8 @@ def worker_main(argv: Sequence[str]) -> int:
 
         token = resolve_token(args)
         check_bind(parse_address(args.http)[0], token, args.insecure_no_auth)
-    config = load_config(args.config)
-    if args.input_size:
-        override(config, "model.input_size", input_size_flag(args.input_size))
-    for key, value in {"model.name": args.model, "engine.kind": args.engine, "engine.device": args.device,
-                       "engine.batch_size": args.batch_size, "redis.url": args.redis,
-                       "fleet.capacity": args.capacity, "gating.mode": args.gating}.items():
+    config = apply_model_flags(load_config(args.config), args)
+    for key, value in {"redis.url": args.redis, "fleet.capacity": args.capacity}.items():
         if value is not None:
             override(config, key, value)
     override(config, "output.progress", False)  # one line per event, not a progress bar
