@@ -45,10 +45,14 @@ def submit_main(argv: Sequence[str]) -> int:
     from segstream.fleet.jobs import JobQueue
     from segstream.pipeline.sources.locations import default_stream_id, source_kind
     from segstream.pipeline.sources.policy import check_source
+    from segstream.pipeline.wire.stream_id import stream_id_problem
 
     policy = load_config(args.config).sources
 
     ids = args.stream_id or [default_stream_id(s) for s in args.sources]
+    for stream_id in ids:  # the one rule (pipeline/wire/stream_id.py), before anything is judged or queued
+        if problem := stream_id_problem(stream_id):
+            raise ConfigError(f"--stream-id: {problem}")
     if len(ids) != len(args.sources):
         raise ConfigError(f"--stream-id: got {len(ids)} ids for {len(args.sources)} sources")
     if len(set(ids)) != len(ids):
@@ -60,11 +64,6 @@ def submit_main(argv: Sequence[str]) -> int:
             raise ConfigError(f"{redact(source)} is a live feed: add cameras with `segstream cameras add ID URL`")
         # Local paths absolute and resolved: workers on other machines need the same path (a shared volume).
         locations.append(admitted.location)
-    from segstream.fleet.jobs import STREAM_ID
-
-    for stream_id in ids:
-        if not STREAM_ID.match(stream_id):
-            raise ConfigError(f"stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     queue = JobQueue(_client(args.redis), _keys(args.prefix))
     for location, stream_id in zip(locations, ids):
         print(queue.submit(location, stream_id), flush=True)

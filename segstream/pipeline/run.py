@@ -25,6 +25,7 @@ from segstream.pipeline.sources.policy import check_source, protocol_whitelist
 from segstream.pipeline.sources.video import SourceError, VideoFileSource
 from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
 from segstream.pipeline.streams import StreamState
+from segstream.pipeline.wire.stream_id import stream_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def make_sources(locations: list[str], stream_ids: list[str] | None, config: Run
         check_source(location, config.sources, "trusted")
     if stream_ids and len(stream_ids) != len(locations):
         raise ConfigError(f"--stream-id: got {len(stream_ids)} ids for {len(locations)} sources")
+    for stream_id in stream_ids or []:  # the one rule (pipeline/wire/stream_id.py), one line naming it
+        if problem := stream_id_problem(stream_id):
+            raise ConfigError(f"--stream-id: {problem}")
     ids = stream_ids or [default_stream_id(loc) for loc in locations]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
