@@ -217,18 +217,28 @@ class PipelineRun:
             return RunSummary(streams={}, elapsed=0.0, model_source=self.config.model.name or "", placeholder=False,
                               engine="", stages=[])
         end = self._ended_at or time.monotonic()
-        return RunSummary(
-            streams={s.stream_id: s for s in pipeline.registry.all()},
-            elapsed=end - (self._started or end),
-            engine=pipeline.engine_name,
-            stages=pipeline.chain.stats,
-            videos=list(pipeline.video.paths) if pipeline.video else [],
-            source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors],
-            corrupt_skipped=sum(s.counters.corrupt for s in self.sources),
-            interrupted=pipeline.chain.stopping.is_set(),
-            model_source=pipeline.model_source,
-            placeholder=pipeline.placeholder,
-        )
+        return summarize(pipeline, end - (self._started or end), self.sources)
+
+
+def summarize(pipeline: StreamingPipeline, elapsed: float, sources: list[Source] | None = None) -> RunSummary:
+    """The RunSummary of everything `pipeline` ran in `elapsed` s (the streams it still lists).
+
+    sources: a run's sources, whose errors are bad input found while running (`source_errors`:
+    exit 2) and whose corrupt packets are counted. A long-running service (serve, worker) passes
+    none: its streams' errors stay with each stream (StreamState.error, on its summary line).
+    """
+    return RunSummary(
+        streams={s.stream_id: s for s in pipeline.registry.all()},
+        elapsed=elapsed,
+        engine=pipeline.engine_name,
+        stages=pipeline.chain.stats,
+        videos=list(pipeline.video.paths) if pipeline.video else [],
+        source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors] if sources is not None else [],
+        corrupt_skipped=sum(s.counters.corrupt for s in sources or []),
+        interrupted=pipeline.chain.stopping.is_set(),
+        model_source=pipeline.model_source,
+        placeholder=pipeline.placeholder,
+    )
 
 
 def run(
