@@ -117,11 +117,12 @@ def test_an_exported_artifact_gives_the_torch_detections_and_a_second_export_rep
     assert sidecar["checkpoint_digest"] == model_digest(model)
     assert sidecar["roi"]["box_pool"]["output_size"] == 7 and sidecar["rpn"]["strides"][0] == 4
 
-    from segstream.engines.openvino_build import calibration_images
+    from segstream.engines.calibration import network_inputs
+    from segstream.shapes.dataset import calibration_frames
 
     engine = OpenVinoRuntimeEngine(out)
     reference = TorchEngine(model, "cpu", 1)
-    images = calibration_images(model, 4, seed=31)
+    images = network_inputs(model.config, calibration_frames(4, seed=31))
     found = 0
     for image in images:
         sizes = [SMALL_INPUT]
@@ -221,12 +222,13 @@ def test_an_int8_artifact_made_at_export_runs_on_a_base_install_at_its_own_preci
 
 
 def test_a_bigger_batch_than_exported_runs_in_chunks_with_each_frames_own_detections():
-    from segstream.engines.openvino_build import calibration_images
+    from segstream.engines.calibration import network_inputs
+    from segstream.shapes.dataset import calibration_frames
 
     single = OpenVinoRuntimeEngine(bundled_artifact("shapes"))
     triple = OpenVinoRuntimeEngine(bundled_artifact("shapes"), max_batch=3)
     height, width = single.config.input_size
-    images = np.concatenate([i.numpy() for i in calibration_images(load_model("shapes"), 3, seed=12)])
+    images = np.concatenate([i.numpy() for i in network_inputs(load_model("shapes").config, calibration_frames(3, seed=12))])
     sizes = [(height, width), (height - 32, width), (height, width)]
     images[1, :, height - 32:] = 0
     alone = [single.infer(images[i : i + 1], sizes[i : i + 1])[0] for i in range(3)]
