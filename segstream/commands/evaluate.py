@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from segstream.pipeline.config import RunConfig, load_config, override
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import RunSummary, run
 
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None:
             override(config, key, value)
     with contextlib.ExitStack() as stack:
-        url = args.redis or stack.enter_context(PrivateRedis())
+        url = args.redis or stack.enter_context(LocalRedis())
         override(config, "redis.url", url)
         metrics, summary = evaluate_through_redis(args.video, args.gt, config)
     if args.json:
