@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"))
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
     parser.add_argument("--device", choices=("cpu", "cuda"))
+    parser.add_argument("--calibration", metavar="DIR|VIDEO",
+                        help="--precision int8 with a torch model: frames of its domain to quantize on "
+                             "(a folder of images or a video; never the clip being evaluated)")
     parser.add_argument("--redis", help="Redis URL (default: a private server for this run)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = parser.parse_args(argv)
@@ -82,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The stream must hold every frame until it is read back.
     override(config, "redis.maxlen", max(config.redis.maxlen, 1_000_000))
     for key, value in (("model.name", args.model), ("engine.kind", args.engine), ("engine.device", args.device),
-                       ("engine.precision", args.precision)):
+                       ("engine.precision", args.precision), ("engine.calibration", args.calibration)):
         if value is not None:
             override(config, key, value)
     with contextlib.ExitStack() as stack:

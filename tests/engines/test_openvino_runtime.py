@@ -181,6 +181,21 @@ def test_export_on_a_base_install_names_the_torch_extra(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
+def test_an_int8_export_takes_calibration_frames_of_the_models_domain_and_a_coco_model_without_them_is_refused(
+        tmp_path, capsys):
+    from segstream.commands.export import main as export_main
+
+    out = tmp_path / "coco-int8"
+    assert export_main(["openvino", "--model", "maskrcnn_resnet50_fpn", "--precision", "int8", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "segstream export: --precision int8 for maskrcnn_resnet50_fpn needs --calibration DIR|VIDEO: frames of what "
+        "the model will see (a folder of images or a video), to quantize on")
+    assert export_main(["openvino", "--model", "shapes", "--precision", "int8", "--calibration", str(tmp_path / "none"),
+                        "-o", str(out)]) == 2
+    assert "--calibration " + str(tmp_path / "none") + ": no such folder or video file" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_damaged_artifact_is_refused_with_the_cause(clip, tmp_path):
     artifact = tmp_path / "artifact"
     shutil.copytree(bundled_artifact("shapes"), artifact)

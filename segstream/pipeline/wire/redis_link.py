@@ -4,8 +4,9 @@ Everything that talks to Redis goes through here: the producer (pipeline/sinks/r
 consumer (pipeline/wire/consumer.py), the service's stream book and the fleet's workers.
 
 - `connect(url)`: a checked client (PING answered) for redis://, rediss:// and unix:// URLs with
-  user/password; `RedisLinkError` with one line naming the cause (unreachable, refused credentials,
-  a bad URL), the URL's secrets shown as `***`.
+  user/password; `RedisLinkError` with one line naming the cause (refused credentials, a bad URL;
+  `RedisUnreachable`, one of them, when Redis did not answer), the URL's secrets shown as `***`.
+  `wait_for_redis(url, policy)`: connect, waiting out an unreachable Redis under the retry policy.
 - Two kinds of trouble. An *outage* (`CONNECTION_ERRORS`: refused, reset, timed out, LOADING after
   a restart) passes: wait and retry. A *refusal* (`refused_access`: wrong or changed credentials,
   an ACL without the right) does not pass by itself: at start it is an error; while running it is
@@ -42,6 +43,10 @@ class RedisLinkError(RuntimeError):
     """Redis cannot be used as asked (unreachable, refused, a bad URL); the message is one line for the user."""
 
 
+class RedisUnreachable(RedisLinkError):
+    """Redis did not answer (down, restarting, a network fault): an outage, which may pass."""
+
+
 def stream_key(prefix: str, stream_id: str) -> str:
     """The Redis key of a stream: `<prefix><stream-id>` (wire schema v1, design.md section 3)."""
     return f"{prefix}{stream_id}"
@@ -67,6 +72,11 @@ def answered_error(url: str, exc: redis.RedisError, doing: str = "") -> RedisLin
     return RedisLinkError(f"Redis at {redact(url)} answered with an error{doing} ({exc})")
 
 
+def _sleep_then_go_on(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
     """A checked client (PING answered); RedisLinkError when unreachable, refused or not a Redis URL.
 
@@ -80,14 +90,21 @@ def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
         client.ping()
     except (redis.AuthenticationError, redis.ResponseError) as exc:
         raise answered_error(url, exc) from None
-    except (redis.RedisError, OSError, ValueError) as exc:
-        raise RedisLinkError(f"cannot reach Redis at {redact(url)} ({reason(exc)})") from None
+    except ValueError as exc:
+        raise RedisLinkError(f"bad Redis URL {redact(url)} ({reason(exc)})") from None
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnreachable(f"cannot reach Redis at {redact(url)} ({reason(exc)})") from None
     return client
 
 
-def _sleep(seconds: float) -> bool:
-    time.sleep(seconds)
-    return False
+def wait_for_redis(url: str, policy: RetryPolicy, *, wait: Callable[[float], bool] = _sleep_then_go_on,
+                   on_failure: Callable[[BaseException], None] | None = None, timeout: float = 5.0) -> redis.Redis:
+    """connect(url), retried under `policy` while Redis is unreachable (a process that starts before its Redis).
+
+    A refusal or a bad URL is RedisLinkError at once (waiting would not help); a stop (`wait` returned
+    True, e.g. threading.Event.wait of a stop request) raises the last RedisUnreachable.
+    """
+    return policy.call(lambda: connect(url, timeout), wait=wait, on_failure=on_failure, errors=(RedisUnreachable,))
 
 
 class RetryPolicy:
@@ -122,7 +139,7 @@ class RetryPolicy:
         """redis-py's Retry with this policy's backoff, for a client's own retry of idempotent commands."""
         return Retry(self.backoff(), retries, supported_errors=(redis.ConnectionError, redis.TimeoutError))
 
-    def call(self, do: Callable[[], T], *, wait: Callable[[float], bool] = _sleep,
+    def call(self, do: Callable[[], T], *, wait: Callable[[float], bool] = _sleep_then_go_on,
              on_failure: Callable[[BaseException], None] | None = None, retry_refusals: bool = False,
              errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS) -> T:
         backoff = self.backoff()
