@@ -77,6 +77,55 @@ def _sleep_then_go_on(seconds: float) -> bool:
     return False
 
 
+class RetryPolicy:
+    """The one retry policy for Redis: equal-jitter backoff from `initial` up to `cap` seconds, for ever.
+
+    `call(do)` runs `do` until it returns, waiting between attempts while Redis is away:
+
+        policy = RetryPolicy.from_config(config.redis)
+        client = policy.call(lambda: connect(url), wait=stopping.wait)   # a worker waiting for Redis
+
+    wait(seconds) -> bool waits between attempts and says whether to stop (threading.Event.wait
+    fits: a stop request ends the wait at once); stopping re-raises the last error. on_failure(error)
+    hears about every failed attempt (log the first, say when it is back). retry_refusals: keep
+    retrying a refusal of the credentials too (a running writer that must not lose what it holds),
+    else it is raised at once. `errors`: what counts as an outage (default CONNECTION_ERRORS).
+    """
+
+    def __init__(self, initial: float = 0.5, cap: float = 5.0) -> None:
+        self.initial = initial
+        self.cap = cap
+
+    @classmethod
+    def from_config(cls, section: Any) -> RetryPolicy:
+        """From a config section with `backoff_initial` and `backoff_max` (config.redis)."""
+        return cls(section.backoff_initial, section.backoff_max)
+
+    def backoff(self) -> EqualJitterBackoff:
+        """redis-py's backoff of this policy (for a loop that counts its own failures)."""
+        return EqualJitterBackoff(cap=self.cap, base=self.initial)
+
+    def call(self, do: Callable[[], T], *, wait: Callable[[float], bool] = _sleep_then_go_on,
+             on_failure: Callable[[BaseException], None] | None = None, retry_refusals: bool = False,
+             errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS) -> T:
+        """`do()`'s result, retried through outages (see the class doc); raises what is not retried."""
+        backoff = self.backoff()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except (*errors, redis.RedisError, OSError) as exc:
+                refused = refused_access(exc)
+                outage = isinstance(exc, errors) and not refused
+                if not (outage or (refused and retry_refusals)):
+                    raise  # Redis answered: an error, or a refusal the caller does not wait out
+                failures += 1
+                if on_failure is not None:
+                    on_failure(exc)
+                if wait(backoff.compute(failures)):
+                    raise
+
+
 def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
     """A checked client (PING answered); RedisLinkError when unreachable, refused or not a Redis URL.
 
@@ -105,58 +154,6 @@ def wait_for_redis(url: str, policy: RetryPolicy, *, wait: Callable[[float], boo
     True, e.g. threading.Event.wait of a stop request) raises the last RedisUnreachable.
     """
     return policy.call(lambda: connect(url, timeout), wait=wait, on_failure=on_failure, errors=(RedisUnreachable,))
-
-
-class RetryPolicy:
-    """The one retry policy for Redis: equal-jitter backoff from `initial` up to `cap` seconds, for ever.
-
-    `call(do)` runs `do` until it returns, waiting between attempts while Redis is away:
-
-        policy = RetryPolicy.from_config(config.redis)
-        client = policy.call(lambda: connect(url), wait=stopping.wait)   # a worker waiting for Redis
-
-    wait(seconds) -> bool waits between attempts and says whether to stop (threading.Event.wait
-    fits: a stop request ends the wait at once); stopping re-raises the last error. on_failure(error)
-    hears about every failed attempt (log the first, say when it is back). retry_refusals: keep
-    retrying a refusal of the credentials too (a running writer that must not lose what it holds),
-    else it is raised at once. `errors`: what counts as an outage (default CONNECTION_ERRORS).
-    `client_retry()` is the same policy for redis-py's own transparent retry of a broken command.
-    """
-
-    def __init__(self, initial: float = 0.5, cap: float = 5.0) -> None:
-        self.initial = initial
-        self.cap = cap
-
-    @classmethod
-    def from_config(cls, section: Any) -> RetryPolicy:
-        """From a config section with `backoff_initial` and `backoff_max` (config.redis)."""
-        return cls(section.backoff_initial, section.backoff_max)
-
-    def backoff(self) -> EqualJitterBackoff:
-        return EqualJitterBackoff(cap=self.cap, base=self.initial)
-
-    def client_retry(self, retries: int = 3) -> Retry:
-        """redis-py's Retry with this policy's backoff, for a client's own retry of idempotent commands."""
-        return Retry(self.backoff(), retries, supported_errors=(redis.ConnectionError, redis.TimeoutError))
-
-    def call(self, do: Callable[[], T], *, wait: Callable[[float], bool] = _sleep_then_go_on,
-             on_failure: Callable[[BaseException], None] | None = None, retry_refusals: bool = False,
-             errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS) -> T:
-        backoff = self.backoff()
-        failures = 0
-        while True:
-            try:
-                return do()
-            except (*errors, redis.RedisError, OSError) as exc:
-                refused = refused_access(exc)
-                outage = isinstance(exc, errors) and not refused
-                if not (outage or (refused and retry_refusals)):
-                    raise  # Redis answered: an error, or a refusal the caller does not wait out
-                failures += 1
-                if on_failure is not None:
-                    on_failure(exc)
-                if wait(backoff.compute(failures)):
-                    raise
 
 
 class LogThrottle:
