@@ -196,6 +196,27 @@ def test_an_int8_export_takes_calibration_frames_of_the_models_domain_and_a_coco
     assert not out.exists()
 
 
+def test_the_export_reads_calibration_frames_from_a_video_as_the_pipeline_would_feed_them(clip):
+    import argparse
+
+    from segstream.commands.export import _calibration
+
+    model = load_model("shapes", input_size=SMALL_INPUT)
+    args = argparse.Namespace(calibration=str(clip), calibration_frames=3, model="my-model")
+    inputs, note = _calibration(args, model)
+    assert note == f"3 frames of {Path(clip).name}"
+    assert [tuple(i.shape) for i in inputs] == [(1, 3, *SMALL_INPUT)] * 3
+    # What the pipeline's preprocess makes of the same frame: one resize rule, one normalisation.
+    from segstream.engines.calibration import read_frames
+    from segstream.pipeline.messages import Frame
+    from segstream.pipeline.stages.preprocess import Preprocess
+
+    first = read_frames(clip, 3)[0]
+    batch = Preprocess(model.config, "cpu", 1).batch([Frame("c", 0, None, 0.0, first)])
+    fed = torch.as_tensor(np.asarray(batch.images))[0]
+    torch.testing.assert_close(inputs[0][0], fed, atol=1e-4, rtol=0)
+
+
 def test_a_damaged_artifact_is_refused_with_the_cause(clip, tmp_path):
     artifact = tmp_path / "artifact"
     shutil.copytree(bundled_artifact("shapes"), artifact)
