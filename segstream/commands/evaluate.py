@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from segstream.commands.model_flags import add_model_flags, apply_model_flags
 from segstream.pipeline.config import RunConfig, load_config, override
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import RunSummary, run
 
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     override(config, "redis.maxlen", max(config.redis.maxlen, 1_000_000))
     apply_model_flags(config, args)
     with contextlib.ExitStack() as stack:
-        url = args.redis or stack.enter_context(PrivateRedis())
+        url = args.redis or stack.enter_context(LocalRedis())
         override(config, "redis.url", url)
         metrics, summary = evaluate_through_redis(args.video, args.gt, config)
     if args.json:

@@ -20,7 +20,7 @@ DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
 def _client(url: str):
-    from segstream.pipeline.sinks.redis_stream import connect
+    from segstream.pipeline.wire.redis_link import connect
 
     return connect(url)
 

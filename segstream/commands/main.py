@@ -27,9 +27,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.sources.video import SourceError
+    from segstream.pipeline.wire.redis_link import RedisLinkError
 
-    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
-            StageFailed, KernelLibraryError)
+    return (ConfigError, SourceError, SinkError, RedisLinkError, ModelError, EngineError, CheckpointError,
+            ModelConfigError, StageFailed, KernelLibraryError)
 
 
 def _is_user_error(exc: BaseException) -> bool:

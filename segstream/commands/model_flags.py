@@ -23,6 +23,7 @@ CONFIG_KEYS = {
     "onnx": "engine.onnx",
     "device": "engine.device",
     "precision": "engine.precision",
+    "calibration": "engine.calibration",
     "batch_size": "engine.batch_size",
     "gating": "gating.mode",
 }
@@ -42,6 +43,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
                    help="engine precision: fp32 (default); static/tensorrt fp16; static/openvino bf16; "
                         "openvino int8 (see docs/engines.md)")
+    g.add_argument("--calibration", metavar="DIR|VIDEO",
+                   help="--precision int8 with a torch model: frames of its domain to quantize on "
+                        "(a folder of images or a video; engine.calibration)")
     g.add_argument("--batch-size", type=int, help="frames per engine call, at most (engine.batch_size, 1-64)")
     g.add_argument("--gating", choices=("auto", "on", "off"),
                    help="motion gating: run the model only when the picture changed (auto: cameras only; "

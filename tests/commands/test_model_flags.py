@@ -13,7 +13,7 @@ from segstream.pipeline.config import load_config
 
 COMMANDS = {"run": ("run", "/nonexistent/clip.mp4"), "serve": ("serve",), "worker": ("worker",)}
 MODEL_FLAGS = {"--model", "--weights", "--input-size", "--engine", "--onnx", "--device", "--precision",
-               "--batch-size", "--gating"}
+               "--batch-size", "--gating", "--calibration"}
 
 
 def flags_in_help(text: str, group: str = "model and engine:") -> set[str]:
