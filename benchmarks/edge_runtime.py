@@ -181,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from media import write_shapes_clip
-    from segstream.pipeline.redis_server import PrivateRedis
+    from redis_server import PrivateRedis
     from servers import RtspServer
 
     work = Path(tempfile.mkdtemp(prefix="edge-runtime-"))

@@ -24,7 +24,7 @@ from pathlib import Path
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.wire.consumer import Subscriber
 from segstream.commands.evaluate import TRACKING_MIN_SCORE, stage_costs
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 from segstream.shapes.evaluate import summarize_tracking, tracking_accumulators
 
@@ -41,7 +41,7 @@ def main() -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="segstream-tracking-"))
     folder.mkdir(parents=True, exist_ok=True)
     accumulators, costs, engine_ms, tracking_ms = [], [], 0.0, 0.0
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config = RunConfig()
         config.redis.url = url
         config.redis.maxlen = 1_000_000

@@ -178,8 +178,9 @@ def print_summary(summary: "RunSummary", out: TextIO | None = None) -> None:
     for t in summary.streams.values():
         drop = f", {t.dropped_total} dropped" if t.live else ""
         inferred = f" ({t.inferred} inferred, {t.gated} carried over by motion gating)" if t.gating else ""
+        ended = f"; ended early: {t.error}" if t.error else ""  # its source failed (a file cut short)
         print(f"{t.stream_id}: {t.published} frames published{inferred}, {t.instances} instances{drop}, "
-              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
+              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s{ended}", file=out)
     stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
     print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)
     if summary.corrupt_skipped:

@@ -12,8 +12,6 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from segstream.commands.lifecycle import print_summary  # noqa: F401  (the summary every command prints)
-
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_ABORTED = 130
@@ -29,9 +27,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.sources.video import SourceError
+    from segstream.pipeline.wire.redis_link import RedisLinkError
 
-    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
-            StageFailed, KernelLibraryError)
+    return (ConfigError, SourceError, SinkError, RedisLinkError, ModelError, EngineError, CheckpointError,
+            ModelConfigError, StageFailed, KernelLibraryError)
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -43,22 +42,12 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from segstream.pipeline.config import ENGINE_KINDS
+    from segstream.commands.model_flags import add_model_flags
 
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], a .safetensors checkpoint, "
-                   "or an OpenVINO artifact DIR (segstream export openvino; runs without torch)")
-    p.add_argument("--weights", help="local weights file for a torchvision preset")
-    p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
-    p.add_argument("--engine", choices=ENGINE_KINDS,
-                   help="auto (default): openvino on a CPU when installed and verified, torch otherwise")
-    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
-                   help="engine precision: fp32 (default); static/tensorrt fp16; static/openvino bf16; openvino int8 (see docs/engines.md)")
-    p.add_argument("--batch-size", type=int)
+    add_model_flags(p)  # --model --weights --input-size --engine --onnx --device --precision --batch-size --gating
     p.add_argument("--redis", help="redis://[user:password@]host:port/db, rediss://..., or 'none'")
     p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
     p.add_argument("--output-video", help="write an annotated mp4 here")
@@ -71,9 +60,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from segstream.service.exposure import add_access_flags  # light: argparse and the config only
 
     add_access_flags(p)  # --token-file, --token, --insecure-no-auth (for --http)
-    p.add_argument("--gating", choices=("auto", "on", "off"),
-                   help="motion gating: run the model only when the picture changed (auto: cameras only; "
-                        "gating.mode, docs/gating.md)")
     p.add_argument("--keep-trying", action="store_true",
                    help="a single camera unreachable at start is retried instead of failing the run")
     kind = p.add_mutually_exclusive_group()
@@ -84,16 +70,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from segstream.pipeline.config import input_size_flag, load_config, override
+    from segstream.commands.model_flags import apply_model_flags
+    from segstream.pipeline.config import load_config, override
 
-    config = load_config(args.config)
-    if args.input_size:
-        override(config, "model.input_size", input_size_flag(args.input_size))
-    flags = {
-        "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
-        "engine.onnx": args.onnx, "engine.device": args.device, "engine.precision": args.precision, "engine.batch_size": args.batch_size,
-        "output.video": args.output_video, "source.max_frames": args.max_frames, "gating.mode": args.gating,
-    }
+    config = apply_model_flags(load_config(args.config), args)
+    flags = {"output.video": args.output_video, "source.max_frames": args.max_frames}
     for key, value in flags.items():
         if value is not None:
             override(config, key, value)

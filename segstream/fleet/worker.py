@@ -35,11 +35,11 @@ from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.admission import open_admitted
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, answered_error, connect, refused_access
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sources.policy import Origin
 from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
 from segstream.pipeline.streams import StreamState
+from segstream.pipeline.wire.redis_link import CONNECTION_ERRORS, RedisLinkError, answered_error, connect, refused_access
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Worker:
                 self.client = connect(self.config.redis.url)
                 self._redis_back()
                 return
-            except SinkError as exc:
+            except RedisLinkError as exc:
                 if "credentials" in str(exc):
                     raise
                 failures += 1
@@ -151,13 +151,12 @@ class Worker:
             self.pipeline.abort()
 
     def summary(self) -> Any:
-        from segstream.pipeline.run import RunSummary
+        from segstream.pipeline.run import RunSummary, summarize
 
-        p = self.pipeline
-        return RunSummary(streams={s.stream_id: s for s in p.registry.all()} if p else {},
-                          elapsed=time.time() - self.started, model_source=p.model_source if p else "-",
-                          placeholder=bool(p and p.placeholder), engine=p.engine_name if p else "-",
-                          stages=p.chain.stats if p else [], interrupted=self.stopping.is_set())
+        if self.pipeline is None:  # stopped before the model loaded
+            return RunSummary(streams={}, elapsed=time.time() - self.started, model_source="-", placeholder=False,
+                              engine="-", stages=[], interrupted=True)
+        return summarize(self.pipeline, time.time() - self.started)
 
     def ready(self) -> bool:
         """Model loaded, Redis answering (the results' sink and the fleet's loops alike), not stopping."""

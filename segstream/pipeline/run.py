@@ -25,6 +25,7 @@ from segstream.pipeline.sources.policy import check_source, protocol_whitelist
 from segstream.pipeline.sources.video import SourceError, VideoFileSource
 from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
 from segstream.pipeline.streams import StreamState
+from segstream.pipeline.wire.stream_id import stream_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def make_sources(locations: list[str], stream_ids: list[str] | None, config: Run
         check_source(location, config.sources, "trusted")
     if stream_ids and len(stream_ids) != len(locations):
         raise ConfigError(f"--stream-id: got {len(stream_ids)} ids for {len(locations)} sources")
+    for stream_id in stream_ids or []:  # the one rule (pipeline/wire/stream_id.py), one line naming it
+        if problem := stream_id_problem(stream_id):
+            raise ConfigError(f"--stream-id: {problem}")
     ids = stream_ids or [default_stream_id(loc) for loc in locations]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
@@ -213,18 +217,28 @@ class PipelineRun:
             return RunSummary(streams={}, elapsed=0.0, model_source=self.config.model.name or "", placeholder=False,
                               engine="", stages=[])
         end = self._ended_at or time.monotonic()
-        return RunSummary(
-            streams={s.stream_id: s for s in pipeline.registry.all()},
-            elapsed=end - (self._started or end),
-            engine=pipeline.engine_name,
-            stages=pipeline.chain.stats,
-            videos=list(pipeline.video.paths) if pipeline.video else [],
-            source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors],
-            corrupt_skipped=sum(s.counters.corrupt for s in self.sources),
-            interrupted=pipeline.chain.stopping.is_set(),
-            model_source=pipeline.model_source,
-            placeholder=pipeline.placeholder,
-        )
+        return summarize(pipeline, end - (self._started or end), self.sources)
+
+
+def summarize(pipeline: StreamingPipeline, elapsed: float, sources: list[Source] | None = None) -> RunSummary:
+    """The RunSummary of everything `pipeline` ran in `elapsed` s (the streams it still lists).
+
+    sources: a run's sources, whose errors are bad input found while running (`source_errors`:
+    exit 2) and whose corrupt packets are counted. A long-running service (serve, worker) passes
+    none: its streams' errors stay with each stream (StreamState.error, on its summary line).
+    """
+    return RunSummary(
+        streams={s.stream_id: s for s in pipeline.registry.all()},
+        elapsed=elapsed,
+        engine=pipeline.engine_name,
+        stages=pipeline.chain.stats,
+        videos=list(pipeline.video.paths) if pipeline.video else [],
+        source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors] if sources is not None else [],
+        corrupt_skipped=sum(s.counters.corrupt for s in sources or []),
+        interrupted=pipeline.chain.stopping.is_set(),
+        model_source=pipeline.model_source,
+        placeholder=pipeline.placeholder,
+    )
 
 
 def run(

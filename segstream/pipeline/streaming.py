@@ -16,7 +16,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from segstream.engines.protocol import Engine, takes_host_arrays
 from segstream.pipeline.config import RunConfig
@@ -38,6 +39,7 @@ from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.sources.video import CameraSource, Supervision, VideoFileSource
 from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
 from segstream.pipeline.stages.tracking import Tracking
+from segstream.pipeline.wire.stream_id import ID_PATTERN, stream_id_problem
 
 if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model loaders may too
     from segstream.engines.factory import OpenedModel
@@ -60,12 +62,21 @@ class StreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    id: str = Field(pattern=ID_PATTERN)  # the pattern for the JSON Schema; _id_rule checks it
     url: str = Field(min_length=1)
     kind: Literal["auto", "file", "live"] = "auto"
     max_frames: int | None = Field(default=None, ge=1)
     start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
     gating: Literal["auto", "on", "off"] | None = None  # motion gating for this stream (None: config's gating.mode)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_rule(cls, value: Any) -> Any:
+        # Before the pattern: one message naming the rule, the same as every other way in.
+        problem = stream_id_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("stream_id", "{problem}", {"problem": problem})
+        return value
 
 
 class StreamExists(Exception):
@@ -82,7 +93,8 @@ def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
 
     m, e = config.model, config.engine
     opened = open_model_engine(m.name, m.weights, m.input_size, m.allow_download, e.kind, e.device, e.batch_size,
-                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold)
+                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold,
+                               calibration=e.calibration)
     if e.threads and opened.loaded is not None:  # (the torch-free path never imports torch for this)
         import torch
 

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_helpers import SEGSTREAM, cli, wait_for
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from redis_server import PrivateRedis, free_port, stop_process
 from media import write_clip
 from servers import RtspServer
 

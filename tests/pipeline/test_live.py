@@ -17,7 +17,7 @@ from servers import RtspServer, segstream_cli
 from segstream.engines.models import placeholder_config
 from segstream.engines.protocol import Detections
 from segstream.pipeline.run import run
-from segstream.pipeline.redis_server import free_port
+from redis_server import free_port
 from servers import wait_for  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from live_helpers import RunInThread, SlowEngine, all_entries, frames_of, publis
 from media import write_clip
 from servers import RtspServer, segstream_cli
 from segstream.pipeline.stages.faults import StageFailed
-from segstream.pipeline.redis_server import PrivateRedis, free_port
+from redis_server import PrivateRedis, free_port
 from segstream.pipeline.run import run
 
 QUICK = {"stall_timeout": 2.0, "backoff_initial": 0.2, "backoff_max": 1.0, "open_timeout": 2.0}

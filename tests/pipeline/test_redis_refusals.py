@@ -13,7 +13,7 @@ import redis as redis_py
 
 from servers import segstream_cli
 from segstream.pipeline.messages import StreamStatus
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.wire.entries import status_message
 from servers import wait_for  # noqa: E402
@@ -66,7 +66,7 @@ def test_a_worker_whose_redis_refuses_the_credentials_says_why_once_and_is_not_r
 
     import yaml
 
-    from segstream.pipeline.redis_server import free_port, stop_process
+    from redis_server import free_port, stop_process
 
     def readyz(port: int) -> int:
         try:
