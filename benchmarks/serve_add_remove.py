@@ -79,6 +79,7 @@ def main() -> int:
     second = f"{cam}/cam2"
     if args.second == "file":
         second = str(write_clip(Path(tempfile.mkdtemp(prefix="segstream-add-remove-")) / "second.mp4", frames=300))
+        config["sources"] = {"media_root": str(Path(second).parent)}  # a file over the API: under the media root
     try:
         with Serve(config) as serve:
             pid = serve.process.pid
