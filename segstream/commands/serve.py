@@ -35,7 +35,9 @@ DEFAULT_HTTP = "127.0.0.1:8080"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segstream serve", description="Run the camera service: HTTP control API, "
-                                "Prometheus /metrics, /livez and /readyz probes, and the live viewer at /.")
+                                "Prometheus /metrics, /livez and /readyz probes, and the live viewer at /. A serve is a "
+                                "fleet worker with the write API: serves (and `segstream worker`s) on one Redis share "
+                                "its camera book (<prefix>fleet:cameras), each camera run by exactly one of them.")
     p.add_argument("--config", help="YAML config (see configs/service.yaml): model, engine, redis, viewer, streams")
     p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_HTTP})")
     p.add_argument("--redis", help="redis://[user:password@]host:port/db (overrides redis.url)")
