@@ -25,7 +25,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.pipeline.config import ConfigError
     from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
-    from segstream.pipeline.sources.video import SourceError
+    from segstream.pipeline.streams import SourceError
 
     return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
             StageFailed, KernelLibraryError)

@@ -32,8 +32,9 @@ from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, connect
-from segstream.pipeline.sources.video import SourceError
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_source
+from segstream.pipeline.streams import SourceError
+from segstream.pipeline.stream_spec import StreamSpec, make_source
+from segstream.pipeline.streaming import StreamingPipeline
 
 log = logging.getLogger(__name__)
 

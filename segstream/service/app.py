@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from segstream.pipeline.config import ServeSection
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.pipeline.stream_spec import StreamExists, StreamSpec, UnknownStream
 from segstream.service.auth import TokenAuth
 from segstream.service.control import StreamControl, TooManyStreams
 from segstream.service.guards import BodyError, HttpGuards, clip, json_body

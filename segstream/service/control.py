@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from segstream.pipeline.sources.policy import Origin, SourceRefused, local_refusal, scheme_of
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream, make_source
+from segstream.pipeline.stream_spec import StreamExists, StreamSpec, UnknownStream, make_source
 from segstream.pipeline.streams import SourceError
 from segstream.service.stream_book import StreamBook
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segstream.pipeline.streaming import StreamSpec
+from segstream.pipeline.stream_spec import StreamSpec
 
 STREAM_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"}
 
