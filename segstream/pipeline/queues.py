@@ -134,6 +134,23 @@ class BoundedQueue:
         if evicted is not None and self._on_drop is not None:
             self._on_drop(evicted)
 
+    def offer(self, item: Any) -> bool:
+        """Append without ever waiting: when full, the oldest droppable item waiting is evicted
+        (passed to on_drop); with none to evict, `item` itself is refused (False)."""
+        evicted = None
+        with self._cond:
+            if self.closed:
+                return False
+            if self._full_for(item):
+                evicted = self._evict_oldest_droppable(item) if self._droppable else None
+                if evicted is None:
+                    return False
+            self._append(item)
+            self._cond.notify_all()
+        if evicted is not None and self._on_drop is not None:
+            self._on_drop(evicted)
+        return True
+
     def put_many(self, items: list[Any]) -> None:
         """Append all of `items` (blocking while full, never evicting), waking the consumer once
         they are all in when they fit: a stage's output reaches the next stage as one group, so
@@ -186,6 +203,18 @@ class BoundedQueue:
                 out.append(self._popleft())
             self._cond.notify_all()
             return out
+
+    def discard(self, which: Callable[[Any], bool]) -> int:
+        """Remove every waiting item `which` says (never END); returns how many went."""
+        with self._cond:
+            kept = [item for item in self._items if item is END or not which(item)]
+            gone = len(self._items) - len(kept)
+            self._items.clear()
+            self._light_count = 0
+            for item in kept:
+                self._append(item)
+            self._cond.notify_all()
+            return gone
 
     def close(self) -> None:
         """Refuse further items and wake a producer blocked on a full queue."""

@@ -319,6 +319,8 @@ class StreamingPipeline:
         """Stop now: stages discard what they hold, Redis is no longer waited for."""
         if self.redis is not None:
             self.redis.abort()
+        if self.video is not None:
+            self.video.abort()
         self.chain.abort()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -20,11 +20,11 @@ from segstream.pipeline.config import ConfigError, TrackingSection, parse_config
 from segstream.commands.evaluate import main as evaluate_main, stage_costs
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 from segstream.pipeline.run import run
-from segstream.pipeline.sinks.annotated_video import annotate
 from segstream.pipeline.stages.tracking import Tracking
 from segstream.pipeline.wire.entries import describe, frame_message
 from segstream.shapes.clip import render_clip
-from segstream.service.viewer import draw
+from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
+from segstream.service.viewer import Viewer
 from segstream.shapes.evaluate import tracking_metrics
 from segstream.shapes.scene import Shape, paint
 
@@ -214,7 +214,7 @@ def test_a_camera_keeps_its_tracks_while_reconnecting_and_drops_them_when_it_end
     assert "cam" not in stage.trackers
 
 
-def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video_and_viewer():
+def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video_and_viewer(tmp_path):
     shapes = [Shape(class_id=1, cx=200, cy=180, radius=50, angle=0.0, colour=(250, 250, 250)),
               Shape(class_id=1, cx=450, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))]
     result, _ = painted(flat((0, 0, 0)), shapes, 0)
@@ -222,7 +222,9 @@ def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video
     message = frame_message(result, 0)
     assert [inst["track_id"] for inst in message["instances"]] == [1, 2]
     assert "2 circle #1 #2" in describe(message)
-    for picture in (annotate(result.frame.image, result.instances), draw(result, max_width=640)):  # video, live viewer
+    video, viewer = AnnotatedVideoSink(str(tmp_path / "tracks.mp4")), Viewer(lambda _callback: lambda: None)
+    video.close()
+    for picture in (video.picture(result), viewer.picture(result)):  # the annotated video, the live viewer
         left, right = picture[170:190, 190:210].mean((0, 1)), picture[170:190, 440:460].mean((0, 1))
         assert np.abs(left - right).max() > 20, "two tracks of one class get two colours"
     for inst in result.instances:
