@@ -22,6 +22,7 @@ import redis
 from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
+from segstream.fleet.track_ids import next_track_id
 from segstream.fleet.jobs import STREAM_ID, _text
 from segstream.pipeline.wire.schema import (ID_PATTERN, CameraRecord, MalformedEntry, WorkerRecord, message_kind,
                                       parse_entry, why)
@@ -117,6 +118,10 @@ class CameraBook:
             if message_kind(message) == "frame":
                 return message["frame"] + 1
         return None
+
+    def next_track_id(self, camera_id: str) -> int | None:
+        """The id after the highest track id on the camera's stream: a new owner's tracks continue it."""
+        return next_track_id(self.client, self.keys.results(camera_id))
 
 
 def live_workers(client: redis.Redis, keys: FleetKeys, lease: float) -> dict[str, dict[str, Any]]:

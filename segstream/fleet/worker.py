@@ -225,7 +225,8 @@ class Worker:
             self.jobs_q.finish(claim, "failed", reason=f"stream {claim.stream_id} is already being published on {self.name}")
             return
         try:  # the job's source is judged by this worker's policy before anything is opened
-            spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame)
+            spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame,
+                              first_track_id=resume.first_track_id)
             source = make_source(spec, self.config, "trusted")
             source.check()
         except (SourceError, ValueError) as exc:
@@ -348,9 +349,10 @@ class Worker:
         if camera_id in self.pipeline.sources:  # still draining from an earlier lease here
             self.book.release(camera_id, self.name)
             return
-        start = self.book.next_frame(camera_id)
+        start, first_track = self.book.next_frame(camera_id), self.book.next_track_id(camera_id)
         try:  # judged by this worker's source policy before anything is opened
-            source = make_source(StreamSpec(id=camera_id, url=url, kind="live", start_frame=start), self.config, "trusted")
+            source = make_source(StreamSpec(id=camera_id, url=url, kind="live", start_frame=start,
+                                            first_track_id=first_track), self.config, "trusted")
         except (SourceError, ValueError) as exc:
             if self.refused.get(camera_id) != url:  # said once per URL, not on every balancing round
                 log.warning("camera %s refused: %s", camera_id, str(exc).splitlines()[0])

@@ -39,6 +39,9 @@ class StreamSpec(BaseModel):
     max_frames: int | None = Field(default=None, ge=1)
     start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
     gating: Literal["auto", "on", "off"] | None = None  # motion gating for this stream (None: config's gating.mode)
+    # A stream taken over (a fleet job resumed, a camera moved): its new tracks get ids from here
+    # on, after those already published (None: from 1). Track ids are never reused in a stream.
+    first_track_id: int | None = Field(default=None, ge=1)
 
 
 class StreamExists(Exception):
@@ -49,13 +52,19 @@ class UnknownStream(KeyError):
     """No stream with this id."""
 
 
-
 def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted") -> Source:
     """A file or camera source for `spec` (kind from the URL unless the spec says), once the source
     policy (`sources`, pipeline/sources/policy.py) admitted its URL: raises SourceRefused otherwise,
     before anything is opened. origin "api": what arrived over HTTP (local files only under
     `sources.media_root`). A local file with a CUDA engine is decoded with NVDEC when usable
-    (`source.decoder`, pipeline/sources/nvdec.py)."""
+    (`source.decoder`, pipeline/sources/nvdec.py). The source carries where the stream resumes:
+    `start_frame` (its first frame number) and `first_track_id` (its first new track id)."""
+    source = _open(spec, config, origin)
+    source.first_track_id = spec.first_track_id
+    return source
+
+
+def _open(spec: StreamSpec, config: RunConfig, origin: Origin) -> Source:
     admitted = check_source(spec.url, config.sources, origin)
     location = admitted.location
     src = config.source

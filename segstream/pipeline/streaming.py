@@ -185,6 +185,8 @@ class StreamingPipeline:
         state = source.state
         # A resumed stream's first frame follows the last one published: nothing was dropped.
         self.publish.start_stream(source.stream_id, getattr(source, "start_frame", None) or 0)
+        if self.tracking is not None:  # and its new tracks' ids follow the ones published
+            self.tracking.start_stream(source.stream_id, source.first_track_id)
         if source.live:
             policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
                                 droppable=lambda item: isinstance(item, Frame),

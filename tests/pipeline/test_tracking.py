@@ -180,6 +180,20 @@ def test_every_instance_gets_an_id_and_ids_are_never_reused_in_a_stream():
     assert len(seen) == 3  # each reappearance after a miss of an unconfirmed track is a new track
 
 
+def test_a_stream_taken_over_continues_after_the_ids_already_published():
+    stage = Tracking(TrackingSection())
+    shape = Shape(class_id=1, cx=300, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))
+    stage.start_stream("moved", first_id=42)  # another worker published ids up to 41 on this stream
+    first, _ = painted(flat((0, 0, 0)), [shape], 0, stream="moved")
+    track(stage, [first])
+    assert first.instances[0].track_id == 42
+    stage.forget("moved")
+    stage.start_stream("moved", first_id=10)  # never back below what this process gave already
+    again, _ = painted(flat((0, 0, 0)), [shape], 1, stream="moved")
+    track(stage, [again])
+    assert again.instances[0].track_id == 43
+
+
 def test_other_messages_pass_untouched_and_an_end_of_stream_drops_that_streams_tracks():
     class Unknown:  # any message kind the stage does not know
         pass

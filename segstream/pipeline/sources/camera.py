@@ -73,6 +73,7 @@ class CameraSource:
     """
 
     live = True
+    first_track_id: int | None = None  # the stream's first new track id (a stream taken over; StreamSpec)
 
     def __init__(self, url: str, stream_id: str, supervision: Supervision | None = None,
                  max_frames: int | None = None, decoder_threads: int = 0, start_frame: int | None = None) -> None:

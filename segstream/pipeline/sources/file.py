@@ -30,6 +30,7 @@ class VideoFileSource:
     """Decodes a video file: every frame, in order, then EndOfStream(frames=N)."""
 
     live = False
+    first_track_id: int | None = None  # the stream's first new track id (a stream taken over; StreamSpec)
 
     def __init__(self, path: str, stream_id: str, max_frames: int | None = None, decoder_threads: int = 0,
                  read_timeout: float = 10.0, start_frame: int | None = None) -> None:
