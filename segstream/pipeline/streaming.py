@@ -186,7 +186,7 @@ class StreamingPipeline:
         # A resumed stream's first frame follows the last one published: nothing was dropped.
         self.publish.start_stream(source.stream_id, getattr(source, "start_frame", None) or 0)
         if self.tracking is not None:  # and its new tracks' ids follow the ones published
-            self.tracking.start_stream(source.stream_id, source.first_track_id)
+            self.tracking.start_stream(source.stream_id, getattr(source, "first_track_id", None))
         if source.live:
             policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
                                 droppable=lambda item: isinstance(item, Frame),
