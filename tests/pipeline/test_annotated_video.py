@@ -64,7 +64,7 @@ def test_a_camera_never_waits_for_the_encoder_and_a_file_waits_for_room(tmp_path
         for i in range(20):  # a camera at full speed while the encoder is stuck
             sink.write(frame_result(i, live=True), {})
         assert time.monotonic() - started < 2.0, "a camera frame waited for the encoder"
-        assert sink.dropped["cam"] >= 16  # the oldest waiting camera frames made room for the newest
+        assert sink.dropped["cam"] >= 16  # the oldest waiting camera frames made room for the newest (said at close)
 
         file_done = threading.Event()
 

@@ -95,6 +95,10 @@ class AnnotatedVideoSink:
                 self._queue.put(END, force=True)
         while self._thread.is_alive():
             self._thread.join(timeout=0.2)  # a bare join() would hold off signal handlers
+        for stream_id, count in self.dropped.items():
+            log.warning("%s: %d camera frames left out of the video (the encoder was behind)",
+                        self._path_for(stream_id), count)
+        self.dropped.clear()
         self._raise_failure()
 
     def abort(self) -> None:
