@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segstream-installed
 DEMO_STAMP := $(VENV)/.segstream-demo-installed
 KERNELS := segstream/kernels/libsegstream_kernels.so
 
-.PHONY: demo test system-deps demo-system-deps venv kernels wheel bench clean
+.PHONY: demo test lint system-deps demo-system-deps venv kernels wheel bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,11 @@ system-deps:
 demo-system-deps:
 	@bash .ci/system-deps
 
-test: system-deps $(STAMP)
+# The import contract first (seconds): a wrong arrow fails `make test` (and .ci/run) before the suite runs.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: system-deps $(STAMP) lint
 	$(PY) -m pytest -q
 
 demo: demo-system-deps $(DEMO_STAMP)

@@ -61,7 +61,7 @@ def child(path: str, artifact: str, redis_url: str, sources: list[str], max_fram
     raw["engine"] = {"batch_size": 1}
     config = parse_config(raw)
     ids = [f"s{i}" for i in range(len(sources))]
-    summary = run(sources, config, stream_ids=ids, engine=engine, handle_signals=False)
+    summary = run(sources, config, stream_ids=ids, engine=engine)
     if engine is not None:
         engine.close()
     print(json.dumps({"frames": summary.frames, "elapsed": summary.elapsed, "fps": summary.fps,
@@ -181,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from media import write_shapes_clip
-    from segstream.pipeline.redis_server import PrivateRedis
+    from redis_server import PrivateRedis
     from servers import RtspServer
 
     work = Path(tempfile.mkdtemp(prefix="edge-runtime-"))

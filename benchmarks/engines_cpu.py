@@ -32,7 +32,7 @@ from pipeline_vs_engine import bench_clip, decoded_frames, engine_only_fps
 from segstream.engines.factory import EngineError, open_engine
 from segstream.engines.models import load_model
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 
 
@@ -90,7 +90,7 @@ def main() -> None:
         torch.set_num_threads(default_threads)  # overlap sets torch's threads for the run; start each run alike
         return run([str(video)], config, engine=engine, stream_ids=[stream])
 
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config.redis.url = url
         for name in variants:  # warm-up: first calls, decoder, Redis
             pipeline(name, "warmup")

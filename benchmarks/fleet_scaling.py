@@ -30,7 +30,7 @@ from media import write_clip  # noqa: E402
 
 from segstream.fleet.jobs import JobQueue  # noqa: E402
 from segstream.fleet.keys import FleetKeys  # noqa: E402
-from segstream.pipeline.redis_server import PrivateRedis  # noqa: E402
+from redis_server import PrivateRedis  # noqa: E402
 
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))
 TICK = os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,7 @@ import av
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.wire.consumer import Subscriber
 from segstream.pipeline.messages import Frame
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 from segstream.pipeline.streaming import StreamingPipeline, make_engine
 from segstream.pipeline.streams import SourceCounters, StreamState
@@ -58,7 +58,7 @@ def file_figures(video: Path, gt: Path, mode: str, engine, url: str) -> dict:
     config.gating.mode = mode
     stream_id = f"gating-{video.stem}-{mode}-{int(time.time() * 1000)}"
     cpu, wall = time.process_time(), time.monotonic()
-    summary = run([str(video)], config, stream_ids=[stream_id], engine=engine, handle_signals=False)
+    summary = run([str(video)], config, stream_ids=[stream_id], engine=engine)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     entries = Subscriber(url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
     frames = [e for e in entries if "frame" in e]
@@ -172,7 +172,7 @@ def main() -> int:
     engine, _ = make_engine(base_config(None))  # loaded once: startup is not in any figure
     figures: dict = {"motion_share": motion}
     if not args.skip_files:
-        with PrivateRedis() as url:
+        with LocalRedis() as url:
             file_figures(*moving, "off", engine, url)  # warm-up: caches, allocator, OpenVINO's first calls
             for name, (video, gt) in (("monitoring", monitoring), ("moving", moving)):
                 runs = {mode: file_figures(video, gt, mode, engine, url) for mode in ("off", "on")}

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media import write_clip  # noqa: E402
 from servers import RtspServer  # noqa: E402
 
-from segstream.pipeline.redis_server import PrivateRedis, free_port  # noqa: E402
+from redis_server import PrivateRedis, free_port  # noqa: E402
 
 EXE = str(Path(sys.executable).with_name("segstream"))
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import make_engine, run
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     config.redis.maxlen = 100
     engine, _ = make_engine(config)
     sizes = []
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config.redis.url = url
         for i in range(args.rounds):
             summary = run([str(video)], config, engine=engine, stream_ids=["soak"])

@@ -39,7 +39,7 @@ from worker_thread import on_worker_thread
 def _publish(clip: Path, engine, batch: int) -> list:
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "engine": {"batch_size": batch}, "output": {"progress": False}})
-    run([str(clip)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(clip)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 

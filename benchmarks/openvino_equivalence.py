@@ -32,7 +32,7 @@ BOX_FLOOR, MASK_FLOOR = 0.99, 0.98
 def published(video: Path, engine) -> list:
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(video)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 

@@ -23,7 +23,7 @@ import torch
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.messages import Frame
 from segstream.pipeline.stages.preprocess import Preprocess, fit_size
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import make_engine, run
 from segstream.pipeline.sources.decoding import PixelConverter
 from worker_thread import on_worker_thread
@@ -94,7 +94,7 @@ def main() -> None:
     engine, loaded = make_engine(config)
     frames = decoded_frames(video, engine.config.input_size)
     engine_fps, pipeline_fps, stage_ms, latency = [], [], {}, []
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config.redis.url = url
         run([str(video)], config, engine=engine, stream_ids=["warmup"])
         for _ in range(args.rounds):

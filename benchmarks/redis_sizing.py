@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     config.model.input_size = tuple(int(v) for v in args.input_size.split("x"))
     config.output.progress = False
     config.redis.maxlen = 100_000  # keep every entry: the point is to measure them
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config.redis.url = url
         summary = run([str(video)], config, stream_ids=["cam"])
         r = redis.Redis.from_url(url)

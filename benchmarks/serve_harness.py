@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process  # noqa: E402
+from redis_server import PrivateRedis, free_port, stop_process  # noqa: E402
 from servers import RtspServer  # noqa: E402
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import RtspServer  # noqa: E402
 
 from segstream.pipeline.config import RunConfig  # noqa: E402
-from segstream.pipeline.redis_server import PrivateRedis, free_port  # noqa: E402
+from redis_server import PrivateRedis, free_port  # noqa: E402
 from segstream.pipeline.stream_spec import StreamSpec  # noqa: E402
 from segstream.pipeline.streaming import StreamingPipeline  # noqa: E402
 

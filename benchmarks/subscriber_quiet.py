@@ -21,7 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from segstream.pipeline.redis_server import PrivateRedis, stop_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from redis_server import PrivateRedis, stop_process  # noqa: E402
 
 
 def frame(n: int) -> dict:

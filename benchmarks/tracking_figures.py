@@ -24,7 +24,7 @@ from pathlib import Path
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.wire.consumer import Subscriber
 from segstream.commands.evaluate import TRACKING_MIN_SCORE, stage_costs
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 from segstream.shapes.evaluate import summarize_tracking, tracking_accumulators
 
@@ -41,7 +41,7 @@ def main() -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="segstream-tracking-"))
     folder.mkdir(parents=True, exist_ok=True)
     accumulators, costs, engine_ms, tracking_ms = [], [], 0.0, 0.0
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         config = RunConfig()
         config.redis.url = url
         config.redis.maxlen = 1_000_000
@@ -52,7 +52,7 @@ def main() -> int:
                 subprocess.run([sys.executable, str(RENDERER), str(video), str(gt), "--seed", str(seed),
                                 "--frames", str(args.frames)], check=True, capture_output=True)
             stream_id = f"tracking-{seed}-{int(time.time() * 1000)}"
-            summary = run([str(video)], config, stream_ids=[stream_id], handle_signals=False)
+            summary = run([str(video)], config, stream_ids=[stream_id])
             entries = Subscriber(url, stream_id, prefix=config.redis.prefix, from_start=True).read_all()
             pair = tracking_accumulators(gt, entries, min_score=TRACKING_MIN_SCORE)
             if pair is None:

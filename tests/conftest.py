@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from segstream.pipeline.config import RunConfig, parse_config  # noqa: E402
-from segstream.pipeline.redis_server import PrivateRedis  # noqa: E402
+from redis_server import PrivateRedis  # noqa: E402
 from servers import RtspServer  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from segstream.pipeline.redis_server import free_port, stop_process
+from redis_server import free_port, stop_process
 
 TESTS = Path(__file__).parent
 SYSTEM_PYTHON = "/usr/bin/python3"

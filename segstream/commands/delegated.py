@@ -14,7 +14,7 @@ DELEGATED = {
     "demo": ("segstream.commands.demo:main", "run the offline demo: private Redis, bundled model, demo clip"),
     "eval": ("segstream.commands.evaluate:main", "COCO mask/box AP of a clip with ground truth, through the pipeline and Redis"),
     "train": ("segstream.shapes.train:main", "train the compact model on generated shapes"),
-    "export": ("segstream.engines.export:main", "export onnx|tensorrt|openvino"),
+    "export": ("segstream.commands.export:main", "export onnx|tensorrt|openvino"),
     "submit": ("segstream.commands.fleet:submit_main", "enqueue file jobs for the fleet's workers"),
     "worker": ("segstream.commands.fleet:worker_main", "run fleet jobs and cameras on this machine's engine"),
     "status": ("segstream.commands.fleet:status_main", "the fleet at a glance: workers, jobs, cameras"),

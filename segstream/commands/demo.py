@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from segstream.commands.main import print_summary
+from segstream.commands.lifecycle import print_summary
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import run
 from segstream.pipeline.wire.entries import describe
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     video, gt = render_demo_clip(folder, args.frames, args.seed)
     annotated = folder / "annotated.mp4"
-    with PrivateRedis() as url:
+    with LocalRedis() as url:
         print(f"private Redis at {url}; publishing to stream segstream:{STREAM}", flush=True)
         subscriber = Subscriber(url, STREAM, from_start=True, block_ms=120_000)
         received: list[dict] = []

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from segstream.commands.model_flags import add_model_flags, apply_model_flags
 from segstream.pipeline.config import RunConfig, load_config, override
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis
+from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import RunSummary, run
 
 
@@ -69,10 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("video")
     parser.add_argument("gt", metavar="GT.json")
     parser.add_argument("--config")
-    parser.add_argument("--model")
-    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"))
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
-    parser.add_argument("--device", choices=("cpu", "cuda"))
+    add_model_flags(parser)  # the same model/engine flags as run, serve and worker
     parser.add_argument("--redis", help="Redis URL (default: a private server for this run)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = parser.parse_args(argv)
@@ -81,12 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     override(config, "output.progress", False)
     # The stream must hold every frame until it is read back.
     override(config, "redis.maxlen", max(config.redis.maxlen, 1_000_000))
-    for key, value in (("model.name", args.model), ("engine.kind", args.engine), ("engine.device", args.device),
-                       ("engine.precision", args.precision)):
-        if value is not None:
-            override(config, key, value)
+    apply_model_flags(config, args)
     with contextlib.ExitStack() as stack:
-        url = args.redis or stack.enter_context(PrivateRedis())
+        url = args.redis or stack.enter_context(LocalRedis())
         override(config, "redis.url", url)
         metrics, summary = evaluate_through_redis(args.video, args.gt, config)
     if args.json:

@@ -12,14 +12,15 @@ import os
 import sys
 from typing import Sequence
 
-from segstream.pipeline.config import ENGINE_KINDS, ConfigError, input_size_flag, load_config, override
+from segstream.commands.model_flags import add_model_flags, apply_model_flags
+from segstream.pipeline.config import ConfigError, load_config, override
 from segstream.pipeline.sources.locations import redact
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
 def _client(url: str):
-    from segstream.pipeline.sinks.redis_stream import connect
+    from segstream.pipeline.wire.redis_link import connect
 
     return connect(url)
 
@@ -44,10 +45,14 @@ def submit_main(argv: Sequence[str]) -> int:
     from segstream.fleet.jobs import JobQueue
     from segstream.pipeline.sources.locations import default_stream_id, source_kind
     from segstream.pipeline.sources.policy import check_source
+    from segstream.pipeline.wire.stream_id import stream_id_problem
 
     policy = load_config(args.config).sources
 
     ids = args.stream_id or [default_stream_id(s) for s in args.sources]
+    for stream_id in ids:  # the one rule (pipeline/wire/stream_id.py), before anything is judged or queued
+        if problem := stream_id_problem(stream_id):
+            raise ConfigError(f"--stream-id: {problem}")
     if len(ids) != len(args.sources):
         raise ConfigError(f"--stream-id: got {len(ids)} ids for {len(args.sources)} sources")
     if len(set(ids)) != len(ids):
@@ -59,11 +64,6 @@ def submit_main(argv: Sequence[str]) -> int:
             raise ConfigError(f"{redact(source)} is a live feed: add cameras with `segstream cameras add ID URL`")
         # Local paths absolute and resolved: workers on other machines need the same path (a shared volume).
         locations.append(admitted.location)
-    from segstream.fleet.jobs import STREAM_ID
-
-    for stream_id in ids:
-        if not STREAM_ID.match(stream_id):
-            raise ConfigError(f"stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     queue = JobQueue(_client(args.redis), _keys(args.prefix))
     for location, stream_id in zip(locations, ids):
         print(queue.submit(location, stream_id), flush=True)
@@ -83,12 +83,7 @@ def worker_main(argv: Sequence[str]) -> int:
     from segstream.service.exposure import add_access_flags
 
     add_access_flags(p)
-    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], or a .safetensors checkpoint")
-    p.add_argument("--input-size", help="network input HxW, multiples of 32")
-    p.add_argument("--engine", choices=ENGINE_KINDS)
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--gating", choices=("auto", "on", "off"), help="motion gating (gating.mode; auto: cameras only)")
+    add_model_flags(p)  # the same model/engine flags as `segstream run` and `segstream serve`
     args = p.parse_args(list(argv))
     token = None
     if args.http:  # refused before anything loads: one error line
@@ -97,12 +92,8 @@ def worker_main(argv: Sequence[str]) -> int:
 
         token = resolve_token(args)
         check_bind(parse_address(args.http)[0], token, args.insecure_no_auth)
-    config = load_config(args.config)
-    if args.input_size:
-        override(config, "model.input_size", input_size_flag(args.input_size))
-    for key, value in {"model.name": args.model, "engine.kind": args.engine, "engine.device": args.device,
-                       "engine.batch_size": args.batch_size, "redis.url": args.redis,
-                       "fleet.capacity": args.capacity, "gating.mode": args.gating}.items():
+    config = apply_model_flags(load_config(args.config), args)
+    for key, value in {"redis.url": args.redis, "fleet.capacity": args.capacity}.items():
         if value is not None:
             override(config, key, value)
     override(config, "output.progress", False)  # one line per event, not a progress bar

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+EXIT_ABORTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -26,9 +27,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
     from segstream.pipeline.streams import SourceError
+    from segstream.pipeline.wire.redis_link import RedisLinkError
 
-    return (ConfigError, SourceError, SinkError, ModelError, EngineError, CheckpointError, ModelConfigError,
-            StageFailed, KernelLibraryError)
+    return (ConfigError, SourceError, SinkError, RedisLinkError, ModelError, EngineError, CheckpointError,
+            ModelConfigError, StageFailed, KernelLibraryError)
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -40,22 +42,12 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from segstream.pipeline.config import ENGINE_KINDS
+    from segstream.commands.model_flags import add_model_flags
 
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="video files, http(s):// file URLs, or live feeds (rtsp://, rtmp://, udp://, srt://, /dev/video*)")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--model", help="shapes (bundled), maskrcnn_resnet50_fpn[_v2], a .safetensors checkpoint, "
-                   "or an OpenVINO artifact DIR (segstream export openvino; runs without torch)")
-    p.add_argument("--weights", help="local weights file for a torchvision preset")
-    p.add_argument("--input-size", help="network input HxW, multiples of 32 (e.g. 384x640)")
-    p.add_argument("--engine", choices=ENGINE_KINDS,
-                   help="auto (default): openvino on a CPU when installed and verified, torch otherwise")
-    p.add_argument("--onnx", help="ONNX file for --engine onnxruntime/tensorrt (default: exported and cached)")
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
-                   help="engine precision: fp32 (default); static/tensorrt fp16; static/openvino bf16; openvino int8 (see docs/engines.md)")
-    p.add_argument("--batch-size", type=int)
+    add_model_flags(p)  # --model --weights --input-size --engine --onnx --device --precision --batch-size --gating
     p.add_argument("--redis", help="redis://[user:password@]host:port/db, rediss://..., or 'none'")
     p.add_argument("--stream-id", action="append", help="stream id per source, in order (default: file stem)")
     p.add_argument("--output-video", help="write an annotated mp4 here")
@@ -68,9 +60,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from segstream.service.exposure import add_access_flags  # light: argparse and the config only
 
     add_access_flags(p)  # --token-file, --token, --insecure-no-auth (for --http)
-    p.add_argument("--gating", choices=("auto", "on", "off"),
-                   help="motion gating: run the model only when the picture changed (auto: cameras only; "
-                        "gating.mode, docs/gating.md)")
     p.add_argument("--keep-trying", action="store_true",
                    help="a single camera unreachable at start is retried instead of failing the run")
     kind = p.add_mutually_exclusive_group()
@@ -81,16 +70,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from segstream.pipeline.config import input_size_flag, load_config, override
+    from segstream.commands.model_flags import apply_model_flags
+    from segstream.pipeline.config import load_config, override
 
-    config = load_config(args.config)
-    if args.input_size:
-        override(config, "model.input_size", input_size_flag(args.input_size))
-    flags = {
-        "model.name": args.model, "model.weights": args.weights, "engine.kind": args.engine,
-        "engine.onnx": args.onnx, "engine.device": args.device, "engine.precision": args.precision, "engine.batch_size": args.batch_size,
-        "output.video": args.output_video, "source.max_frames": args.max_frames, "gating.mode": args.gating,
-    }
+    config = apply_model_flags(load_config(args.config), args)
+    flags = {"output.video": args.output_video, "source.max_frames": args.max_frames}
     for key, value in flags.items():
         if value is not None:
             override(config, key, value)
@@ -105,29 +89,14 @@ def config_from_args(args: argparse.Namespace):
     return config
 
 
-def print_summary(summary, out=sys.stderr) -> None:
-    model = summary.model_source + (" — UNTRAINED PLACEHOLDER, detections are meaningless" if summary.placeholder else "")
-    print(f"model: {model}; engine: {summary.engine}", file=out)
-    for t in summary.streams.values():
-        drop = f", {t.dropped_total} dropped" if t.live else ""
-        inferred = f" ({t.inferred} inferred, {t.gated} carried over by motion gating)" if t.gating else ""
-        print(f"{t.stream_id}: {t.published} frames published{inferred}, {t.instances} instances{drop}, "
-              f"{t.fps:.2f} frames/s, mean latency {t.mean_latency:.2f} s", file=out)
-    stages = ", ".join(f"{s.name} {s.mean_ms():.1f} ms" for s in summary.stages)
-    print(f"total: {summary.frames} frames in {summary.elapsed:.1f} s ({summary.fps:.2f} frames/s); per call: {stages}", file=out)
-    if summary.corrupt_skipped:
-        print(f"skipped {summary.corrupt_skipped} corrupt packet(s)", file=out)
-    for path in summary.videos:
-        print(f"annotated video: {path}", file=out)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from segstream.pipeline.sources.policy import check_source
 
     config = config_from_args(args)
     for source in args.sources:  # refused before anything heavy is even imported, let alone opened
         check_source(source, config.sources, "trusted")
-    from segstream.pipeline.run import run
+    from segstream.commands.lifecycle import run_application
+    from segstream.pipeline.run import PipelineRun
 
     endpoints = None
     if args.http:  # the read-only endpoints of `segstream serve` (GET /streams, /metrics, probes, viewer)
@@ -136,15 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         endpoints = Endpoints(args.http, resolve_token(args), read_only=True, insecure_no_auth=args.insecure_no_auth)
     try:
-        summary = run(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
-                      kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+        app = PipelineRun(args.sources, config, stream_ids=args.stream_id, keep_trying=args.keep_trying,
+                          kind=args.kind or "auto", on_pipeline=endpoints.attach if endpoints else None)
+        return run_application(app, config.shutdown_timeout)
     finally:
         if endpoints is not None:
             endpoints.close()
-    print_summary(summary)
-    for error in summary.source_errors:
-        print(f"segstream: error: {error}", file=sys.stderr)
-    return EXIT_BAD_INPUT if summary.source_errors else 0
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -213,16 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("SEGSTREAM_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        code = int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command's lifecycle took the signals over
         print("segstream: interrupted", file=sys.stderr)
-        if args.command in ("run", "serve", "worker"):
-            # An abort leaves worker threads inside native code (decoders, torch); interpreter
-            # teardown under them can end in a C++ `terminate`. Sinks are closed by now: leave at once.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        code = EXIT_ABORTED
     except Exception as exc:  # one line for the user, never a traceback
         if debug:
             raise
@@ -237,6 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         print(f"segstream: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return EXIT_INTERNAL
+    if code == EXIT_ABORTED and args.command in ("run", "serve", "worker"):
+        # An abort leaves worker threads inside native code (decoders, torch, a model still
+        # loading); interpreter teardown under them can end in a C++ `terminate`. The sinks are
+        # closed by now: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ABORTED)
+    return code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
+from segstream.commands.model_flags import add_model_flags, apply_model_flags
 from segstream.pipeline.config import ConfigError, RunConfig, load_config, override
 from segstream.service.exposure import add_access_flags, check_bind, resolve_token
 
@@ -44,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_access_flags(p)
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM), with --tls-key")
     p.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
-    p.add_argument("--gating", choices=("auto", "on", "off"),
-                   help="motion gating default for the streams (gating.mode; a stream's spec may say otherwise)")
+    add_model_flags(p)  # the same model/engine flags as `segstream run` and `segstream worker`
     p.add_argument("--metrics-public", action="store_true", help="leave /metrics open when a token is set")
     return p
 
@@ -134,8 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(args.config)
     if args.redis is not None:
         override(config, "redis.url", args.redis)
-    if args.gating is not None:
-        override(config, "gating.mode", args.gating)
+    apply_model_flags(config, args)
     if not config.redis.url:
         raise ConfigError("redis.url: the service publishes to Redis; give --redis URL")
     parse_http(args.http)

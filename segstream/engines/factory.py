@@ -64,10 +64,12 @@ def open_engine(
     onnx_path: str | None = None,
     precision: str = "fp32",
     threads: int | None = None,
+    calibration: str | Path | None = None,
 ) -> Engine:
     """An Engine of `kind` for `model` (the ONNX/OpenVINO/TensorRT kinds build or reuse a cached artefact).
 
     threads: the engine's compute threads (OpenVINO inference threads; None: the engine's default).
+    calibration: openvino int8 only: frames of the model's domain (a folder of images or a video).
     """
     try:
         require_torch(f"--engine {kind}")
@@ -75,7 +77,7 @@ def open_engine(
         raise EngineError(str(exc)) from None
     target = resolve_device(device)
     if kind == "auto":
-        return _auto_engine(model, target, max_batch, precision, threads)
+        return _auto_engine(model, target, max_batch, precision, threads, calibration)
     offered = PRECISIONS.get(kind)
     if offered is not None and precision not in offered and not (kind == "torch" and precision == "fp16"):
         # (torch has always ignored fp16, which configs written for tensorrt carry.)
@@ -83,7 +85,7 @@ def open_engine(
     if kind == "openvino":
         from segstream.engines.openvino_engine import OpenVinoEngine
 
-        return OpenVinoEngine(model, target, max_batch, precision=precision, threads=threads)
+        return OpenVinoEngine(model, target, max_batch, precision=precision, threads=threads, calibration=calibration)
     if kind == "torch":
         from segstream.engines.torch_engine import TorchEngine
 
@@ -111,7 +113,8 @@ def open_engine(
     raise EngineError(f"unknown engine {kind!r}: use one of {', '.join(ENGINE_KINDS)}")
 
 
-def _auto_engine(model: LoadedModel, device: "torch.device", max_batch: int, precision: str, threads: int | None) -> Engine:
+def _auto_engine(model: LoadedModel, device: "torch.device", max_batch: int, precision: str, threads: int | None,
+                 calibration: str | Path | None = None) -> Engine:
     """OpenVINO on a CPU when it is installed and compiles this model; torch otherwise (see the module docstring)."""
     from segstream.engines.torch_engine import TorchEngine
 
@@ -126,7 +129,7 @@ def _auto_engine(model: LoadedModel, device: "torch.device", max_batch: int, pre
     try:
         from segstream.engines.openvino_engine import OpenVinoEngine
 
-        engine = OpenVinoEngine(model, device, max_batch, precision=precision, threads=threads)
+        engine = OpenVinoEngine(model, device, max_batch, precision=precision, threads=threads, calibration=calibration)
         # Verified: one inference on a blank input (which also warms the compiled model up).
         height, width = model.config.input_size
         engine.infer(torch.zeros((1, 3, height, width)), [(height, width)])
@@ -190,6 +193,7 @@ def open_model_engine(
     precision: str = "fp32",
     threads: int | None = None,
     score_threshold: float | None = None,
+    calibration: str | Path | None = None,
 ) -> OpenedModel:
     """The engine a run of `--model model --engine kind` uses (see the module docstring).
 
@@ -253,5 +257,5 @@ def open_model_engine(
     if score_threshold is not None:
         loaded.config = loaded.config.replace(score_threshold=score_threshold)
         loaded.network.roi_heads.score_thresh = score_threshold
-    engine = open_engine(kind, loaded, device, max_batch, onnx_path, precision, threads=threads)
+    engine = open_engine(kind, loaded, device, max_batch, onnx_path, precision, threads=threads, calibration=calibration)
     return OpenedModel(engine, loaded.source, loaded.placeholder, loaded)

@@ -15,6 +15,18 @@ from typing import Any
 ARCHITECTURES = ("compact", "resnet50_fpn", "resnet50_fpn_v2")
 
 
+def fit_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a frame resized to fit inside input_size (height, width), keeping its aspect ratio.
+
+    The one rule for every path that feeds the network: the pipeline's preprocess, int8
+    calibration (engines/calibration.py) and the shapes training data.
+    """
+    limit_h, limit_w = input_size
+    scale = min(limit_h / height, limit_w / width)
+    # The epsilon keeps an exact fit (e.g. 360 * (384/360)) from flooring one pixel short.
+    return (min(limit_h, max(1, int(height * scale + 1e-4))), min(limit_w, max(1, int(width * scale + 1e-4))))
+
+
 class ModelConfigError(ValueError):
     """A model description is malformed; the message names the bad key."""
 

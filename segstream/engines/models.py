@@ -2,7 +2,7 @@
 
 Names:
   shapes                     the bundled compact model (segstream/engines/checkpoints/shapes.safetensors);
-                             an untrained placeholder of the same architecture until that file exists
+                             a ModelError when that file is missing (never an untrained network)
   maskrcnn_resnet50_fpn      torchvision COCO preset, weights from a local file or torchvision's cache
   maskrcnn_resnet50_fpn_v2   likewise
   PATH.safetensors           any checkpoint in the project format
@@ -196,14 +196,13 @@ def load_model(
     elif model in BUNDLED or model.endswith(".safetensors") or Path(model).is_file():
         path = BUNDLED.get(model, Path(model))
         if model in BUNDLED and not path.is_file():
-            config = placeholder_config(model)
-            network = build_network(config)
-            placeholder, source = True, "untrained placeholder (bundled weights not present)"
-        else:
-            config, state = _checkpoint(str(path))
-            network = build_network(config)
-            _into_network(network, state, str(path))
-            placeholder, source = False, str(path)
+            # Never an untrained network in its place: its detections would be noise, published as results.
+            raise ModelError(f"the bundled {model} model's weights are missing ({path}): reinstall segstream "
+                             f"or pass --model a .safetensors checkpoint")
+        config, state = _checkpoint(str(path))
+        network = build_network(config)
+        _into_network(network, state, str(path))
+        placeholder, source = False, str(path)
         if input_size is not None:
             config = config.replace(input_size=tuple(input_size))
     else:
@@ -227,7 +226,7 @@ def require_torch(what: str, model: str | None = None) -> None:
 
 
 def placeholder_config(name: str) -> ModelConfig:
-    """Architecture of a bundled model whose weights are not in the repository."""
+    """Architecture of the bundled model, for building a network with random weights (tests, benchmarks)."""
     return ModelConfig(
         architecture="compact",
         class_names=SHAPES_CLASSES,

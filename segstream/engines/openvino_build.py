@@ -8,13 +8,14 @@ The OpenVINO engine (segstream/engines/openvino_engine.py) runs three converted 
 
 Both are `openvino.convert_model` of the very torch modules the torch engine runs (same weights),
 saved as OpenVINO IR without weight compression. int8 runs NNCF's post-training quantization on
-each part, calibrated on images rendered by segstream.shapes (training photographs, never the
-held-out ones) and on the mask-head inputs the fp32 model pools from them.
+each part, calibrated on network inputs passed in (segstream/engines/calibration.py: frames of the
+model's own domain, never made up here) and on the mask-head inputs the fp32 model pools from them.
 
 Cache (what makes two builds the same is in the key):
 
     $SEGSTREAM_CACHE/openvino/<model digest>-<H>x<W>-b<B>-<weights>-ov<version>-<cpu>-v<build>/
-        trunk.xml, rpn_head.xml, mask_head.xml (+ .bin)   the converted parts (<weights>: fp32, or int8 after NNCF)
+        trunk.xml, rpn_head.xml, mask_head.xml (+ .bin)   the converted parts (<weights>: fp32, or
+                                             int8-<calibration digest> after NNCF)
         compiled-<precision>/                OpenVINO's own cache of the compiled models
 
 fp32 and bf16 share one conversion (bf16 is a compile-time hint), each with its compiled cache.
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segstream.engines.calibration import digest as calibration_digest
 from segstream.engines.export import cache_root, model_digest
 from segstream.engines.models import LoadedModel
 from segstream.engines.openvino_artifact import INSTALL_HINT
@@ -52,9 +54,10 @@ INT8_HINT = "pip install nncf (int8 is quantized with NNCF on first use)"
 BUILD_VERSION = "4"
 #: Builds kept in the cache; the least recently used beyond these are removed.
 KEEP_BUILDS = 12
-#: Calibration set of the int8 build: frames of the shapes domain rendered from this seed.
-CALIBRATION_FRAMES = 48
-CALIBRATION_SEED = 0x0F1A
+INT8_NEEDS_CALIBRATION = (
+    "--precision int8 quantizes on calibration frames of the model's own domain: name them with "
+    "--calibration DIR|VIDEO (a folder of images or a video), or export an int8 artifact once "
+    "(segstream export openvino --precision int8 --calibration DIR|VIDEO -o OUT) and run --model OUT")
 
 
 class OpenVinoUnavailable(RuntimeError):
@@ -92,10 +95,16 @@ def weights_precision(precision: str) -> str:
     return "int8" if precision == "int8" else "fp32"
 
 
-def build_dir(model: LoadedModel, batch: int, precision: str, ov, core) -> Path:
+def build_dir(model: LoadedModel, batch: int, precision: str, ov, core, calibration: list[Tensor] | None = None) -> Path:
+    """The cache folder of a build; int8 builds are told apart by their calibration set as well."""
     height, width = model.config.input_size
+    weights = weights_precision(precision)
+    if weights == "int8":
+        if not calibration:
+            raise OpenVinoUnavailable(INT8_NEEDS_CALIBRATION)
+        weights = f"int8-{calibration_digest(calibration)}"
     return cache_root() / "openvino" / (
-        f"{model_digest(model)}-{height}x{width}-b{batch}-{weights_precision(precision)}-ov{openvino_version(ov)}"
+        f"{model_digest(model)}-{height}x{width}-b{batch}-{weights}-ov{openvino_version(ov)}"
         f"-{cpu_tag(core)}-v{BUILD_VERSION}"
     )
 
@@ -177,25 +186,6 @@ def _maps_channels_last(ov, model, side: str):
     return ppp.build()
 
 
-def calibration_images(model: LoadedModel, count: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED) -> list[Tensor]:
-    """`count` network inputs f32 [1,3,H,W] of the shapes domain, normalised and padded as the pipeline does."""
-    from segstream.shapes.dataset import render_sample
-
-    config = model.config
-    height, width = config.input_size
-    mean = torch.tensor(config.mean).view(3, 1, 1)
-    std = torch.tensor(config.std).view(3, 1, 1)
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        image, _ = render_sample(rng, config.input_size)
-        padded = torch.zeros((1, 3, height, width))
-        h, w = image.shape[-2:]
-        padded[0, :, :h, :w] = (image - mean) / std
-        images.append(padded)
-    return images
-
-
 def _head_inputs(graph: StaticMaskRCNN, trunk, rpn_head, images: list[Tensor]) -> tuple[list[list[np.ndarray]], list[Tensor]]:
     """What the RPN head and the mask head see on `images` at fp32: the FPN maps of each batch, and
     pooled f32 [N,C,S,S] per image with N >= 1.
@@ -242,8 +232,8 @@ def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov
                 calibration: list[Tensor] | None = None) -> None:
     """Convert (and for int8 quantize) the trunk, RPN head and mask head of `model` into `folder` as IR files.
 
-    calibration: int8 only, network inputs f32 [1,3,H,W] (normalised, padded) to calibrate on;
-    default: CALIBRATION_FRAMES images of the shapes domain (calibration_images).
+    calibration: int8 only (and required there), network inputs f32 [1,3,H,W] (normalised, padded)
+    to calibrate on: engines/calibration.py makes them of frames the caller passes in.
     """
     network = model.network
     graph = StaticMaskRCNN(network, model.config).eval()
@@ -258,7 +248,9 @@ def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov
     rpn_head = _convert(ov, RpnHead(graph), maps, dynamic_rows=False)
     mask_head = _convert(ov, MaskHead(graph), pooled, dynamic_rows=True)
     if precision == "int8":
-        frames = calibration if calibration is not None else calibration_images(model)
+        if not calibration:
+            raise OpenVinoUnavailable(INT8_NEEDS_CALIBRATION)
+        frames = calibration
         batches = [torch.cat(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
         fp32 = {"INFERENCE_PRECISION_HINT": "f32"}
         maps_seen, pooled_seen = _head_inputs(graph, ov.Core().compile_model(trunk, "CPU", fp32),
@@ -272,9 +264,13 @@ def build_parts(model: LoadedModel, batch: int, precision: str, folder: Path, ov
         ov.save_model(part, str(folder / f"{name}.xml"), compress_to_fp16=False)
 
 
-def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tuple[Path, bool]:
-    """The cached build folder of `model` at `batch` and `precision`, built on first use; (folder, built now)."""
-    folder = build_dir(model, batch, precision, ov, core)
+def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core,
+                 calibration: list[Tensor] | None = None) -> tuple[Path, bool]:
+    """The cached build folder of `model` at `batch` and `precision`, built on first use; (folder, built now).
+
+    calibration: network inputs f32 [1,3,H,W] for int8 (see build_parts); ignored otherwise.
+    """
+    folder = build_dir(model, batch, precision, ov, core, calibration)
     if all((folder / f"{name}.xml").is_file() for name in PARTS):
         os.utime(folder)  # used now: the last to be pruned
         return folder, False
@@ -283,7 +279,7 @@ def cached_parts(model: LoadedModel, batch: int, precision: str, ov, core) -> tu
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        build_parts(model, batch, weights_precision(precision), tmp, ov)
+        build_parts(model, batch, weights_precision(precision), tmp, ov, calibration=calibration)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same build first; theirs is as good

@@ -31,12 +31,13 @@ owns its OpenVINO infer requests (the trunk's; the RPN head's and the mask head'
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from segstream.engines.calibration import CalibrationError, network_inputs, read_frames
 from segstream.engines.models import LoadedModel
 from segstream.engines.openvino_build import (
     PARTS,
@@ -67,23 +68,32 @@ def default_threads() -> int:
     return max(1, usable_cores() // 2)
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    """torch's intra-op threads set to `count` for the block, then restored.
+#: torch's intra-op threads while an OpenVINO engine is in the process (set once, when it is built).
+TORCH_THREADS = 1
+
+
+def _settle_torch_threads() -> None:
+    """torch's intra-op threads set to TORCH_THREADS, once, when the engine is built.
 
     The torch steps between the OpenVINO parts are many small operations: split over two OpenMP
     threads they gained nothing, and the OpenMP threads spinning after each one took the cores
-    OpenVINO's own threads were about to run on (measured: docs/engines.md).
+    OpenVINO's own threads were about to run on (measured: docs/engines.md). The count is
+    process-wide state that postprocess (another thread) reads too, so it is set here, before any
+    batch, and never changed per batch: changing it around each batch raced with postprocess and
+    left other threads at whatever count the last batch had set. A configured `engine.threads`
+    is applied after the engine is built (pipeline/streaming.py) and wins.
     """
-    before = torch.get_num_threads()
-    if before == count:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+
+
+def _calibration_inputs(model: LoadedModel, calibration: str | Path | Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """Network inputs f32 [1,3,H,W] of what the caller passed: a path is read, inputs are taken as they are."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, Path)):
+        return network_inputs(model.config, read_frames(calibration))
+    return list(calibration)
 
 
 class OpenVinoEngine:
@@ -93,11 +103,17 @@ class OpenVinoEngine:
     max_batch: the trunk's fixed batch; smaller batches are zero-padded and sliced.
     precision: fp32 | bf16 | int8 (see the module docstring).
     threads: OpenVINO inference threads of each part (default: half the cores the process may use).
+    calibration: int8 only, frames of the model's domain to quantize on: a folder of images or a
+        video file (engines/calibration.py), or network inputs f32 [1,3,H,W] already made; an int8
+        build without it is one EngineError saying what to pass.
+    Building one sets torch's intra-op threads to TORCH_THREADS for the process (once; see
+    _settle_torch_threads).
     """
 
     def __init__(
         self, model: LoadedModel, device: str | torch.device = "cpu", max_batch: int = 1,
         precision: str = "fp32", threads: int | None = None,
+        calibration: str | Path | Sequence[torch.Tensor] | None = None,
     ) -> None:
         try:
             ov = require_openvino()
@@ -119,8 +135,9 @@ class OpenVinoEngine:
         self.threads = threads or default_threads()
         self.name = f"openvino {precision}"
         try:
-            self.cache_dir, self.built = cached_parts(model, max_batch, precision, ov, core)
-        except OpenVinoUnavailable as exc:
+            inputs = _calibration_inputs(model, calibration) if precision == "int8" else None
+            self.cache_dir, self.built = cached_parts(model, max_batch, precision, ov, core, inputs)
+        except (OpenVinoUnavailable, CalibrationError) as exc:
             raise _engine_error(f"--engine openvino: {exc}") from None
         properties = {
             "INFERENCE_NUM_THREADS": self.threads,
@@ -138,6 +155,7 @@ class OpenVinoEngine:
         # The torch steps: the static graph's own code on the same modules (nothing is copied).
         self.graph = StaticMaskRCNN(model.network, model.config).eval()
         self._levels = len(self.graph.anchors_per_level)
+        _settle_torch_threads()
 
     def close(self) -> None:
         """Drop the infer requests (and with them the compiled models' threads and memory)."""
@@ -170,7 +188,7 @@ class OpenVinoEngine:
 
     @torch.inference_mode()
     def detect(self, features: Features) -> list[Detections]:
-        """The RPN head (OpenVINO), proposals, box head and NMS (torch, 1 thread) and the mask head
+        """The RPN head (OpenVINO), proposals, box head and NMS (torch, TORCH_THREADS) and the mask head
         (OpenVINO) on `extract`'s maps."""
         t = features.tensors
         graph, sizes, levels = self.graph, t["sizes"], self._levels
@@ -178,12 +196,11 @@ class OpenVinoEngine:
         rpn = [torch.from_numpy(outputs[i]) for i in range(2 * levels)]
         # [B, C, h, w] views of the channels-last maps: RoIAlign reads them as they are.
         maps = [torch.from_numpy(m).permute(0, 3, 1, 2) for m in t["maps"]]
-        with _torch_threads(1):
-            num_proposals, proposals = graph.select_proposals(rpn[:levels], rpn[levels:], sizes)
-            num, boxes, scores, classes = graph.detect(maps, proposals, num_proposals, sizes)
-            masks = self._masks(maps, boxes, num, classes)
-            counts = num[: features.count].tolist()
-            return split_detections(counts, boxes, scores, classes, masks)
+        num_proposals, proposals = graph.select_proposals(rpn[:levels], rpn[levels:], sizes)
+        num, boxes, scores, classes = graph.detect(maps, proposals, num_proposals, sizes)
+        masks = self._masks(maps, boxes, num, classes)
+        counts = num[: features.count].tolist()
+        return split_detections(counts, boxes, scores, classes, masks)
 
     def _masks(self, features: list[torch.Tensor], boxes: torch.Tensor, num: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """f32 [B,K,M,M] mask probabilities: the mask head runs on the first max(num) rows of each image only."""

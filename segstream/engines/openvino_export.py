@@ -1,7 +1,8 @@
-"""`segstream export openvino`: a model as a deployable artifact directory (needs the torch extra).
+"""A model as a deployable artifact directory (needs the torch extra); the command is
+`segstream export openvino` (segstream/commands/export.py):
 
     segstream export openvino --model shapes -o shapes-ov/
-    segstream export openvino --model maskrcnn_resnet50_fpn --weights W.pth --precision int8 -o coco-int8/
+    segstream export openvino --model maskrcnn_resnet50_fpn --weights W.pth --precision int8 --calibration street/ -o coco-int8/
 
 The directory (layout: segstream/engines/openvino_artifact.py) holds the four OpenVINO parts
 converted from the very torch modules the torch engine runs (trunk, RPN head, box head, mask head;
@@ -10,8 +11,9 @@ constants, and a sidecar with every other number the torch-free runtime needs (t
 counts, pooler scales, box coder weights, class names, mean/std) and the checkpoint's digest.
 
 int8: the trunk, RPN head and mask head are quantized on calibration images passed in
-(`calibration`: network inputs f32 [1,3,H,W]); the CLI renders them with segstream.shapes (the
-engines take them as data, they do not import the shapes generator). The box head stays fp32 (a
+(`calibration`: network inputs f32 [1,3,H,W], engines/calibration.py); the command reads them from
+`--calibration DIR|VIDEO`, or renders shapes frames for the bundled shapes model (the engines take
+them as data, they never import the shapes generator). The box head stays fp32 (a
 small MLP; quantizing it gains nothing measurable and costs score fidelity).
 """
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from typing import Any
 
@@ -22,13 +21,12 @@ import redis
 from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
+from segstream.fleet.jobs import _text
 from segstream.fleet.track_ids import next_track_id
-from segstream.fleet.jobs import STREAM_ID, _text
-from segstream.pipeline.wire.schema import (ID_PATTERN, CameraRecord, MalformedEntry, WorkerRecord, message_kind,
-                                      parse_entry, why)
+from segstream.pipeline.wire.schema import CameraRecord, MalformedEntry, WorkerRecord, message_kind, parse_entry, why
+from segstream.pipeline.wire.stream_id import check_stream_id
 
 log = logging.getLogger(__name__)
-_CAMERA_ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
 
 # KEYS: owner, fence. ARGV: worker, lease ms. -> the new token, or 0 when owned by someone
 _ACQUIRE = """
@@ -69,8 +67,7 @@ class CameraBook:
     # -- the wanted cameras (segstream cameras add|remove|list) ------------------------------
     def add(self, camera_id: str, url: str) -> bool:
         """True when new (an existing camera's URL is replaced)."""
-        if not STREAM_ID.match(camera_id):
-            raise ValueError(f"camera id {camera_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        check_stream_id(camera_id, "camera id")  # ValueError: one line naming the rule
         return bool(self.client.hset(self.keys.cameras, camera_id, json.dumps({"url": url})))
 
     def remove(self, camera_id: str) -> bool:
@@ -82,8 +79,7 @@ class CameraBook:
         for k, v in self.client.hgetall(self.keys.cameras).items():
             camera_id = _text(k)
             try:
-                if not _CAMERA_ID.match(camera_id):
-                    raise ValueError("the camera id is not 1-64 of A-Z a-z 0-9 . _ -")
+                check_stream_id(camera_id, "camera id")
                 out[camera_id] = CameraRecord.model_validate(json.loads(v)).url
             except (ValueError, RecursionError) as exc:  # ValidationError is a ValueError
                 if (camera_id, v) not in self._reported:  # once per bad value, not on every heartbeat

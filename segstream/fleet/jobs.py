@@ -32,12 +32,12 @@ from pydantic import ValidationError
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.track_ids import next_track_id
 from segstream.pipeline.wire.schema import JobEntry, JobRecord, MalformedEntry, message_kind, parse_entry, why
+from segstream.pipeline.wire.stream_id import check_stream_id
 
 log = logging.getLogger(__name__)
 #: The jobs' dead-letter stream keeps about this many entries (oldest trimmed).
 DEAD_LETTER_MAXLEN = 10_000
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # as StreamSpec.id (\Z: "$" would accept a final newline)
 
 # KEYS: job hash, fence. ARGV: worker, now. -> {token, attempts}
 _CLAIM = """
@@ -140,8 +140,7 @@ class JobQueue:
     def submit(self, source: str, stream_id: str) -> str:
         """Enqueue one file job; returns its id. `base`: the newest entry of the result stream now,
         so a resumed job reads only what this job published."""
-        if not STREAM_ID.match(stream_id):
-            raise ValueError(f"stream id {stream_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        check_stream_id(stream_id)  # ValueError: one line naming the rule
         self.ensure_group()
         job_id = uuid.uuid4().hex[:12]
         newest = self.client.xrevrange(self.keys.results(stream_id), count=1)

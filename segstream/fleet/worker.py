@@ -31,7 +31,7 @@ from segstream.fleet.keys import FleetKeys
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.sinks.redis_stream import CONNECTION_ERRORS, connect
+from segstream.pipeline.wire.redis_link import CONNECTION_ERRORS, RedisLinkError, connect
 from segstream.pipeline.streams import SourceError
 from segstream.pipeline.stream_spec import StreamSpec, make_source
 from segstream.pipeline.streaming import StreamingPipeline
@@ -139,7 +139,7 @@ class Worker:
                 self.client = connect(self.config.redis.url)
                 self._redis_back()
                 return
-            except SinkError as exc:
+            except RedisLinkError as exc:
                 if "credentials" in str(exc):
                     raise
                 failures += 1

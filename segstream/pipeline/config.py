@@ -48,6 +48,9 @@ class EngineSection(_Section):
     onnx: str | None = None
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
+    # openvino int8 with a torch model: frames of the model's own domain to quantize on (a folder of
+    # images or a video file; engines/calibration.py). An int8 artifact (--model DIR) needs none.
+    calibration: str | None = None
     max_batch_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
     max_consecutive_errors: int = Field(default=5, ge=1)  # failed batches in a row that stop the run
     # On a CPU, engines that split (torch, openvino) run their trunk and their heads on two threads,

@@ -1,5 +1,5 @@
 """A segstream run: the given sources through a StreamingPipeline until the last file ends
-(cameras: until stopped), with Ctrl-C / SIGTERM handled as a drain.
+(cameras: until drained). Signals are the command line's (segstream.commands.lifecycle).
 
 Everything that can fail on bad input is checked before the first frame is decoded, in the order
 a user fixes things: config, sources, Redis, model, engine. A camera that cannot be reached at
@@ -10,7 +10,6 @@ in the background while the others run.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from segstream.pipeline.streams import SourceError
 from segstream.pipeline.stream_spec import Source, StreamSpec, make_source
 from segstream.pipeline.streaming import StreamingPipeline, make_engine  # noqa: F401
 from segstream.pipeline.streams import StreamState
+from segstream.pipeline.wire.stream_id import stream_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ def make_sources(locations: list[str], stream_ids: list[str] | None, config: Run
         check_source(location, config.sources, "trusted")
     if stream_ids and len(stream_ids) != len(locations):
         raise ConfigError(f"--stream-id: got {len(stream_ids)} ids for {len(locations)} sources")
+    for stream_id in stream_ids or []:  # the one rule (pipeline/wire/stream_id.py), one line naming it
+        if problem := stream_id_problem(stream_id):
+            raise ConfigError(f"--stream-id: {problem}")
     ids = stream_ids or [default_stream_id(loc) for loc in locations]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"stream ids must be unique, got {ids} (use --stream-id)")
@@ -105,86 +108,169 @@ def _video_fps(sources: list[Source], default: float) -> float:
     return default
 
 
-def run(
-    locations: list[str],
-    config: RunConfig,
-    stream_ids: list[str] | None = None,
-    engine: Engine | None = None,
-    extra_sinks: list[Sink] | None = None,
-    handle_signals: bool = True,
-    on_start: Callable[[Chain], Any] | None = None,
-    keep_trying: bool = False,
-    kind: str = "auto",
-    on_pipeline: Callable[[StreamingPipeline], Any] | None = None,
-) -> RunSummary:
-    """Run the pipeline until every file ends (cameras: until stopped) and return a summary.
+class PipelineRun:
+    """A run as an application (segstream.commands.lifecycle.Application): the given sources
+    through one StreamingPipeline until the last file ends (cameras: until drained).
 
-    engine: use this engine instead of building one from config.model/config.engine (benchmarks, tests).
-    on_start(chain) / on_pipeline(pipeline): called once everything runs (tests stop a run with them).
-    Raises ConfigError/SourceError/SinkError/ModelError/EngineError for bad input before starting,
-    and the first stage error after draining what was in flight.
+    Constructing it checks everything bad input can spoil, in the order a user fixes things
+    (config, sources, Redis, model, engine): the sources here, the rest in start(), which
+    loads the model. on_start(chain) / on_pipeline(pipeline): called once everything runs (the
+    command attaches HTTP with on_pipeline; tests stop a run with them).
     """
-    if not locations:
-        raise ConfigError("no source given")
-    sources = make_sources(locations, stream_ids, config, kind)
-    check_sources(sources, keep_trying)
-    fps = _video_fps(sources, config.output.video_fps) if config.output.video else None
-    mode = config.gating.mode  # auto gates cameras only: a run of files is the pipeline as it was
-    pipeline = StreamingPipeline(config, engine, extra_sinks, keep_alive=False, video_fps=fps,
-                                 multiple_streams=len(sources) > 1,
-                                 gating=mode == "on" or (mode == "auto" and any(s.live for s in sources)))
-    stop = threading.Event()
-    restore = _install_signal_handlers(pipeline, stop) if handle_signals else None
-    started = time.monotonic()
-    try:
-        for source in sources:
-            pipeline.add_source(source)
-        pipeline.start()
-        if on_start is not None:
-            on_start(pipeline.chain)
-        if on_pipeline is not None:
-            on_pipeline(pipeline)
-        while not pipeline.wait(timeout=0.2):
-            if stop.is_set() or pipeline.chain.stopping.is_set():
-                pipeline.shutdown(config.shutdown_timeout)
-                break
-    finally:
-        pipeline.close()
-        if restore:
-            restore()
-    elapsed = time.monotonic() - started
+
+    def __init__(
+        self,
+        locations: list[str],
+        config: RunConfig,
+        stream_ids: list[str] | None = None,
+        engine: Engine | None = None,
+        extra_sinks: list[Sink] | None = None,
+        on_start: Callable[[Chain], Any] | None = None,
+        keep_trying: bool = False,
+        kind: str = "auto",
+        on_pipeline: Callable[[StreamingPipeline], Any] | None = None,
+    ) -> None:
+        if not locations:
+            raise ConfigError("no source given")
+        self.config, self.engine, self.extra_sinks = config, engine, extra_sinks
+        self.on_start, self.on_pipeline = on_start, on_pipeline
+        self.sources = make_sources(locations, stream_ids, config, kind)
+        check_sources(self.sources, keep_trying)
+        self.pipeline: StreamingPipeline | None = None
+        self.error: BaseException | None = None  # the fatal stage error, raised again by run()
+        self._started = self._ended_at = None  # monotonic
+        self._aborted = False
+        self._closed = False
+        self._closing = threading.Lock()
+
+    def start(self) -> None:
+        config, sources = self.config, self.sources
+        fps = _video_fps(sources, config.output.video_fps) if config.output.video else None
+        mode = config.gating.mode  # auto gates cameras only: a run of files is the pipeline as it was
+        pipeline = StreamingPipeline(config, self.engine, self.extra_sinks, keep_alive=False, video_fps=fps,
+                                     multiple_streams=len(sources) > 1,
+                                     gating=mode == "on" or (mode == "auto" and any(s.live for s in sources)))
+        self.pipeline = pipeline  # the model is loaded
+        self._started = time.monotonic()
+        try:
+            for source in sources:
+                pipeline.add_source(source)
+            pipeline.start()
+            if self._aborted:  # a second signal came while the model loaded
+                pipeline.abort()
+                return
+            if self.on_start is not None:
+                self.on_start(pipeline.chain)
+            if self.on_pipeline is not None:
+                self.on_pipeline(pipeline)
+        except BaseException:
+            pipeline.abort()
+            self._close()
+            raise
+
+    def ended(self) -> bool:
+        """Every source ended and everything was published, or the chain is stopping by itself
+        (a fatal stage error, or someone called pipeline.stop())."""
+        chain = self.pipeline.chain if self.pipeline is not None else None
+        return chain is not None and (chain.done() or chain.stopping.is_set())
+
+    def drain(self, timeout: float) -> bool:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return True
+        drained = True
+        try:
+            if pipeline.chain.done():
+                pipeline.wait(0)  # raises the stage error that ended it, if one did
+            else:
+                drained = pipeline.shutdown(timeout)
+        except Exception as exc:  # a stage error: what was in flight is drained; the run failed
+            self.error = exc
+        finally:
+            self._close()
+        return drained
+
+    def abort(self) -> None:
+        self._aborted = True
+        if self.pipeline is not None:
+            self.pipeline.abort()
+            self._close()
+
+    def _close(self) -> None:
+        # drain() (on the lifecycle's helper thread) and abort() (on the main thread) may both get here.
+        with self._closing:
+            if self._closed or self.pipeline is None:
+                return
+            self._closed = True
+            try:
+                self.pipeline.close()
+            finally:
+                self._ended_at = time.monotonic()
+
+    def failure(self) -> str | None:
+        if self.error is None:
+            return None
+        text = str(self.error).strip()
+        return text.splitlines()[0] if text else type(self.error).__name__
+
+    def summary(self) -> RunSummary:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return RunSummary(streams={}, elapsed=0.0, model_source=self.config.model.name or "", placeholder=False,
+                              engine="", stages=[])
+        end = self._ended_at or time.monotonic()
+        return summarize(pipeline, end - (self._started or end), self.sources)
+
+
+def summarize(pipeline: StreamingPipeline, elapsed: float, sources: list[Source] | None = None) -> RunSummary:
+    """The RunSummary of everything `pipeline` ran in `elapsed` s (the streams it still lists).
+
+    sources: a run's sources, whose errors are bad input found while running (`source_errors`:
+    exit 2) and whose corrupt packets are counted. A long-running service (serve, worker) passes
+    none: its streams' errors stay with each stream (StreamState.error, on its summary line).
+    """
     return RunSummary(
         streams={s.stream_id: s for s in pipeline.registry.all()},
         elapsed=elapsed,
         engine=pipeline.engine_name,
         stages=pipeline.chain.stats,
         videos=list(pipeline.video.paths) if pipeline.video else [],
-        source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors],
-        corrupt_skipped=sum(s.counters.corrupt for s in sources),
+        source_errors=[str(exc) for _, exc in pipeline.chain.producer_errors] if sources is not None else [],
+        corrupt_skipped=sum(s.counters.corrupt for s in sources or []),
         interrupted=pipeline.chain.stopping.is_set(),
         model_source=pipeline.model_source,
         placeholder=pipeline.placeholder,
     )
 
 
-def _install_signal_handlers(pipeline: StreamingPipeline, stop: threading.Event) -> Callable[[], None] | None:
-    """SIGINT/SIGTERM: stop reading and drain; a second one aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+def run(
+    locations: list[str],
+    config: RunConfig,
+    stream_ids: list[str] | None = None,
+    engine: Engine | None = None,
+    extra_sinks: list[Sink] | None = None,
+    on_start: Callable[[Chain], Any] | None = None,
+    keep_trying: bool = False,
+    kind: str = "auto",
+    on_pipeline: Callable[[StreamingPipeline], Any] | None = None,
+) -> RunSummary:
+    """PipelineRun in this thread until every file ends (cameras: until pipeline.stop()), for
+    benchmarks, tests and commands that drive a run themselves; no signal handling (the command
+    line's lifecycle is segstream.commands.lifecycle).
 
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            pipeline.abort()
-            raise KeyboardInterrupt
-        stop.set()
-        pipeline.stop()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
+    engine: use this engine instead of building one from config.model/config.engine.
+    Raises ConfigError/SourceError/SinkError/ModelError/EngineError for bad input before starting,
+    and the first stage error after draining what was in flight.
+    """
+    app = PipelineRun(locations, config, stream_ids, engine, extra_sinks, on_start, keep_trying, kind, on_pipeline)
+    app.start()
+    try:
+        while not app.ended():
+            time.sleep(0.05)
+        app.drain(config.shutdown_timeout)
+    except BaseException:  # Ctrl-C in a script: stop now, close the sinks
+        app.abort()
+        raise
+    if app.error is not None:
+        raise app.error
+    return app.summary()

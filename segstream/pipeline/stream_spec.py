@@ -8,9 +8,10 @@ with NVDEC), once the source policy (pipeline/sources/policy.py) admitted its lo
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sources.camera import CameraSource, Supervision
@@ -19,6 +20,7 @@ from segstream.pipeline.sources.file import VideoFileSource
 from segstream.pipeline.sources.locations import source_kind
 from segstream.pipeline.sources.policy import Origin, check_source
 from segstream.pipeline.streams import SourceError
+from segstream.pipeline.wire.stream_id import ID_PATTERN, stream_id_problem
 
 if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch
     from segstream.pipeline.sources.nvdec import NvdecFileSource
@@ -33,7 +35,7 @@ class StreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    id: str = Field(pattern=ID_PATTERN)  # the pattern for the JSON Schema; _id_rule checks it
     url: str = Field(min_length=1)
     kind: Literal["auto", "file", "live"] = "auto"
     max_frames: int | None = Field(default=None, ge=1)
@@ -42,6 +44,15 @@ class StreamSpec(BaseModel):
     # A stream taken over (a fleet job resumed, a camera moved): its new tracks get ids from here
     # on, after those already published (None: from 1). Track ids are never reused in a stream.
     first_track_id: int | None = Field(default=None, ge=1)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_rule(cls, value: Any) -> Any:
+        # Before the pattern: one message naming the rule, the same as every other way in.
+        problem = stream_id_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("stream_id", "{problem}", {"problem": problem})
+        return value
 
 
 class StreamExists(Exception):

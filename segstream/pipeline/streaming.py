@@ -51,7 +51,8 @@ def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
 
     m, e = config.model, config.engine
     opened = open_model_engine(m.name, m.weights, m.input_size, m.allow_download, e.kind, e.device, e.batch_size,
-                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold)
+                               e.onnx, e.precision, threads=e.threads, score_threshold=m.score_threshold,
+                               calibration=e.calibration)
     if e.threads and opened.loaded is not None:  # (the torch-free path never imports torch for this)
         import torch
 

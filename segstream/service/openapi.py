@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from segstream.pipeline.stream_spec import StreamSpec
+from segstream.pipeline.wire.stream_id import ID_PATTERN
 
-STREAM_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"}
+STREAM_ID = {"type": "string", "pattern": ID_PATTERN}
 
 
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class StreamBook:
 
     def _failed(self, doing: str, exc: redis.RedisError) -> None:
         """Log why Redis failed the book: at its first failure, then at most once a minute."""
-        from segstream.pipeline.sinks.redis_stream import answered_error, refused_access
+        from segstream.pipeline.wire.redis_link import answered_error, refused_access
 
         if refused_access(exc):
             reason = str(answered_error(self._url, exc))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segstream.pipeline.stages.preprocess import fit_size
+from segstream.engines.model_config import fit_size
 from segstream.shapes.backgrounds import TRAIN_PHOTOS, random_background
 from segstream.shapes.scene import FRAME_SIZE, Shape, paint, random_scene, random_shape  # noqa: F401 (re-exported)
 
@@ -87,3 +87,22 @@ class ShapesStream(torch.utils.data.IterableDataset):
         while True:
             yield render_sample(np.random.default_rng([self.seed, k]), self.input_size)  # type: ignore[arg-type]
             k += workers
+
+
+#: The shapes model's int8 calibration set (segstream export openvino --model shapes --precision int8):
+#: frames of its domain from this seed, never the held-out clips' seeds.
+CALIBRATION_SEED = 0x0F1A
+
+
+def calibration_frames(count: int, seed: int = CALIBRATION_SEED) -> list[np.ndarray]:
+    """`count` camera frames uint8 [360, 640, 3] RGB of the shapes domain (training photographs),
+    as a camera of it would send them: the int8 calibration data of the shapes model, which the
+    command and test layers hand to the engines (engines/calibration.py makes network inputs of them)."""
+    rng = np.random.default_rng(seed)
+    width, height = FRAME_SIZE
+    frames = []
+    for _ in range(count):
+        shapes = random_scene(rng, width, height)
+        frame, _ = paint(random_background(rng, width, height, TRAIN_PHOTOS), shapes, rng)
+        frames.append(camera_degrade(frame, rng))
+    return frames

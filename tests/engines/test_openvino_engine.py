@@ -11,18 +11,21 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from segstream.engines.calibration import CalibrationError, network_inputs, read_frames
 from segstream.engines.factory import EngineError, open_engine
-from segstream.engines.models import load_model
+from segstream.engines.models import load_model, placeholder_config
 from segstream.engines.torch_engine import TorchEngine
 from segstream.pipeline.config import parse_config
 from segstream.pipeline.run import run
 from segstream.pipeline.sinks.collect import CollectSink
+from segstream.shapes.dataset import calibration_frames
 
 pytest.importorskip("openvino")
 from segstream.engines.openvino_engine import OpenVinoEngine  # noqa: E402
 
 #: The bundled model at a smaller input than its own: a quicker conversion, the same network.
 INPUT_SIZE = (192, 320)
+INPUT_SPEC = placeholder_config("shapes").replace(input_size=INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def clip(tmp_path_factory):
 def _published(video, engine):
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(video)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 
@@ -102,9 +105,10 @@ def test_the_build_is_reused_from_the_cache_and_redone_when_the_weights_change(m
     other = OpenVinoEngine(changed, "cpu", 2, "fp32")
     assert other.built and other.cache_dir != fp32_engine.cache_dir
     # The new build runs the changed weights: it gives what torch gives with them, not the old detections.
-    from segstream.engines.openvino_build import calibration_images
+    from segstream.engines.calibration import network_inputs
+    from segstream.shapes.dataset import calibration_frames
 
-    images = torch.cat(calibration_images(model, 2, seed=9))
+    images = torch.cat(network_inputs(model.config, calibration_frames(2, seed=9)))
     sizes = [INPUT_SIZE, (INPUT_SIZE[0] - 32, INPUT_SIZE[1])]
     images[1, :, sizes[1][0]:] = 0
     want = TorchEngine(changed, "cpu", 2).infer(images, sizes)
@@ -134,7 +138,7 @@ def _mask_ap(engine, clip) -> float:
 
     sink = _Messages()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(clip[0])], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(clip[0])], config, engine=engine, extra_sinks=[sink])
     return coco_metrics(clip[1], sink.messages)["mask_ap"]
 
 
@@ -145,8 +149,10 @@ def fp32_mask_ap(fp32_engine, clip) -> float:
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_bf16_and_int8_keep_the_mask_ap_of_fp32_on_a_held_out_clip(model, cache, clip, fp32_mask_ap, precision):
+    # int8 quantizes on frames of the model's domain, handed in: here the shapes model's training domain.
+    calibration = network_inputs(model.config, calibration_frames(48)) if precision == "int8" else None
     try:
-        engine = OpenVinoEngine(model, "cpu", 1, precision)
+        engine = OpenVinoEngine(model, "cpu", 1, precision, calibration=calibration)
     except EngineError as exc:  # bf16 needs the CPU's bfloat16 arithmetic; the refusal is then the offer
         assert precision == "bf16" and "no bfloat16" in str(exc)
         return
@@ -158,6 +164,33 @@ def test_bf16_and_int8_keep_the_mask_ap_of_fp32_on_a_held_out_clip(model, cache,
 def test_auto_picks_openvino_on_the_cpu_and_names_it(model, cache):
     engine = open_engine("auto", model, "cpu", 1)
     assert isinstance(engine, OpenVinoEngine) and engine.name == "openvino fp32 (auto)"
+
+
+def test_int8_without_calibration_frames_is_one_line_saying_what_to_pass(model, cache):
+    with pytest.raises(EngineError, match=r"--precision int8 quantizes on calibration frames of the model's own domain"):
+        OpenVinoEngine(model, "cpu", 1, "int8")
+    with pytest.raises(EngineError, match="needs the openvino engine, which is unavailable: --precision int8 quantizes"):
+        open_engine("auto", model, "cpu", 1, precision="int8")
+
+
+def test_calibration_frames_come_from_a_folder_of_images_or_a_video(tmp_path, clip):
+    from PIL import Image
+
+    for index, frame in enumerate(calibration_frames(5, seed=3)):
+        Image.fromarray(frame).save(tmp_path / f"{index:02d}.png")
+    (tmp_path / "notes.txt").write_text("not an image: skipped")
+    from_folder = read_frames(tmp_path, count=3)
+    assert len(from_folder) == 3 and all(f.shape == (360, 640, 3) and f.dtype == "uint8" for f in from_folder)
+    from_video = read_frames(clip[0], count=4)
+    assert len(from_video) == 4 and from_video[0].shape == (270, 480, 3)
+    inputs = network_inputs(INPUT_SPEC, from_video)
+    assert [tuple(i.shape) for i in inputs] == [(1, 3, *INPUT_SIZE)] * 4
+    # 480x270 fits 320 wide: 180 rows of picture, the rest zero padding (normalised zero is not zero).
+    assert torch.count_nonzero(inputs[0][0, :, 180:]) == 0 and torch.count_nonzero(inputs[0][0, :, 179]) > 0
+    with pytest.raises(CalibrationError, match="no such folder or video file"):
+        read_frames(tmp_path / "missing")
+    with pytest.raises(CalibrationError, match="not a folder of images or a readable video"):
+        read_frames(tmp_path / "notes.txt")
 
 
 def test_precisions_other_engines_lack_are_refused_in_one_line(model):
@@ -200,3 +233,37 @@ def test_the_cache_keeps_the_most_recently_used_builds_only(tmp_path):
     os.utime(tmp_path / ".oldest-in-progress.part", (1.0, 1.0))
     prune_builds(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".oldest-in-progress.part", "middle", "newest"]
+
+
+def test_batches_leave_torchs_thread_count_alone_for_the_other_stages(fp32_engine):
+    """Postprocess and the other stages run torch on their own threads while the engine runs batches:
+    the engine must not change the process-wide intra-op thread count under them, batch after batch
+    (a thread's first torch call takes the process-wide count of that moment and keeps it)."""
+    import threading
+
+    images = torch.zeros((1, 3, *INPUT_SIZE))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the rest of the process runs with (set after the engine was built)
+    try:
+        done = threading.Event()
+
+        def batches() -> None:
+            for _ in range(20):
+                fp32_engine.infer(images, [INPUT_SIZE])
+            done.set()
+
+        seen: list[int] = []
+
+        def stage_starts() -> None:  # a thread that starts using torch now, as a stage's thread would
+            seen.append(torch.get_num_threads())
+
+        runner = threading.Thread(target=batches, name="inference")
+        runner.start()
+        while not done.is_set():
+            sampler = threading.Thread(target=stage_starts)
+            sampler.start()
+            sampler.join()
+        runner.join()
+        assert len(seen) > 20 and set(seen) == {2}, f"thread counts seen during batches: {sorted(set(seen))}"
+    finally:
+        torch.set_num_threads(before)

@@ -56,7 +56,7 @@ def clip(tmp_path_factory):
 def _published(video: Path, engine) -> list:
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "output": {"progress": False}})
-    run([str(video)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(video)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 
@@ -117,11 +117,12 @@ def test_an_exported_artifact_gives_the_torch_detections_and_a_second_export_rep
     assert sidecar["checkpoint_digest"] == model_digest(model)
     assert sidecar["roi"]["box_pool"]["output_size"] == 7 and sidecar["rpn"]["strides"][0] == 4
 
-    from segstream.engines.openvino_build import calibration_images
+    from segstream.engines.calibration import network_inputs
+    from segstream.shapes.dataset import calibration_frames
 
     engine = OpenVinoRuntimeEngine(out)
     reference = TorchEngine(model, "cpu", 1)
-    images = calibration_images(model, 4, seed=31)
+    images = network_inputs(model.config, calibration_frames(4, seed=31))
     found = 0
     for image in images:
         sizes = [SMALL_INPUT]
@@ -180,6 +181,42 @@ def test_export_on_a_base_install_names_the_torch_extra(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
+def test_an_int8_export_takes_calibration_frames_of_the_models_domain_and_a_coco_model_without_them_is_refused(
+        tmp_path, capsys):
+    from segstream.commands.export import main as export_main
+
+    out = tmp_path / "coco-int8"
+    assert export_main(["openvino", "--model", "maskrcnn_resnet50_fpn", "--precision", "int8", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "segstream export: --precision int8 for maskrcnn_resnet50_fpn needs --calibration DIR|VIDEO: frames of what "
+        "the model will see (a folder of images or a video), to quantize on")
+    assert export_main(["openvino", "--model", "shapes", "--precision", "int8", "--calibration", str(tmp_path / "none"),
+                        "-o", str(out)]) == 2
+    assert "--calibration " + str(tmp_path / "none") + ": no such folder or video file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_export_reads_calibration_frames_from_a_video_as_the_pipeline_would_feed_them(clip):
+    import argparse
+
+    from segstream.commands.export import _calibration
+
+    model = load_model("shapes", input_size=SMALL_INPUT)
+    args = argparse.Namespace(calibration=str(clip), calibration_frames=3, model="my-model")
+    inputs, note = _calibration(args, model)
+    assert note == f"3 frames of {Path(clip).name}"
+    assert [tuple(i.shape) for i in inputs] == [(1, 3, *SMALL_INPUT)] * 3
+    # What the pipeline's preprocess makes of the same frame: one resize rule, one normalisation.
+    from segstream.engines.calibration import read_frames
+    from segstream.pipeline.messages import Frame
+    from segstream.pipeline.stages.preprocess import Preprocess
+
+    first = read_frames(clip, 3)[0]
+    batch = Preprocess(model.config, "cpu", 1).batch([Frame("c", 0, None, 0.0, first)])
+    fed = torch.as_tensor(np.asarray(batch.images))[0]
+    torch.testing.assert_close(inputs[0][0], fed, atol=1e-4, rtol=0)
+
+
 def test_a_damaged_artifact_is_refused_with_the_cause(clip, tmp_path):
     artifact = tmp_path / "artifact"
     shutil.copytree(bundled_artifact("shapes"), artifact)
@@ -221,12 +258,13 @@ def test_an_int8_artifact_made_at_export_runs_on_a_base_install_at_its_own_preci
 
 
 def test_a_bigger_batch_than_exported_runs_in_chunks_with_each_frames_own_detections():
-    from segstream.engines.openvino_build import calibration_images
+    from segstream.engines.calibration import network_inputs
+    from segstream.shapes.dataset import calibration_frames
 
     single = OpenVinoRuntimeEngine(bundled_artifact("shapes"))
     triple = OpenVinoRuntimeEngine(bundled_artifact("shapes"), max_batch=3)
     height, width = single.config.input_size
-    images = np.concatenate([i.numpy() for i in calibration_images(load_model("shapes"), 3, seed=12)])
+    images = np.concatenate([i.numpy() for i in network_inputs(load_model("shapes").config, calibration_frames(3, seed=12))])
     sizes = [(height, width), (height - 32, width), (height, width)]
     images[1, :, height - 32:] = 0
     alone = [single.infer(images[i : i + 1], sizes[i : i + 1])[0] for i in range(3)]

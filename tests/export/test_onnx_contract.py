@@ -7,7 +7,7 @@ from onnx import helper, shape_inference
 
 from export_models import INPUT_SIZE, ONNX_BATCH, small_model
 from segstream.engines.checkpoint import save_checkpoint
-from segstream.engines.export import main as export_main
+from segstream.commands.export import main as export_main
 
 K = 20  # conftest: max_detections
 

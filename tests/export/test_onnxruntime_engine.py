@@ -37,7 +37,7 @@ def test_onnxruntime_engine_equals_torch_engine_on_frames(model, onnx_file):
 def _published(clip, engine, batch):
     sink = CollectSink()
     config = parse_config({"redis": {"url": None}, "engine": {"batch_size": batch}, "output": {"progress": False}})
-    run([str(clip)], config, engine=engine, extra_sinks=[sink], handle_signals=False)
+    run([str(clip)], config, engine=engine, extra_sinks=[sink])
     return sorted(sink.results, key=lambda r: r.frame.index)
 
 

@@ -16,7 +16,7 @@ import torch
 from onnx import helper
 
 from export_models import INPUT_SIZE, frames
-from segstream.engines.export import main as export_main
+from segstream.commands.export import main as export_main
 from segstream.engines.factory import EngineError, open_engine
 from segstream.engines.tensorrt_build import engine_cache_name, prepare_onnx
 from segstream.kernels import tensorrt_plugins

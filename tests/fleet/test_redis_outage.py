@@ -9,7 +9,7 @@ from fleet_helpers import WorkerProcess, entries, wait_for, write_config
 from media import write_clip
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.keys import FleetKeys
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 
 FRAMES = 40
 

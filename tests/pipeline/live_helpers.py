@@ -60,7 +60,7 @@ class RunInThread:
 
         def target() -> None:
             try:
-                self.summary = run(locations, config, handle_signals=False, on_pipeline=self.pipelines.append, **kwargs)
+                self.summary = run(locations, config, on_pipeline=self.pipelines.append, **kwargs)
             except BaseException as exc:  # reported by stop()
                 self.error = exc
 

@@ -12,7 +12,7 @@ from servers import segstream_cli
 from media import count_decodable_frames, write_clip
 from segstream.engines.checkpoint import save_checkpoint
 from segstream.engines.models import build_network, placeholder_config
-from segstream.pipeline.redis_server import free_port
+from redis_server import free_port
 
 FAST = "model:\n  input_size: [128, 224]\noutput:\n  progress: false\n"
 

@@ -17,7 +17,7 @@ from servers import RtspServer, segstream_cli
 from segstream.engines.models import placeholder_config
 from segstream.engines.protocol import Detections
 from segstream.pipeline.run import run
-from segstream.pipeline.redis_server import free_port
+from redis_server import free_port
 from servers import wait_for  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def test_camera_feed_that_drops_is_rejoined(fast_config, redis_client):
     result: dict = {}
     worker = threading.Thread(
         target=lambda: result.update(summary=run([server.url], fast_config, stream_ids=["cam"], engine=SlowEngine(0.01),
-                                                 on_start=chains.append, handle_signals=False)),
+                                                 on_start=chains.append)),
     )
     worker.start()
     try:

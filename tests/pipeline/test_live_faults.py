@@ -20,7 +20,7 @@ from live_helpers import RunInThread, SlowEngine, all_entries, frames_of, publis
 from media import write_clip
 from servers import RtspServer, segstream_cli
 from segstream.pipeline.stages.faults import StageFailed
-from segstream.pipeline.redis_server import PrivateRedis, free_port
+from redis_server import PrivateRedis, free_port
 from segstream.pipeline.run import run
 
 QUICK = {"stall_timeout": 2.0, "backoff_initial": 0.2, "backoff_max": 1.0, "open_timeout": 2.0}
@@ -298,7 +298,7 @@ def test_a_camera_password_never_appears_in_logs_or_entries(tmp_path, redis_url,
 
 def test_an_engine_error_on_one_batch_is_published_and_the_run_goes_on(tmp_path, live_config, redis_client):
     clip = write_clip(tmp_path / "bumpy.mp4", frames=10)
-    run([str(clip)], live_config, engine=SlowEngine(0.0, fail_on=lambda call: call == 3), handle_signals=False)
+    run([str(clip)], live_config, engine=SlowEngine(0.0, fail_on=lambda call: call == 3))
     entries = all_entries(redis_client, "segstream:bumpy")
     assert [m["frame"] for m in entries if "frame" in m] == list(range(10)) and entries[-1]["eos"]
     failed = [m for m in entries if "error" in m]
@@ -310,7 +310,7 @@ def test_an_engine_that_keeps_failing_stops_the_run_with_one_line(tmp_path, live
     clip = write_clip(tmp_path / "broken.mp4", frames=30)
     live_config.engine.max_consecutive_errors = 3
     with pytest.raises(StageFailed, match="engine failed on 3 batches in a row"):
-        run([str(clip)], live_config, engine=SlowEngine(0.0, fail_on=lambda call: True), handle_signals=False)
+        run([str(clip)], live_config, engine=SlowEngine(0.0, fail_on=lambda call: True))
     failed = frames_of(redis_client, "segstream:broken")
     assert [m["frame"] for m in failed][:2] == [0, 1] and all("error" in m for m in failed), "nothing vanished silently"
 

@@ -53,3 +53,17 @@ def test_preset_weights_go_through_weights_only_loading(tmp_path):
         assert "cannot load weights" in str(exc)
     else:
         raise AssertionError("a pickle with code must not load")
+
+
+def test_missing_bundled_weights_are_one_clear_error_not_an_untrained_model(tmp_path, monkeypatch, capsys):
+    from segstream.commands.main import main
+    from segstream.engines import models
+
+    missing = tmp_path / "gone" / "shapes.safetensors"
+    monkeypatch.setitem(models.BUNDLED, "shapes", missing)  # as in an install that lost the file
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    code = main(["run", str(clip), "--model", "shapes", "--engine", "torch", "--redis", "none", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"segstream: error: the bundled shapes model's weights are missing ({missing}): "
+                   f"reinstall segstream or pass --model a .safetensors checkpoint"]

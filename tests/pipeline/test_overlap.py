@@ -28,8 +28,8 @@ def test_two_streams_overlapped_publish_what_the_serial_engine_publishes(tmp_pat
 
     serial_config = fast_config.model_copy(deep=True)
     serial_config.engine.overlap = False
-    serial = run(clips, serial_config, stream_ids=["s0", "s1"], handle_signals=False)
-    overlapped = run(clips, fast_config, stream_ids=["o0", "o1"], handle_signals=False)
+    serial = run(clips, serial_config, stream_ids=["s0", "s1"])
+    overlapped = run(clips, fast_config, stream_ids=["o0", "o1"])
 
     assert "features" not in _stage_names(serial)
     assert _stage_names(overlapped)[:3] == ["preprocess", "features", "inference"]
@@ -62,7 +62,7 @@ class FlakyTrunk(TorchEngine):
 
 def test_a_trunk_error_on_one_batch_is_published_and_the_run_goes_on(tmp_path, fast_config, redis_client):
     clip = write_clip(tmp_path / "bumpy.mp4", frames=8)
-    summary = run([str(clip)], fast_config, engine=FlakyTrunk(lambda call: call == 4), handle_signals=False)
+    summary = run([str(clip)], fast_config, engine=FlakyTrunk(lambda call: call == 4))
     assert "features" in _stage_names(summary)
     published = entries(redis_client, "bumpy")
     assert [m["frame"] for m in published[:-1]] == list(range(8)) and published[-1]["eos"]
@@ -75,6 +75,6 @@ def test_a_trunk_that_keeps_failing_stops_the_run_with_one_line(tmp_path, fast_c
     clip = write_clip(tmp_path / "broken.mp4", frames=20)
     fast_config.engine.max_consecutive_errors = 3
     with pytest.raises(StageFailed, match="engine failed on 3 batches in a row"):
-        run([str(clip)], fast_config, engine=FlakyTrunk(lambda call: True), handle_signals=False)
+        run([str(clip)], fast_config, engine=FlakyTrunk(lambda call: True))
     failed = entries(redis_client, "broken")
     assert [m["frame"] for m in failed][:2] == [0, 1] and all("error" in m for m in failed[:2])

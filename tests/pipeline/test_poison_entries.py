@@ -27,7 +27,7 @@ from segstream.pipeline.wire.entries import MaskError, decode_mask, entry_kind
 ROOT = Path(__file__).resolve().parents[2]
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))
 WIDTH, HEIGHT = 64, 48
-FAST = {"read_block_ms": 200, "socket_timeout": 0.5, "backoff_base": 0.05, "backoff_max": 0.3}
+FAST = {"read_block_ms": 200, "socket_timeout": 0.5, "backoff_initial": 0.05, "backoff_max": 0.3}
 
 
 def drawn_mask(n: int) -> np.ndarray:

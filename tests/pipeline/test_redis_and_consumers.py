@@ -10,9 +10,9 @@ import pytest
 from servers import segstream_cli
 from media import write_clip
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 from segstream.pipeline.run import run
-from segstream.pipeline.sinks import SinkError
+from segstream.pipeline.wire.redis_link import RedisLinkError
 from segstream.pipeline.wire.entries import decode_mask
 
 
@@ -55,7 +55,7 @@ def test_tls_redis_with_rediss_url(tmp_path, clip, fast_config):
         fast_config.redis.url = url
         run([str(clip)], fast_config)
         assert len(Subscriber(url, "auth", from_start=True).read_all()) == 5
-        with pytest.raises(SinkError):  # the same server refuses plain-text clients
+        with pytest.raises(RedisLinkError):  # the same server refuses plain-text clients
             Subscriber(f"redis://127.0.0.1:{server.port}/0", "auth")
 
 

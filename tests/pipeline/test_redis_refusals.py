@@ -11,7 +11,7 @@ import redis as redis_py
 
 from servers import segstream_cli
 from segstream.pipeline.messages import StreamStatus
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
 from segstream.pipeline.wire.entries import status_message
 from segstream.service.stream_book import StreamBook

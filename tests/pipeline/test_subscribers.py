@@ -19,11 +19,11 @@ import pytest
 
 from segstream.commands.main import main as cli_main
 from segstream.pipeline.wire.consumer import Subscriber
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
-from segstream.pipeline.sinks import SinkError
+from redis_server import PrivateRedis, free_port, stop_process
+from segstream.pipeline.wire.redis_link import RedisLinkError
 from segstream.pipeline.wire.entries import describe, entry_kind
 
-FAST = {"read_block_ms": 200, "socket_timeout": 0.5, "backoff_base": 0.05, "backoff_max": 0.3}
+FAST = {"read_block_ms": 200, "socket_timeout": 0.5, "backoff_initial": 0.05, "backoff_max": 0.3}
 
 
 def frame(stream: str, n: int) -> dict:
@@ -209,7 +209,7 @@ def test_a_stream_that_does_not_exist_yet_is_waited_for(redis_url, redis_client)
 
 def test_redis_unreachable_at_start_is_an_error_unless_asked_to_wait():
     server = PrivateRedis(appendonly=True, port=free_port())
-    with pytest.raises(SinkError, match="cannot reach Redis"):
+    with pytest.raises(RedisLinkError, match="cannot reach Redis"):
         Subscriber(server.url, "cam", **FAST)
     reader = Reader(Subscriber(server.url, "cam", from_start=True, wait=True, **FAST))
     assert reader.nothing_for(0.5)

@@ -66,7 +66,7 @@ def main(clip: str, redis_url: str, artifact: str | None = None) -> None:
         engine = BrightSpotEngine()
     config = parse_config({"engine": {"batch_size": engine.max_batch}, "redis": {"url": redis_url},
                            "output": {"progress": False}})
-    summary = run([clip], config, stream_ids=["clip"], engine=engine, handle_signals=False)
+    summary = run([clip], config, stream_ids=["clip"], engine=engine)
     print(json.dumps({"published": summary.frames, "instances": summary.instances, "engine_calls": engine.calls,
                       "torch_imported": "torch" in sys.modules,
                       "torch_like": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))}))

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from redis_server import PrivateRedis, free_port, stop_process
 
 TOKEN = "a-token-of-32-characters-or-so-x"
 PREFIX = "segstream:"

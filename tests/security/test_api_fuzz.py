@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 from service_process import TOKEN, ServeProcess
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from redis_server import PrivateRedis, free_port, stop_process
 from service_process import TOKEN, ServeProcess
 
 SECURITY_HEADERS = ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy")

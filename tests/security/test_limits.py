@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from segstream.pipeline.redis_server import PrivateRedis
+from redis_server import PrivateRedis
 from service_process import PREFIX, SHORT, TOKEN, ServeProcess, parse_answer, raw_exchange
 from servers import segstream_cli
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from media import write_clip
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from redis_server import PrivateRedis, free_port, stop_process
 from servers import RtspServer
 from servers import wait_for  # noqa: E402
 

@@ -20,7 +20,7 @@ from media import write_clip
 from segstream.fleet.cameras import CameraBook
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.keys import FleetKeys
-from segstream.pipeline.redis_server import free_port
+from redis_server import free_port
 from servers import wait_for  # noqa: E402
 
 SEGSTREAM = str(Path(sys.executable).with_name("segstream"))

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from segstream.pipeline.redis_server import PrivateRedis, free_port, stop_process
+from redis_server import PrivateRedis, free_port, stop_process
 from servers import RtspServer
 from servers import wait_for  # noqa: E402
 

@@ -53,7 +53,7 @@ def test_a_cli_run_with_http_serves_the_read_only_endpoints(rtsp_server, redis_u
     import urllib.request
     from pathlib import Path
 
-    from segstream.pipeline.redis_server import free_port, stop_process
+    from redis_server import free_port, stop_process
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

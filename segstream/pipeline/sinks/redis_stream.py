@@ -2,8 +2,9 @@
 surviving Redis outages.
 
 Entries wait in one outbox per stream and a writer thread sends them, round-robin over streams,
-pipelined (up to `BATCH` entries a round trip). When Redis goes away the writer reconnects with
-redis-py's backoff (equal jitter, `backoff_initial` up to `backoff_max`) for as long as it takes:
+pipelined (up to `BATCH` entries a round trip). When Redis goes away the writer reconnects under
+the Redis link's one retry policy (pipeline/wire/redis_link.py: equal jitter, `backoff_initial` up to
+`backoff_max`) for as long as it takes (a refusal of the credentials too, logged once a minute):
 - a file's outbox is small and `write` blocks while it is full, so the pipeline backs up to the
   decoder and nothing is lost; it resumes when Redis returns;
 - a camera's outbox keeps the newest `outbox` frame entries; older ones are dropped, counted,
@@ -25,16 +26,26 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import redis
-from redis.backoff import EqualJitterBackoff, NoBackoff
-from redis.retry import Retry
 
-from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sinks import SinkError
+from segstream.pipeline.sinks.outbox import Entry, Outbox, take_round_robin
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.wire.entries import dumps
+from segstream.pipeline.wire.redis_link import (
+    CONNECTION_ERRORS,
+    TROUBLE_LOG_INTERVAL,
+    LogThrottle,
+    RedisLinkError,
+    RetryPolicy,
+    answered_error,
+    connect,
+    reason,
+    refused_access,
+    stream_key,
+)
 
 if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports it
     from segstream.pipeline.messages import EndOfStream, FrameResult, StreamStatus
@@ -42,9 +53,8 @@ if TYPE_CHECKING:  # consumers read the wire without torch: messages.py imports 
 log = logging.getLogger(__name__)
 
 BATCH = 64  # entries per pipelined round trip
-REFUSED_LOG_INTERVAL = 60.0  # seconds between log lines while Redis refuses our credentials
+REFUSED_LOG_INTERVAL = TROUBLE_LOG_INTERVAL  # seconds between log lines while Redis refuses our credentials
 RECENT_SECONDS = 5.0  # acknowledged entries kept to repair what a killed Redis did not persist
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 # Fencing (fleet workers, see docs/scale-out.md): XADD only while the fence key still holds this
 # writer's token, checked and written in one atomic step, so a writer that lost its lease while it
@@ -53,62 +63,6 @@ FENCED_XADD = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED stream owned by another writer') end
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
 """
-
-
-def connect(url: str, timeout: float = 5.0, retry: bool = True) -> redis.Redis:
-    """A checked connection (PING answered); redis://, rediss:// and unix:// URLs with user/password.
-
-    retry=False turns off redis-py's transparent retry of a command whose connection broke: right
-    for reads, wrong for XADD, whose first attempt may have landed (see the module doc).
-    """
-    extra = {} if retry else {"retry": Retry(NoBackoff(), 0)}
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
-        client.ping()
-    except (redis.AuthenticationError, redis.ResponseError) as exc:
-        raise answered_error(url, exc) from None
-    except (redis.RedisError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SinkError(f"cannot reach Redis at {redact(url)} ({reason})") from None
-    return client
-
-
-def answered_error(url: str, exc: redis.RedisError, doing: str = "") -> SinkError:
-    """The one-line SinkError for a Redis that refused the credentials or answered with an error."""
-    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-        return SinkError(f"Redis at {redact(url)} refused the credentials ({exc})")
-    return SinkError(f"Redis at {redact(url)} answered with an error{doing} ({exc})")
-
-
-def refused_access(exc: BaseException) -> bool:
-    """Whether Redis refused who we are (wrong or changed credentials, an ACL without the right)."""
-    text = str(exc)
-    refusals = (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.exceptions.NoPermissionError)
-    return isinstance(exc, refusals) or any(code in text for code in ("NOAUTH", "WRONGPASS", "NOPERM"))
-
-
-def stream_key(prefix: str, stream_id: str) -> str:
-    return f"{prefix}{stream_id}"
-
-
-@dataclass(eq=False)  # entries are removed by identity
-class _Entry:
-    stream_id: str
-    message: dict[str, Any]
-    droppable: bool  # a camera's frame entry (status and EOS entries are never dropped)
-    data: str = ""  # the exact JSON sent, fixed at the first send
-    acked: float = 0.0  # monotonic time Redis acknowledged it (0: not yet)
-
-
-class _Outbox:
-    """One stream's waiting entries. Files block when full; cameras evict their oldest frame."""
-
-    def __init__(self, capacity: int, live: bool) -> None:
-        self.capacity = capacity
-        self.live = live
-        self.entries: collections.deque[_Entry] = collections.deque()
-        self.evicted = 0  # frames dropped since the last published frame of this stream
-        self.recent: collections.deque[_Entry] = collections.deque()  # acknowledged, newest last
 
 
 class RedisStreamSink:
@@ -132,14 +86,17 @@ class RedisStreamSink:
         self.file_outbox = file_outbox
         self.on_published = on_published
         self.on_dropped = on_dropped
-        self.client = connect(url, retry=False)
+        try:
+            self.client = connect(url, retry=False)
+        except RedisLinkError as exc:  # the sink's own error type: `run` and the services catch SinkError
+            raise SinkError(str(exc)) from None
         self.entries = 0
         self.up = True
         self.down_since: float | None = None
         self.error: SinkError | None = None
-        self._backoff = EqualJitterBackoff(cap=backoff_max, base=backoff_initial)
-        self._refused_logged = -REFUSED_LOG_INTERVAL  # monotonic time of the last "refused" line
-        self._outboxes: dict[str, _Outbox] = {}
+        self._retry = RetryPolicy(backoff_initial, backoff_max)
+        self._refusal_log = LogThrottle(REFUSED_LOG_INTERVAL)
+        self._outboxes: dict[str, Outbox] = {}
         self._next = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -155,13 +112,13 @@ class RedisStreamSink:
 
     # -- the pipeline's side -----------------------------------------------------------------
     def write(self, result: FrameResult, message: dict[str, Any]) -> None:
-        self._enqueue(_Entry(result.frame.stream_id, message, droppable=result.frame.live), live=result.frame.live)
+        self._enqueue(Entry(result.frame.stream_id, message, droppable=result.frame.live), live=result.frame.live)
 
     def write_status(self, status: StreamStatus, message: dict[str, Any]) -> None:
-        self._enqueue(_Entry(status.stream_id, message, droppable=False), live=True)
+        self._enqueue(Entry(status.stream_id, message, droppable=False), live=True)
 
     def end_stream(self, eos: EndOfStream, message: dict[str, Any]) -> None:
-        self._enqueue(_Entry(eos.stream_id, message, droppable=False), live=False)
+        self._enqueue(Entry(eos.stream_id, message, droppable=False), live=False)
 
     def fence(self, stream_id: str, key: str, token: int | str) -> None:
         """From now on, write `stream_id` only while GET `key` == `token` (atomically, in a Lua
@@ -193,7 +150,7 @@ class RedisStreamSink:
             self._trimmed.pop(stream_key(self.prefix, stream_id), None)
             return True
 
-    def _enqueue(self, entry: _Entry, live: bool) -> None:
+    def _enqueue(self, entry: Entry, live: bool) -> None:
         dropped = 0
         with self._cond:
             if self.error is not None:
@@ -202,9 +159,9 @@ class RedisStreamSink:
                 return
             box = self._outboxes.get(entry.stream_id)
             if box is None:
-                box = self._outboxes[entry.stream_id] = _Outbox(self.outbox_size if live else self.file_outbox, live)
+                box = self._outboxes[entry.stream_id] = Outbox(self.outbox_size if live else self.file_outbox, live)
             if box.live:
-                while len(box.entries) >= box.capacity and self._evict_oldest_frame(box):
+                while len(box.entries) >= box.capacity and box.evict_oldest_frame():
                     dropped += 1
             else:
                 while len(box.entries) >= box.capacity and not self._aborted:
@@ -215,16 +172,6 @@ class RedisStreamSink:
             self._cond.notify_all()
         if dropped and self.on_dropped is not None:
             self.on_dropped(entry.stream_id, dropped)
-
-    @staticmethod
-    def _evict_oldest_frame(box: _Outbox) -> bool:
-        for i, queued in enumerate(box.entries):
-            if queued.droppable and not queued.data:
-                del box.entries[i]
-                # It and the frames it counted as dropped before it: the next published frame says so.
-                box.evicted += 1 + int(queued.message.get("dropped", 0))
-                return True
-        return False
 
     def pending(self) -> int:
         """Entries not yet on Redis."""
@@ -260,22 +207,6 @@ class RedisStreamSink:
             self._cond.notify_all()
 
     # -- the writer thread -------------------------------------------------------------------
-    def _take(self) -> list[_Entry]:
-        """Up to BATCH entries, round-robin over streams, left at the head of their outboxes."""
-        boxes = [b for b in self._outboxes.values() if b.entries]
-        taken: list[_Entry] = []
-        depth = 0
-        while len(taken) < BATCH:
-            added = False
-            for box in boxes:
-                if depth < len(box.entries) and len(taken) < BATCH:
-                    taken.append(box.entries[depth])
-                    added = True
-            if not added:
-                break
-            depth += 1
-        return taken
-
     def _write_loop(self) -> None:
         while True:
             with self._cond:
@@ -283,13 +214,10 @@ class RedisStreamSink:
                     self._cond.wait()
                 if self._aborted:
                     return
-                batch = self._take()
+                batch = take_round_robin(self._outboxes.values(), BATCH)
                 for entry in batch:
                     if not entry.data:
-                        box = self._outboxes[entry.stream_id]
-                        if entry.droppable and box.evicted and "dropped" in entry.message:
-                            entry.message["dropped"] += box.evicted
-                            box.evicted = 0
+                        self._outboxes[entry.stream_id].count_evicted_in(entry)
                         entry.data = dumps(entry.message)
                 self._busy = True
             try:
@@ -312,11 +240,11 @@ class RedisStreamSink:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _send(self, batch: list[_Entry]) -> set[str]:
+    def _send(self, batch: list[Entry]) -> set[str]:
         """XADD the batch in one round trip; returns the streams whose fence refused the write."""
         pipe = self.client.pipeline(transaction=False)
         now = time.time()
-        positions: list[tuple[int, _Entry]] = []
+        positions: list[tuple[int, Entry]] = []
         for entry in batch:
             key = stream_key(self.prefix, entry.stream_id)
             positions.append((len(pipe.command_stack), entry))
@@ -360,7 +288,7 @@ class RedisStreamSink:
             if self.on_fenced is not None:
                 self.on_fenced(stream_id)
 
-    def _done(self, published: list[_Entry]) -> None:
+    def _done(self, published: list[Entry]) -> None:
         now = time.monotonic()
         first_time = [e for e in published if not e.acked]
         with self._cond:
@@ -368,43 +296,48 @@ class RedisStreamSink:
                 box = self._outboxes[entry.stream_id]
                 box.entries.remove(entry)
                 entry.acked = now
-                box.recent.append(entry)
-                while box.recent and (now - box.recent[0].acked > RECENT_SECONDS or len(box.recent) > 4 * BATCH):
-                    box.recent.popleft()
+                box.remember(entry, now, RECENT_SECONDS, 4 * BATCH)
         self.entries += len(first_time)
         if self.on_published is not None:
             for entry in first_time:  # an entry re-sent after Redis lost it was counted already
                 self.on_published(entry.stream_id, entry.message)
 
     def _outage(self, exc: BaseException) -> None:
-        """Reconnect with backoff until PING answers (or abort)."""
+        """Reconnect under the retry policy until PING answers (or abort)."""
         self.up = False
         self.down_since = time.time()
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning("Redis at %s unreachable (%s); results wait in the outbox, retrying", redact(self.url), reason)
-        failures = 0
-        while True:
-            with self._cond:
-                if self._aborted:
-                    return
-            failures += 1
-            time.sleep(self._backoff.compute(failures))
-            try:
-                self.client.connection_pool.disconnect()
-                self.client.ping()
-            except (redis.RedisError, OSError) as refused:  # away, or LOADING its append-only file
-                if refused_access(refused):  # credentials changed: say so (once a minute), keep trying
-                    now = time.monotonic()
-                    if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
-                        self._refused_logged = now
-                        log.error("%s; results wait in the outbox, retrying", answered_error(self.url, refused))
-                continue
-            break
+        log.warning("Redis at %s unreachable (%s); results wait in the outbox, retrying", redact(self.url), reason(exc))
+
+        def ping() -> None:
+            self.client.connection_pool.disconnect()
+            self.client.ping()
+
+        def failed(error: BaseException) -> None:  # away, LOADING its append-only file, or refusing us
+            if refused_access(error) and self._refusal_log.due():  # credentials changed: say so, keep trying
+                log.error("%s; results wait in the outbox, retrying", answered_error(self.url, error))
+
+        try:
+            # Any error PING gets is waited out: what the writer holds must not be lost to a blip.
+            self._retry.call(ping, wait=self._wait_unless_aborted, on_failure=failed, retry_refusals=True,
+                             errors=(redis.RedisError, OSError))
+        except (redis.RedisError, OSError):
+            return  # aborted while Redis was away
         log.warning("Redis at %s reachable again after %.1f s", redact(self.url), time.time() - self.down_since)
         self.up = True
         self.down_since = None
 
-    def _recover(self, batch: list[_Entry]) -> None:
+    def _wait_unless_aborted(self, seconds: float) -> bool:
+        """Wait `seconds` between reconnect attempts, ended early by abort(); True when aborted."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._aborted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._aborted
+
+    def _recover(self, batch: list[Entry]) -> None:
         """After an outage: which in-flight entries landed, and which acknowledged ones Redis lost."""
         in_flight = collections.defaultdict(list)
         for entry in batch:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
+from segstream.pipeline.wire.stream_id import stream_id_from
+
 #: Feeds that never end on their own: re-joined when they drop, frames dropped when late.
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "rtp://", "srt://", "tcp://")
 #: Finite files read over the network: every frame, then EOS, like a local file.
@@ -32,16 +34,17 @@ def is_remote(location: str) -> bool:
 
 
 def default_stream_id(location: str) -> str:
-    """File stem for files and file URLs; the last path part of a camera URL (or its host)."""
+    """File stem for files and file URLs; the path of a camera URL (or its host), made to follow
+    the stream-id rule (pipeline/wire/stream_id.py): other characters become "-", 64 at most."""
     if not is_remote(location):
-        return Path(location).stem
+        return stream_id_from(Path(location).stem)
     rest = location.split("://", 1)[1].split("?", 1)[0]
     host, _, path = rest.partition("/")
     host = host.rsplit("@", 1)[-1].split(":")[0]
     if source_kind(location) == "file" and path:
-        return Path(path).stem
+        return stream_id_from(Path(path).stem)
     tail = path.strip("/").replace("/", "-")
-    return tail or host
+    return stream_id_from(tail or host)
 
 
 #: Query parameters whose name contains one of these (case-insensitive) carry a secret.

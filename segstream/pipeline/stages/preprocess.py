@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from segstream.engines.model_config import ModelConfig
+from segstream.engines.model_config import ModelConfig, fit_size  # noqa: F401 (fit_size: re-exported)
 from segstream.pipeline.stages.bilinear import resize_image
 from segstream.pipeline.stages.device_streams import device_type, hand_over, on_stream, stage_stream, take_over
 from segstream.pipeline.stages.gating import in_stream_order
@@ -14,14 +14,6 @@ from segstream.pipeline.messages import Batch, Frame
 
 if TYPE_CHECKING:  # the GPU path's types; a CPU batch is made in numpy
     import torch
-
-
-def fit_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of a frame resized to fit inside input_size, keeping its aspect ratio."""
-    limit_h, limit_w = input_size
-    scale = min(limit_h / height, limit_w / width)
-    # The epsilon keeps an exact fit (e.g. 360 * (384/360)) from flooring one pixel short.
-    return (min(limit_h, max(1, int(height * scale + 1e-4))), min(limit_w, max(1, int(width * scale + 1e-4))))
 
 
 class Preprocess:

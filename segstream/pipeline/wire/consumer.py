@@ -16,9 +16,11 @@ consumer group it is also copied to the dead-letter stream `<key>:dead` (its fie
 
 Reads are blocking XREAD / XREADGROUP calls in bounded chunks (`read_block_ms`) on a socket whose
 timeout is longer than the chunk, so a quiet stream never raises. When Redis goes away (restart,
-network, SIGSTOP) the subscriber reconnects with redis-py's `Retry` + `ExponentialWithJitterBackoff`
-for as long as it takes and continues after `last_id`, the last entry id it handed out. One warning is
-logged (logger `segstream.consumer`) when an outage starts and one when Redis answers again.
+network, SIGSTOP) the subscriber reconnects under the Redis link's one retry policy (equal-jitter
+backoff, pipeline/wire/redis_link.py) for as long as it takes and continues after `last_id`, the last
+entry id it handed out. One warning is logged (logger `segstream.consumer`) when an outage starts and
+one when Redis answers again. A refusal of the credentials is not waited out: RedisLinkError at once.
+Errors are RedisLinkError (one line for the user); SubscriberError, one of them, for bad arguments.
 """
 
 from __future__ import annotations
@@ -29,13 +31,21 @@ import time
 from typing import Any, Callable, Iterator
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from segstream.pipeline.sinks import SinkError
-from segstream.pipeline.sinks.redis_stream import answered_error, connect, redact, stream_key
-from segstream.pipeline.wire.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry
+from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.wire.entries import decode_mask, entry_kind  # noqa: F401  (part of the consumer API)
+from segstream.pipeline.wire.redis_link import (
+    CONNECTION_ERRORS,
+    RedisLinkError,
+    RetryPolicy,
+    answered_error,
+    connect,
+    reason,
+    stream_key,
+)
+from segstream.pipeline.wire.schema import MAX_MASK_PIXELS, MalformedEntry, parse_entry
 
 log = logging.getLogger("segstream.consumer")
 
@@ -43,7 +53,11 @@ ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
 #: Dead-letter streams keep about this many entries (oldest trimmed): a flood of bad entries stays bounded.
 DEAD_LETTER_MAXLEN = 10_000
 # Errors that mean "Redis is away for now" (refused, reset, timed out, LOADING after a restart).
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+_TRANSIENT = CONNECTION_ERRORS
+
+
+class SubscriberError(RedisLinkError):
+    """A subscriber cannot be made as asked (a bad entry id, a consumer without a group, ...)."""
 
 
 def clock(unix_s: float) -> str:
@@ -64,10 +78,11 @@ class Subscriber:
         stream. Each entry is acknowledged (XACK) when the caller asks for the next one, so an entry
         being handled when the consumer dies is delivered again: at-least-once. On start (and after
         every reconnect) the member first re-reads its own pending entries, then new ones.
-    wait: if Redis is unreachable at construction, wait for it instead of raising SinkError.
+    wait: if Redis is unreachable at construction, wait for it instead of raising RedisLinkError.
     read_block_ms: length of one blocking read; socket_timeout (default read_block_ms + 3 s) must be
         longer, so that a quiet stream never times out the socket.
-    backoff_base, backoff_max: reconnect delays (seconds), full-jitter exponential.
+    backoff_initial, backoff_max: reconnect delays (seconds) of the retry policy (RetryPolicy: equal
+        jitter, as the producer and the config's `redis.backoff_*`).
     max_mask_pixels: entries with a mask larger than this (height x width) are malformed.
 
     `last_id` is the id of the last entry handed out ("$" or "0-0" before the first one with nothing
@@ -79,14 +94,14 @@ class Subscriber:
                  block_ms: int = 0, count: int = 64, *, after: str | None = None, group: str | None = None,
                  consumer: str | None = None, wait: bool = False, read_block_ms: int = 2000,
                  socket_timeout: float | None = None, connect_timeout: float = 5.0,
-                 backoff_base: float = 0.25, backoff_max: float = 5.0,
+                 backoff_initial: float = 0.5, backoff_max: float = 5.0,
                  max_mask_pixels: int = MAX_MASK_PIXELS) -> None:
         if after is not None and not ENTRY_ID.match(after):
-            raise SinkError(f"{after!r} is not a Redis stream entry id (like 1764471234567-0)")
+            raise SubscriberError(f"{after!r} is not a Redis stream entry id (like 1764471234567-0)")
         if consumer is not None and group is None:
-            raise SinkError("a consumer name needs a consumer group")
+            raise SubscriberError("a consumer name needs a consumer group")
         if socket_timeout is not None and socket_timeout * 1000 <= read_block_ms:
-            raise SinkError(f"socket_timeout ({socket_timeout} s) must be longer than read_block_ms ({read_block_ms} ms)")
+            raise SubscriberError(f"socket_timeout ({socket_timeout} s) must be longer than read_block_ms ({read_block_ms} ms)")
         self.url = url
         self.stream_id = stream_id
         self.key = stream_key(prefix, stream_id)
@@ -108,30 +123,41 @@ class Subscriber:
         self._setup_done = False
         self._closed = False
         if not wait:
-            connect(url, timeout=connect_timeout).close()  # one clear SinkError when unreachable or refused
-        # The client itself never retries: one retry policy (below) decides, so an outage is noticed at once.
+            connect(url, timeout=connect_timeout).close()  # one clear RedisLinkError when unreachable or refused
+        # The client itself never retries: the retry policy (below) decides, so an outage is noticed at once.
         try:
             self.client = redis.Redis.from_url(
                 url, socket_timeout=socket_timeout or read_block_ms / 1000 + 3.0,
                 socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0))
         except ValueError as exc:
-            raise SinkError(f"bad Redis URL {redact(url)} ({exc})") from None
-        self._retry = Retry(ExponentialWithJitterBackoff(cap=backoff_max, base=backoff_base), retries=-1,
-                            supported_errors=_TRANSIENT)
+            raise RedisLinkError(f"bad Redis URL {redact(url)} ({exc})") from None
+        self._retry = RetryPolicy(backoff_initial, backoff_max)
         if not wait:
             try:
                 self._call(self._setup, lambda error: False)
             except _TRANSIENT as exc:
-                raise SinkError(f"cannot reach Redis at {redact(url)} ({exc})") from None
+                raise RedisLinkError(f"cannot reach Redis at {redact(url)} ({reason(exc)})") from None
 
     # -- Redis calls, each through the retry policy --------------------------------------------------
 
-    def _call(self, do: Callable[[], Any], retryable: Callable[[BaseException], bool]) -> Any:
-        def is_retryable(error: BaseException) -> bool:
-            return not isinstance(error, redis.AuthenticationError) and not self._closed and retryable(error)
+    def _call(self, do: Callable[[], Any], go_on: Callable[[BaseException], bool]) -> Any:
+        """`do` through the retry policy; while Redis is away, retried as long as `go_on(error)` and not closed.
+        Raises the transient error when it stops retrying, RedisLinkError when Redis refuses or answers an error."""
+        stop = False
+
+        def on_failure(error: BaseException) -> None:
+            nonlocal stop
+            stop = self._closed or not go_on(error)
+            if not stop:
+                self._on_failure(error)
+
+        def wait(seconds: float) -> bool:  # True: stop retrying (closed, or the caller's time is up)
+            if not stop:
+                time.sleep(seconds)
+            return stop
 
         try:
-            result = self._retry.call_with_retry(do, self._on_failure, is_retryable=is_retryable)
+            result = self._retry.call(do, wait=wait, on_failure=on_failure)
         except (redis.AuthenticationError, redis.ResponseError) as exc:
             raise answered_error(self.url, exc, f" on {self.key}") from None
         if self.unreachable_since is not None:
@@ -147,9 +173,8 @@ class Subscriber:
             self._pending_from = self.last_id
         if self.unreachable_since is None:
             self.unreachable_since = time.time()
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.warning("Redis at %s unreachable since %s, retrying (%s)",
-                        redact(self.url), clock(self.unreachable_since), reason)
+                        redact(self.url), clock(self.unreachable_since), reason(error))
 
     def _setup(self) -> None:
         if self._setup_done:

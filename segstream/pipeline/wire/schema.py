@@ -29,11 +29,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic.json_schema import models_json_schema
 
+# An id as the service, `segstream run` and the fleet accept it: the one rule, in wire/stream_id.py.
+from segstream.pipeline.wire.stream_id import ID_PATTERN
+
 SCHEMA = 1
 #: Largest mask `decode_mask` and the validators accept (pixels): 8192 x 8192, 64 MiB as uint8.
 MAX_MASK_PIXELS = 8192 * 8192
-#: An id as the service, `segstream run` and the fleet accept it (Rust regex: `$` is the very end).
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 _STRICT = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
