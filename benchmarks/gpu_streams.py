@@ -46,7 +46,8 @@ from segstream.pipeline.stages.inference import Inference  # noqa: E402
 from segstream.pipeline.messages import Frame, FrameResult  # noqa: E402
 from segstream.pipeline.stages.postprocess import Postprocess  # noqa: E402
 from segstream.pipeline.stages.preprocess import Preprocess  # noqa: E402
-from segstream.pipeline.runtime import Chain, EdgePolicy  # noqa: E402
+from segstream.pipeline.queues import EdgePolicy  # noqa: E402
+from segstream.pipeline.runtime import Chain  # noqa: E402
 
 
 # ---------------------------------------------------------------- models and engines

@@ -25,7 +25,7 @@ from segstream.pipeline.messages import Frame
 from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.commands.local_redis import LocalRedis
 from segstream.pipeline.run import make_engine, run
-from segstream.pipeline.sources.video import PixelConverter
+from segstream.pipeline.sources.decoding import PixelConverter
 from worker_thread import on_worker_thread
 
 

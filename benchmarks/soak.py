@@ -30,7 +30,8 @@ from servers import RtspServer  # noqa: E402
 
 from segstream.pipeline.config import RunConfig  # noqa: E402
 from redis_server import PrivateRedis, free_port  # noqa: E402
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec  # noqa: E402
+from segstream.pipeline.stream_spec import StreamSpec  # noqa: E402
+from segstream.pipeline.streaming import StreamingPipeline  # noqa: E402
 
 FPS = 10
 

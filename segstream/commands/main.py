@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from segstream.pipeline.config import ConfigError
     from segstream.pipeline.stages.faults import StageFailed
     from segstream.pipeline.sinks import SinkError
-    from segstream.pipeline.sources.video import SourceError
+    from segstream.pipeline.streams import SourceError
     from segstream.pipeline.wire.redis_link import RedisLinkError
 
     return (ConfigError, SourceError, SinkError, RedisLinkError, ModelError, EngineError, CheckpointError,

@@ -63,7 +63,7 @@ def stream_specs(config: RunConfig) -> list[Any]:
                 check_source(raw["url"], config.sources, "trusted")
             except SourceRefused as exc:
                 raise ConfigError(_stream_refusal(i, exc)) from None
-    from segstream.pipeline.streaming import StreamSpec
+    from segstream.pipeline.stream_spec import StreamSpec
 
     specs, seen = [], set()
     for i, raw in enumerate(config.streams):

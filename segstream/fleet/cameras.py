@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.jobs import _text
+from segstream.fleet.track_ids import next_track_id
 from segstream.pipeline.wire.schema import CameraRecord, MalformedEntry, WorkerRecord, message_kind, parse_entry, why
 from segstream.pipeline.wire.stream_id import check_stream_id
 
@@ -122,6 +123,10 @@ class CameraBook:
             if message_kind(message) == "frame":
                 return message["frame"] + 1
         return None
+
+    def next_track_id(self, camera_id: str) -> int | None:
+        """The id after the highest track id on the camera's stream: a new owner's tracks continue it."""
+        return next_track_id(self.client, self.keys.results(camera_id))
 
 
 def live_workers(client: redis.Redis, keys: FleetKeys, lease: float) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from segstream.fleet.cameras import CameraBook, live_workers, share
-from segstream.pipeline.streaming import StreamSpec, make_source
+from segstream.pipeline.stream_spec import StreamSpec, make_source
 from segstream.pipeline.streams import SourceError
 from segstream.pipeline.wire.schema import CameraRecord
 
@@ -40,10 +40,12 @@ class OwnedCamera:
     started: threading.Event = field(default_factory=threading.Event)  # its source runs (add_source returned)
 
 
-def camera_spec(camera_id: str, record: CameraRecord, start_frame: int | None) -> StreamSpec:
-    """The stream a camera of the book runs as (a live source whatever its URL looks like)."""
+def camera_spec(camera_id: str, record: CameraRecord, start_frame: int | None,
+                first_track_id: int | None = None) -> StreamSpec:
+    """The stream a camera of the book runs as (a live source whatever its URL looks like); a new
+    owner continues its frame numbers and track ids after those already on its stream."""
     return StreamSpec(id=camera_id, url=record.url, kind="live", max_frames=record.max_frames,
-                      gating=record.gating, start_frame=start_frame)
+                      gating=record.gating, start_frame=start_frame, first_track_id=first_track_id)
 
 
 class CamerasOwned:
@@ -106,9 +108,9 @@ class CamerasOwned:
         token = self.book.acquire(camera_id, w.name)
         if not token:
             return
-        start = self.book.next_frame(camera_id)
+        start, first_track = self.book.next_frame(camera_id), self.book.next_track_id(camera_id)
         try:  # judged by this worker's source policy, as its origin says, before anything is opened
-            source = make_source(camera_spec(camera_id, record, start), w.config, record.origin)
+            source = make_source(camera_spec(camera_id, record, start, first_track), w.config, record.origin)
         except (SourceError, ValueError) as exc:
             if self.refused.get(camera_id) != record.url:  # said once per URL, not on every balancing round
                 log.warning("camera %s refused: %s", camera_id, str(exc).splitlines()[0])

@@ -28,7 +28,7 @@ from segstream.fleet.worker import REDIS_TROUBLE, Worker, is_camera
 from segstream.pipeline.admission import BookUnavailable, StreamElsewhere, TooManyStreams
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sources.policy import check_source
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.pipeline.stream_spec import StreamExists, StreamSpec, UnknownStream
 from segstream.pipeline.wire.schema import CameraRecord
 
 #: How long POST waits for some worker to take a new camera before answering "pending".

@@ -30,6 +30,7 @@ import redis
 from pydantic import ValidationError
 
 from segstream.fleet.keys import FleetKeys
+from segstream.fleet.track_ids import next_track_id
 from segstream.pipeline.wire.schema import JobEntry, JobRecord, MalformedEntry, message_kind, parse_entry, why
 from segstream.pipeline.wire.stream_id import check_stream_id
 
@@ -94,10 +95,12 @@ class Claim:
 
 @dataclass
 class Resume:
-    """Where a claimed job starts: `start_frame` (None: from the beginning) or already ended."""
+    """Where a claimed job starts: `start_frame` (None: from the beginning) or already ended;
+    `first_track_id`: its new tracks' first id, after those on its stream (None: from 1)."""
 
     start_frame: int | None = None
     eos_frames: int | None = None
+    first_track_id: int | None = None
 
 
 class MalformedJob(ValueError):
@@ -244,8 +247,8 @@ class JobQueue:
             if kind == "eos":
                 return Resume(eos_frames=message["frames"])
             if kind == "frame":
-                return Resume(start_frame=message["frame"] + 1)
-        return Resume()
+                return Resume(start_frame=message["frame"] + 1, first_track_id=next_track_id(self.client, key))
+        return Resume(first_track_id=next_track_id(self.client, key))
 
     # -- while running ---------------------------------------------------------------------
     def refresh(self, claim: Claim, worker: str) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from segstream.fleet.jobs import Claim, JobQueue, MalformedJob
-from segstream.pipeline.streaming import StreamSpec, make_source
+from segstream.pipeline.stream_spec import StreamSpec, make_source
 from segstream.pipeline.streams import SourceError
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ class JobsRunning:
             self.queue.finish(claim, "failed", reason=f"stream {claim.stream_id} is already being published on {w.name}")
             return
         try:  # the job's source is judged by this worker's policy before anything is opened
-            spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame)
+            spec = StreamSpec(id=claim.stream_id, url=claim.source, kind="file", start_frame=resume.start_frame,
+                              first_track_id=resume.first_track_id)
             source = make_source(spec, w.config, "trusted")
             source.check()
         except (SourceError, ValueError) as exc:

@@ -37,7 +37,8 @@ from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sinks import SinkError
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sources.policy import Origin
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
+from segstream.pipeline.stream_spec import StreamSpec
+from segstream.pipeline.streaming import StreamingPipeline
 from segstream.pipeline.streams import StreamState
 from segstream.pipeline.wire.redis_link import CONNECTION_ERRORS, RedisLinkError, answered_error, connect, refused_access
 

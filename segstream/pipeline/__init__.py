@@ -1,1 +1,2 @@
-"""The streaming runtime: sources, stages, workers and queues, sinks, config, CLI."""
+"""The streaming pipeline: sources -> stages -> sinks on the runtime's threads and bounded queues,
+the Redis wire format, the run configuration (docs/layout.md: where each part is)."""

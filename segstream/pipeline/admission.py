@@ -18,7 +18,7 @@ from segstream.pipeline.streams import SourceError
 
 if TYPE_CHECKING:
     from segstream.pipeline.config import RunConfig
-    from segstream.pipeline.streaming import Source, StreamSpec
+    from segstream.pipeline.stream_spec import Source, StreamSpec
 
 
 class TooManyStreams(Exception):
@@ -43,7 +43,7 @@ def open_admitted(spec: "StreamSpec", config: "RunConfig", origin: Origin) -> "S
     is opened); a file must be readable now (SourceError), a camera is never waited for (an
     unreachable one is retried). From the API, a missing/unreadable local file reads like one
     outside the media root: one text, so the API cannot map the disk."""
-    from segstream.pipeline.streaming import make_source
+    from segstream.pipeline.stream_spec import make_source
 
     source = make_source(spec, config, origin)
     if not source.live:

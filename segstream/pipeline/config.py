@@ -225,7 +225,7 @@ class RunConfig(_Section):
     viewer: ViewerSection = Field(default_factory=ViewerSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     # `segstream serve`: streams added at start, each {id, url, kind?, max_frames?}; validated by
-    # the service against segstream.pipeline.streaming.StreamSpec (errors name streams.N.key).
+    # the service against segstream.pipeline.stream_spec.StreamSpec (errors name streams.N.key).
     streams: list[dict[str, Any]] = Field(default_factory=list)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     gating: GatingSection = Field(default_factory=GatingSection)

@@ -22,8 +22,10 @@ from segstream.pipeline.sources.locations import default_stream_id
 from segstream.pipeline.runtime import Chain, StageStats
 from segstream.pipeline.sinks import Sink
 from segstream.pipeline.sources.policy import check_source, protocol_whitelist
-from segstream.pipeline.sources.video import SourceError, VideoFileSource
-from segstream.pipeline.streaming import Source, StreamingPipeline, StreamSpec, make_engine, make_source  # noqa: F401
+from segstream.pipeline.sources.file import VideoFileSource
+from segstream.pipeline.streams import SourceError
+from segstream.pipeline.stream_spec import Source, StreamSpec, make_source
+from segstream.pipeline.streaming import StreamingPipeline, make_engine  # noqa: F401
 from segstream.pipeline.streams import StreamState
 from segstream.pipeline.wire.stream_id import stream_id_problem
 

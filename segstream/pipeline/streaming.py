@@ -6,7 +6,8 @@ with the last file; `segstream serve` adds and removes cameras over HTTP).
 
 Each stream has its own lane into the first stage, with the policy its kind needs (files block,
 cameras drop their oldest frame, `queues.live_frames` per camera), and its own StreamState in
-`registry`. Nothing here knows about HTTP.
+`registry`. What a stream is and the source made for it: pipeline/stream_spec.py; the stages and
+the edges between them: pipeline/stage_chain.py. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -14,77 +15,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Union
+from typing import TYPE_CHECKING, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
-
-from segstream.engines.protocol import Engine, takes_host_arrays
+from segstream.engines.protocol import Engine
 from segstream.pipeline.config import RunConfig
-from segstream.pipeline.stages.inference import engine_stages
-from segstream.pipeline.sources.device_frames import decode_backend
-from segstream.pipeline.stages.gating import Carried, CarryOver, Gate, GateSettings, resolve_mode
-from segstream.pipeline.sources.locations import default_stream_id, source_kind
 from segstream.pipeline.messages import Frame, FrameResult
-from segstream.pipeline.stages.postprocess import Postprocess
-from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.pipeline.progress import Progress
-from segstream.pipeline.stages.publish import Publish
-from segstream.pipeline.runtime import Chain, EdgePolicy, StageStats
+from segstream.pipeline.queues import EdgePolicy
+from segstream.pipeline.runtime import StageStats
 from segstream.pipeline.sinks import Sink
 from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
 from segstream.pipeline.sinks.console import ConsoleSink
-from segstream.pipeline.sources.policy import Origin, check_source
 from segstream.pipeline.sinks.redis_stream import RedisStreamSink
-from segstream.pipeline.sources.video import CameraSource, Supervision, VideoFileSource
-from segstream.pipeline.streams import SourceError, StreamRegistry, StreamState
+from segstream.pipeline.sources.camera import Supervision
+from segstream.pipeline.stage_chain import stage_chain
+from segstream.pipeline.stages.gating import Gate, GateSettings, resolve_mode
+from segstream.pipeline.stages.preprocess import fit_size
+from segstream.pipeline.stages.publish import Publish
 from segstream.pipeline.stages.tracking import Tracking
-from segstream.pipeline.wire.stream_id import ID_PATTERN, stream_id_problem
+from segstream.pipeline.stream_spec import Source, StreamExists, StreamSpec, UnknownStream, make_source
+from segstream.pipeline.streams import StreamRegistry, StreamState
 
-if TYPE_CHECKING:  # imported where used: the GPU decoder needs torch, the model loaders may too
+if TYPE_CHECKING:  # imported where used: the model loaders may need torch
     from segstream.engines.factory import OpenedModel
-    from segstream.pipeline.sources.nvdec import NvdecFileSource
 
 log = logging.getLogger(__name__)
 
-#: Carried markers (frames the gate skipped) waiting at once on one queue after the gate, at most:
-#: they take no room from the engine's work (see StreamingPipeline), this only bounds memory.
-CARRIED_IN_FLIGHT = 64
-
 #: Ended streams kept listed (final state and error) until deleted; older ones beyond this go.
 ENDED_KEPT = 100
-
-Source = Union[VideoFileSource, "NvdecFileSource", CameraSource]
-
-
-class StreamSpec(BaseModel):
-    """One stream to add: what `POST /streams` takes. Unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(pattern=ID_PATTERN)  # the pattern for the JSON Schema; _id_rule checks it
-    url: str = Field(min_length=1)
-    kind: Literal["auto", "file", "live"] = "auto"
-    max_frames: int | None = Field(default=None, ge=1)
-    start_frame: int | None = Field(default=None, ge=0)  # resume: first frame number to publish
-    gating: Literal["auto", "on", "off"] | None = None  # motion gating for this stream (None: config's gating.mode)
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_rule(cls, value: Any) -> Any:
-        # Before the pattern: one message naming the rule, the same as every other way in.
-        problem = stream_id_problem(value)
-        if problem is not None:
-            raise PydanticCustomError("stream_id", "{problem}", {"problem": problem})
-        return value
-
-
-class StreamExists(Exception):
-    """A stream with this id is already running."""
-
-
-class UnknownStream(KeyError):
-    """No stream with this id."""
 
 
 def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
@@ -100,36 +58,6 @@ def make_engine(config: RunConfig) -> "tuple[Engine, OpenedModel]":
 
         torch.set_num_threads(e.threads)
     return opened.engine, opened
-
-
-def make_source(spec: StreamSpec, config: RunConfig, origin: Origin = "trusted") -> Source:
-    """A file or camera source for `spec` (kind from the URL unless the spec says), once the source
-    policy (`sources`, pipeline/sources/policy.py) admitted its URL: raises SourceRefused otherwise,
-    before anything is opened. origin "api": what arrived over HTTP (local files only under
-    `sources.media_root`). A local file with a CUDA engine is decoded with NVDEC when usable
-    (`source.decoder`, pipeline/sources/nvdec.py)."""
-    admitted = check_source(spec.url, config.sources, origin)
-    location = admitted.location
-    src = config.source
-    threads = src.decoder_threads
-    if threads is None:  # a CPU engine owns the cores; decoder threads would only contend with it
-        threads = 1 if config.engine.device == "cpu" else 0
-    max_frames = spec.max_frames or src.max_frames
-    if source_kind(location, None if spec.kind == "auto" else spec.kind) == "live":
-        supervision = Supervision(src.open_timeout, src.stall_timeout, src.backoff_initial, src.backoff_max,
-                                  src.give_up_after)
-        return CameraSource(location, spec.id, supervision, max_frames, threads, start_frame=spec.start_frame)
-    if config.engine.device == "cuda" and src.decoder != "cpu" and admitted.local:
-        backend = decode_backend("cuda", src.decoder)
-        if backend.name == "nvdec":
-            from segstream.pipeline.sources.nvdec import NvdecFileSource
-
-            return NvdecFileSource(location, spec.id, "cuda", max_frames, start_frame=spec.start_frame)
-        if src.decoder == "nvdec":
-            raise SourceError(f"source.decoder is nvdec, but {backend.reason.split(':')[0]}")
-        log.info("%s: decoded on the CPU (%s)", spec.id, backend.reason)
-    return VideoFileSource(location, spec.id, max_frames, threads, read_timeout=src.read_timeout,
-                           start_frame=spec.start_frame)
 
 
 class StreamingPipeline:
@@ -180,10 +108,6 @@ class StreamingPipeline:
                                  redis_down_since=lambda: self.redis_down_since)
         self.publish = Publish(sinks, self.registry, self.progress)
         self.tracking = Tracking(config.tracking) if config.tracking.enabled else None
-        engine_part = engine_stages(engine, config.engine.max_consecutive_errors, config.engine.overlap,
-                                    config.engine.threads)
-        self.inference = engine_part[-1]
-        batch, q = config.engine.batch_size, config.queues
         # Motion gating (pipeline/stages/gating.py): a gate before preprocess and the carry-over before
         # publish. gating: whether any stream may be gated (None: unless gating.mode is off). A
         # run that gates nothing leaves them out, so it is the chain as it was; a service keeps
@@ -192,53 +116,12 @@ class StreamingPipeline:
         g = config.gating
         self.gate: Gate | None = None
         if gating if gating is not None else (keep_alive or g.mode != "off"):
-            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold), batch,
-                             self._gated, self._count_gated)
-        gating = self.gate is not None
-        # With a gate, a Carried marker (a frame the engine skips) never waits for room the
-        # engine's work needs: it does not count against any queue after the gate (up to
-        # CARRIED_IN_FLIGHT of them per queue, a safety bound), so the gate, on its own thread,
-        # keeps taking the cameras' frames while the engine is busy with a burst. A camera frame
-        # the engine must run on waits in the gate's outbox (as many per camera as a camera lane
-        # holds: _size_gate_outbox); when full, the busiest camera loses its newest waiting one:
-        # a camera loses only frames the model would have had to run on. Markers keep their place in the one FIFO per edge, so each stream's
-        # entries still reach publish in order.
-        def after_gate(capacity: int) -> "int | EdgePolicy":
-            if not gating:
-                return capacity
-            return EdgePolicy(capacity, light=lambda item: isinstance(item, Carried),
-                              light_capacity=CARRIED_IN_FLIGHT)
-
-        gate_outbox: list["int | EdgePolicy"] = []
-        if self.gate is not None:
-            gate_outbox = [EdgePolicy(max(batch, q.live_frames), "drop_oldest", droppable=self.gate.droppable,
-                                      on_drop=self._gate_dropped, light=lambda item: isinstance(item, Carried),
-                                      light_capacity=CARRIED_IN_FLIGHT,
-                                      # a camera in a burst loses its own frames, not another's
-                                      owner=lambda item: getattr(item, "stream_id", None))]
-        self.chain = Chain(
-            producers=[],
-            stages=[
-                *([self.gate] if gating else []),
-                Preprocess(engine.config, engine.device, batch, host_arrays=takes_host_arrays(engine)),
-                *engine_part,  # features (a split engine's trunk) and inference
-                # GPU detections are encoded a batch at a time on the device; the mask regions that
-                # drawing (video, the service's viewer) and the tracker's mask IoU need are rebuilt
-                # from the counts on the host.
-                Postprocess(engine.config.class_names, engine.config.mask_threshold,
-                            config.engine.max_consecutive_errors, take=batch,
-                            regions=self.video is not None or config.tracking.enabled or keep_alive),
-                *([self.tracking] if self.tracking is not None else []),
-                *([CarryOver()] if gating else []),
-                self.publish,
-            ],
-            queue_sizes=[max(batch, q.file_frames)] + gate_outbox
-            + [after_gate(q.batches)] * len(engine_part) + [after_gate(q.results)] * 2
-            + ([after_gate(q.results)] if config.tracking.enabled else []) + ([after_gate(q.results)] if gating else []),
-            batchable=lambda item: isinstance(item, Frame),
-            max_batch_wait=config.engine.max_batch_wait_ms / 1000.0,
-            keep_alive=keep_alive,
-        )
+            self.gate = Gate(GateSettings(g.max_interval, g.noise_factor, g.min_change, g.min_cells, hold=g.hold),
+                             config.engine.batch_size, self._gated, self._count_gated)
+        wired = stage_chain(config, engine, self.publish, self.tracking, self.gate, self._gate_dropped,
+                            regions=self.video is not None or config.tracking.enabled or keep_alive,
+                            keep_alive=keep_alive)
+        self.chain, self.inference = wired.chain, wired.inference
         self.chain.on_producer_error = self._source_failed
         self.sources: dict[str, Source] = {}
         self.ended_kept = ENDED_KEPT
@@ -248,9 +131,6 @@ class StreamingPipeline:
         self.started: float | None = None
 
     # -- streams -------------------------------------------------------------------------------
-    def spec(self, location: str, stream_id: str | None = None, kind: str = "auto") -> StreamSpec:
-        return StreamSpec(id=stream_id or default_stream_id(location), url=location, kind=kind)
-
     def add_stream(self, spec: StreamSpec) -> StreamState:
         """Start a stream; never waits for a camera (an unreachable one is retried in the background)."""
         source = make_source(spec, self.config)
@@ -306,6 +186,8 @@ class StreamingPipeline:
         state = source.state
         # A resumed stream's first frame follows the last one published: nothing was dropped.
         self.publish.start_stream(source.stream_id, getattr(source, "start_frame", None) or 0)
+        if self.tracking is not None:  # and its new tracks' ids follow the ones published
+            self.tracking.start_stream(source.stream_id, getattr(source, "first_track_id", None))
         if source.live:
             policy = EdgePolicy(self.config.queues.live_frames, "drop_oldest",
                                 droppable=lambda item: isinstance(item, Frame),
@@ -440,6 +322,8 @@ class StreamingPipeline:
         """Stop now: stages discard what they hold, Redis is no longer waited for."""
         if self.redis is not None:
             self.redis.abort()
+        if self.video is not None:
+            self.video.abort()
         self.chain.abort()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -477,5 +361,3 @@ class StreamingPipeline:
     def watch(self, callback: Callable[[FrameResult], None]) -> Callable[[], None]:
         return self.publish.watch(callback)
 
-    def summary_fields(self) -> dict[str, Any]:
-        return {"model_source": self.model_source, "placeholder": self.placeholder, "engine": self.engine_name}

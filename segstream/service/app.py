@@ -43,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from segstream.pipeline.admission import BookUnavailable, StreamElsewhere, TooManyStreams
 from segstream.pipeline.config import ServeSection
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.pipeline.stream_spec import StreamExists, StreamSpec, UnknownStream
 from segstream.service.auth import TokenAuth
 from segstream.service.control import StreamsControl
 from segstream.service.guards import BodyError, HttpGuards, clip, json_body

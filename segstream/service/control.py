@@ -16,7 +16,7 @@ import threading
 from typing import Any, Protocol
 
 from segstream.pipeline.admission import TooManyStreams, open_admitted
-from segstream.pipeline.streaming import StreamExists, StreamSpec, UnknownStream
+from segstream.pipeline.stream_spec import StreamExists, StreamSpec, UnknownStream
 
 __all__ = ["StreamsControl", "StreamControl", "TooManyStreams"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segstream.pipeline.streaming import StreamSpec
+from segstream.pipeline.stream_spec import StreamSpec
 from segstream.pipeline.wire.stream_id import ID_PATTERN
 
 STREAM_ID = {"type": "string", "pattern": ID_PATTERN}

@@ -20,84 +20,17 @@ import io
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator
 
 import anyio
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from segstream.pipeline.messages import FrameResult, Instance
-
-#: Mask/box colours by track id, or class id without tracking (RGB); the same palette and rule as
-#: the annotated-video sink, so an object looks the same in both.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
-)
-#: Weight of the class colour in a mask pixel (the rest is the frame): semi-transparent.
-MASK_ALPHA = 0.55
+from segstream.pipeline.drawing import draw
+from segstream.pipeline.messages import FrameResult
 
 Watch = Callable[[Callable[[FrameResult], None]], Callable[[], None]]
-
-
-def class_colour(class_id: int, track_id: int | None = None) -> tuple[int, int, int]:
-    """An instance's colour: by track when the tracker gave it one (an object keeps its colour), else by class."""
-    return PALETTE[(track_id if track_id is not None else class_id) % len(PALETTE)]
-
-
-def display_size(width: int, height: int, max_width: int) -> tuple[int, int]:
-    """(width, height) of the drawn frame: the real frame size, scaled down to max_width."""
-    if width <= max_width:
-        return width, height
-    return max_width, max(1, round(height * max_width / width))
-
-
-def draw(result: FrameResult, max_width: int) -> np.ndarray:
-    """uint8 [h, w, 3] RGB: the frame at display size, masks blended in, boxes and labels drawn.
-
-    The frame's image may be smaller than the real frame (decoded straight to the engine's input
-    size); instances are in real-frame pixels, so everything is scaled from frame.width/height.
-    """
-    frame = result.frame
-    out_w, out_h = display_size(frame.width, frame.height, max_width)
-    picture = Image.fromarray(frame.host_image())
-    if picture.size != (out_w, out_h):
-        picture = picture.resize((out_w, out_h), Image.BILINEAR)
-    sx, sy = out_w / frame.width, out_h / frame.height
-    canvas = np.asarray(picture, dtype=np.float32).copy()
-    for inst in result.instances:
-        _blend_mask(canvas, inst, sx, sy)
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-    pen = ImageDraw.Draw(picture)
-    for inst in result.instances:
-        colour = class_colour(inst.class_id, getattr(inst, "track_id", None))
-        x1, y1, x2, y2 = (inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy)
-        pen.rectangle((x1, y1, x2, y2), outline=colour, width=2)
-        track = getattr(inst, "track_id", None)
-        text = f"{inst.label} {inst.score:.2f}" + (f" #{track}" if track is not None else "")
-        left, top, right, bottom = pen.textbbox((0, 0), text)
-        ty = max(0.0, y1 - (bottom - top) - 3)
-        pen.rectangle((x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 3), fill=colour)
-        pen.text((x1 + 2, ty), text, fill=(0, 0, 0))
-    return np.asarray(picture)
-
-
-def _blend_mask(canvas: np.ndarray, inst: Instance, sx: float, sy: float) -> None:
-    if inst.region is None or inst.region_box is None or not inst.region.any():
-        return
-    x0, y0, x1, y1 = inst.region_box
-    h, w = canvas.shape[:2]
-    dx0, dy0 = int(np.floor(x0 * sx)), int(np.floor(y0 * sy))
-    dx1, dy1 = min(w, max(dx0 + 1, int(np.ceil(x1 * sx)))), min(h, max(dy0 + 1, int(np.ceil(y1 * sy))))
-    if dx0 >= w or dy0 >= h:
-        return
-    region = inst.region
-    if region.shape != (dy1 - dy0, dx1 - dx0):  # nearest neighbour keeps the mask binary
-        region = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize((dx1 - dx0, dy1 - dy0), Image.NEAREST)) > 127
-    view = canvas[dy0:dy1, dx0:dx1]
-    colour = np.asarray(class_colour(inst.class_id, getattr(inst, "track_id", None)), np.float32)
-    view[region] = (1.0 - MASK_ALPHA) * view[region] + MASK_ALPHA * colour
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -125,6 +58,18 @@ class _Rendered:
     jpeg: bytes
 
 
+@dataclass
+class _Watched:
+    """What the viewer keeps for one stream, only while someone watches it (freed with the last
+    watcher: a service whose cameras come and go for months keeps nothing of the gone ones)."""
+
+    watchers: int = 0
+    latest: FrameResult | None = None  # newest frame handed to the hook
+    rendered: _Rendered | None = None  # newest frame drawn
+    last_rendered: int | None = None  # its frame index
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one drawing at a time per stream
+
+
 class Viewer:
     """Holds the newest frame of each watched stream and renders it on demand (see module doc).
 
@@ -140,69 +85,77 @@ class Viewer:
         self.stats = ViewerStats()
         self.closing = threading.Event()
         self._lock = threading.Lock()
-        self._watchers: dict[str, int] = {}
-        self._watched: frozenset[str] = frozenset()
+        self._streams: dict[str, _Watched] = {}  # only the watched ones
         self._unwatch: Callable[[], None] | None = None
-        self._latest: dict[str, FrameResult] = {}
-        self._rendered: dict[str, _Rendered] = {}
-        self._render_locks: dict[str, threading.Lock] = {}
-        self.last_rendered: dict[str, int] = {}  # stream -> frame index of the newest frame drawn
 
     # -- the hook, on the pipeline's publish thread: cheap, never blocks ---------------------
     def _on_result(self, result: FrameResult) -> None:
         start = time.perf_counter()
-        stream_id = result.frame.stream_id
-        if stream_id in self._watched:
-            self._latest[stream_id] = result
+        watched = self._streams.get(result.frame.stream_id)
+        if watched is not None:  # (a stream no longer watched drops its _Watched, and this with it)
+            watched.latest = result
             self.stats.offered += 1
         self.stats.hook += time.perf_counter() - start
 
     # -- who watches -------------------------------------------------------------------------
     @property
     def watchers(self) -> int:
-        return sum(self._watchers.values())
+        with self._lock:
+            return sum(w.watchers for w in self._streams.values())
+
+    @property
+    def last_rendered(self) -> dict[str, int]:
+        """stream -> frame index of the newest frame drawn, of the watched streams."""
+        with self._lock:
+            return {sid: w.last_rendered for sid, w in self._streams.items() if w.last_rendered is not None}
+
+    def kept_streams(self) -> list[str]:
+        """The streams the viewer keeps anything for (the watched ones)."""
+        with self._lock:
+            return list(self._streams)
 
     @contextmanager
     def watching(self, stream_id: str) -> Iterator[None]:
         """While inside, frames of `stream_id` are kept for drawing."""
         with self._lock:
-            self._watchers[stream_id] = self._watchers.get(stream_id, 0) + 1
-            self._watched = frozenset(self._watchers)
+            self._streams.setdefault(stream_id, _Watched()).watchers += 1
             if self._unwatch is None:
                 self._unwatch = self._watch(self._on_result)
         try:
             yield
         finally:
             with self._lock:
-                self._watchers[stream_id] -= 1
-                if self._watchers[stream_id] == 0:
-                    del self._watchers[stream_id]
-                    self._latest.pop(stream_id, None)
-                    self._rendered.pop(stream_id, None)
-                self._watched = frozenset(self._watchers)
-                if not self._watchers and self._unwatch is not None:
+                watched = self._streams[stream_id]
+                watched.watchers -= 1
+                if watched.watchers == 0:
+                    del self._streams[stream_id]
+                if not self._streams and self._unwatch is not None:
                     self._unwatch()
                     self._unwatch = None
 
     # -- drawing, on a worker thread ---------------------------------------------------------
+    def picture(self, result: FrameResult) -> np.ndarray:
+        """uint8 [h, w, 3] RGB: what is sent for `result` (before JPEG), at most max_width wide."""
+        return draw(result, self.max_width)
+
     def frame_jpeg(self, stream_id: str) -> tuple[tuple[int, float], bytes] | None:
         """(frame key, JPEG) of the newest frame of a watched stream, drawn at most once."""
-        result = self._latest.get(stream_id)
-        if result is None:
+        watched = self._streams.get(stream_id)
+        result = watched.latest if watched is not None else None
+        if watched is None or result is None:
             return None
         key = (result.frame.index, result.frame.time)
-        lock = self._render_locks.setdefault(stream_id, threading.Lock())
-        with lock:
-            done = self._rendered.get(stream_id)
+        with watched.lock:
+            done = watched.rendered
             if done is not None and done.key == key:
                 return done.key, done.jpeg
             wall, cpu = time.perf_counter(), time.thread_time()
-            jpeg = encode_jpeg(draw(result, self.max_width), self.quality)
+            jpeg = encode_jpeg(self.picture(result), self.quality)
             self.stats.cpu += time.thread_time() - cpu
             self.stats.busy += time.perf_counter() - wall
             self.stats.rendered += 1
-            self._rendered[stream_id] = _Rendered(key, jpeg)
-            self.last_rendered[stream_id] = result.frame.index
+            watched.rendered = _Rendered(key, jpeg)
+            watched.last_rendered = result.frame.index
             return key, jpeg
 
     async def mjpeg(self, stream_id: str, boundary: str, exists: Callable[[str], bool] = lambda _id: True) -> AsyncIterator[bytes]:
@@ -231,7 +184,9 @@ class Viewer:
 
     def status(self) -> dict:
         s = self.stats
-        return {"watchers": dict(self._watchers), "fps": self.fps, "max_width": self.max_width,
+        with self._lock:
+            watchers = {sid: w.watchers for sid, w in self._streams.items()}
+        return {"watchers": watchers, "fps": self.fps, "max_width": self.max_width,
                 "rendered": s.rendered, "offered": s.offered, "busy_seconds": round(s.busy, 4),
                 "cpu_seconds": round(s.cpu, 4), "hook_seconds": round(s.hook, 6),
-                "last_rendered": dict(self.last_rendered)}
+                "last_rendered": self.last_rendered}

@@ -81,7 +81,8 @@ def _chain(engine, frames: list[Frame], batch: int, stages: list | None = None):
     """(chain, results): `stages` (new ones by default) between a replay of `frames` and a
     collector; not started."""
     from segstream.pipeline.messages import FrameResult
-    from segstream.pipeline.runtime import Chain, EdgePolicy
+    from segstream.pipeline.queues import EdgePolicy
+    from segstream.pipeline.runtime import Chain
 
     results: list = []
 
@@ -183,8 +184,8 @@ def test_a_file_is_decoded_on_the_cpu_where_nvdec_is_unusable_and_insisting_is_o
 
     from segstream.pipeline.config import RunConfig
     from segstream.pipeline.sources.nvdec import NvdecFileSource
-    from segstream.pipeline.sources.video import VideoFileSource
-    from segstream.pipeline.streaming import StreamSpec, make_source
+    from segstream.pipeline.sources.file import VideoFileSource
+    from segstream.pipeline.stream_spec import StreamSpec, make_source
     from segstream.pipeline.streams import SourceError
 
     clip = write_clip(tmp_path / "clip.mp4", frames=3)

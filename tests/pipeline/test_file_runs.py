@@ -15,7 +15,7 @@ from media import CODECS, count_decodable_frames, write_clip
 from segstream.engines.models import load_model
 from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.pipeline.run import run
-from segstream.pipeline.sources.video import VideoFileSource
+from segstream.pipeline.sources.file import VideoFileSource
 
 
 def stream_entries(client, stream_id: str) -> list[dict]:

@@ -15,7 +15,8 @@ from segstream.pipeline.config import parse_config
 from segstream.pipeline.stages.gating import Carried, in_stream_order
 from segstream.pipeline.messages import EndOfStream, Frame, StreamStatus
 from segstream.pipeline.run import run
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec, make_engine
+from segstream.pipeline.stream_spec import StreamSpec
+from segstream.pipeline.streaming import StreamingPipeline, make_engine
 from segstream.pipeline.streams import SourceCounters, StreamState
 from segstream.service.metrics import PipelineCollector
 from segstream.shapes.monitoring import render_monitoring_clip

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from segstream.pipeline.config import ConfigError, load_config, parse_config
-from segstream.pipeline.runtime import BoundedQueue, Chain, EdgePolicy, FairInbox
+from segstream.pipeline.queues import BoundedQueue, EdgePolicy, FairInbox
+from segstream.pipeline.runtime import Chain
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,8 @@ from segstream.engines.protocol import Detections
 from segstream.pipeline.stages.faults import StageFailed
 from segstream.pipeline.messages import Frame, FrameDetections
 from segstream.pipeline.stages.postprocess import Postprocess
-from segstream.pipeline.streaming import StreamingPipeline, StreamSpec
+from segstream.pipeline.stream_spec import StreamSpec
+from segstream.pipeline.streaming import StreamingPipeline
 from servers import wait_for  # noqa: E402
 
 

@@ -20,11 +20,11 @@ from segstream.pipeline.config import ConfigError, TrackingSection, parse_config
 from segstream.commands.evaluate import main as evaluate_main, stage_costs
 from segstream.pipeline.messages import EndOfStream, Frame, FrameResult, Instance, StreamStatus
 from segstream.pipeline.run import run
-from segstream.pipeline.sinks.annotated_video import annotate
 from segstream.pipeline.stages.tracking import Tracking
 from segstream.pipeline.wire.entries import describe, frame_message
 from segstream.shapes.clip import render_clip
-from segstream.service.viewer import draw
+from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
+from segstream.service.viewer import Viewer
 from segstream.shapes.evaluate import tracking_metrics
 from segstream.shapes.scene import Shape, paint
 
@@ -180,6 +180,20 @@ def test_every_instance_gets_an_id_and_ids_are_never_reused_in_a_stream():
     assert len(seen) == 3  # each reappearance after a miss of an unconfirmed track is a new track
 
 
+def test_a_stream_taken_over_continues_after_the_ids_already_published():
+    stage = Tracking(TrackingSection())
+    shape = Shape(class_id=1, cx=300, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))
+    stage.start_stream("moved", first_id=42)  # another worker published ids up to 41 on this stream
+    first, _ = painted(flat((0, 0, 0)), [shape], 0, stream="moved")
+    track(stage, [first])
+    assert first.instances[0].track_id == 42
+    stage.forget("moved")
+    stage.start_stream("moved", first_id=10)  # never back below what this process gave already
+    again, _ = painted(flat((0, 0, 0)), [shape], 1, stream="moved")
+    track(stage, [again])
+    assert again.instances[0].track_id == 43
+
+
 def test_other_messages_pass_untouched_and_an_end_of_stream_drops_that_streams_tracks():
     class Unknown:  # any message kind the stage does not know
         pass
@@ -214,7 +228,7 @@ def test_a_camera_keeps_its_tracks_while_reconnecting_and_drops_them_when_it_end
     assert "cam" not in stage.trackers
 
 
-def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video_and_viewer():
+def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video_and_viewer(tmp_path):
     shapes = [Shape(class_id=1, cx=200, cy=180, radius=50, angle=0.0, colour=(250, 250, 250)),
               Shape(class_id=1, cx=450, cy=180, radius=50, angle=0.0, colour=(250, 250, 250))]
     result, _ = painted(flat((0, 0, 0)), shapes, 0)
@@ -222,7 +236,9 @@ def test_ids_are_on_the_wire_in_what_subscribe_prints_and_on_the_annotated_video
     message = frame_message(result, 0)
     assert [inst["track_id"] for inst in message["instances"]] == [1, 2]
     assert "2 circle #1 #2" in describe(message)
-    for picture in (annotate(result.frame.image, result.instances), draw(result, max_width=640)):  # video, live viewer
+    video, viewer = AnnotatedVideoSink(str(tmp_path / "tracks.mp4")), Viewer(lambda _callback: lambda: None)
+    video.close()
+    for picture in (video.picture(result), viewer.picture(result)):  # the annotated video, the live viewer
         left, right = picture[170:190, 190:210].mean((0, 1)), picture[170:190, 440:460].mean((0, 1))
         assert np.abs(left - right).max() > 20, "two tracks of one class get two colours"
     for inst in result.instances:

@@ -316,7 +316,7 @@ def sign_in(browser, base: str) -> None:
 
 
 def test_viewer_in_headless_chromium_shows_masks_where_the_objects_are(service, shapes_clip, tmp_path):
-    from segstream.service.viewer import MASK_ALPHA, class_colour
+    from segstream.pipeline.drawing import MASK_ALPHA, class_colour
     from segstream.pipeline.wire.entries import decode_mask
 
     status, before, _ = service.call("GET", "/viewer/status")

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 from segstream.pipeline.messages import Frame, FrameResult, Instance
-from segstream.service.viewer import MASK_ALPHA, Viewer, class_colour, draw
+from segstream.pipeline.drawing import MASK_ALPHA, class_colour, draw
+from segstream.service.viewer import Viewer
 
 
 def square_result(image_hw: tuple[int, int], frame_hw: tuple[int, int] | None, track: int | None = None,
@@ -113,3 +114,56 @@ def test_a_fast_camera_gets_at_most_viewer_fps_frames_sent_and_the_rest_never_dr
     # without waiting for the next frame (which for an ended file never comes).
     assert all(p.endswith(b"\xff\xd9\r\n" + head) for _, p in parts)
     assert hooks == []  # the browser left: the hook is gone
+
+
+def test_the_viewer_and_the_annotated_video_draw_a_result_the_same(tmp_path):
+    import av
+
+    from segstream.pipeline.sinks.annotated_video import AnnotatedVideoSink
+
+    result = square_result((180, 320), None, track=7)
+    viewer = Viewer(lambda _callback: lambda: None, fps=5, max_width=640)
+    video = AnnotatedVideoSink(str(tmp_path / "drawn.mp4"))
+    assert np.array_equal(viewer.picture(result), video.picture(result))  # the same pixels, label included
+    # ... and what each of them sends out (a JPEG, an H.264 frame) shows that picture.
+    with viewer.watching("cam"):
+        viewer._on_result(result)
+        shown = np.asarray(Image.open(io.BytesIO(viewer.frame_jpeg("cam")[1])).convert("RGB"), np.float32)
+    video.write(result, {})
+    video.close()
+    with av.open(str(tmp_path / "drawn.mp4")) as container:
+        encoded = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+    label = np.s_[22:38, 100:170]  # "#7 square 0.90" on its colour, above the box
+    mask = np.s_[50:90, 110:150]
+    for area in (label, mask):
+        assert np.abs(shown[area].mean((0, 1)) - encoded[area].mean((0, 1))).max() < 6
+
+
+def test_a_stream_nobody_watches_any_more_leaves_nothing_behind():
+    import anyio
+
+    hooks: list = []
+    viewer = Viewer(lambda cb: (hooks.append(cb), lambda: hooks.remove(cb))[1], fps=50, max_width=640)
+    present: set[str] = set()
+
+    async def watch_until_removed(stream_id: str) -> None:
+        async for _part in viewer.mjpeg(stream_id, "b", exists=lambda sid: sid in present):
+            present.discard(stream_id)  # the stream is deleted while a browser watches it
+
+    for n in range(100):  # a service whose cameras come and go
+        stream_id = f"cam{n}"
+        present.add(stream_id)
+
+        async def one() -> None:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch_until_removed, stream_id)
+                while not hooks:
+                    await anyio.sleep(0.001)
+                result = square_result((36, 64), None, index=n)
+                result.frame.stream_id = stream_id
+                hooks[0](result)
+
+        anyio.run(one)
+        assert viewer.last_rendered == {} and viewer.kept_streams() == [], n
+    assert viewer.stats.rendered == 100 and hooks == []  # each was drawn, then forgotten with its stream
+    assert viewer.status()["watchers"] == {} and viewer.status()["last_rendered"] == {}

@@ -48,6 +48,7 @@ class NvdecFileSource:
     """
 
     live = False
+    first_track_id: int | None = None  # the stream's first new track id (a stream taken over; StreamSpec)
 
     def __init__(self, path: str, stream_id: str, device: torch.device | str, max_frames: int | None = None,
                  start_frame: int | None = None) -> None:

@@ -28,7 +28,6 @@ starts a new one. The class is not used: the id follows the object if the detect
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -249,13 +248,26 @@ class StreamTracker:
 RETIRED_KEPT = 10_000
 
 
+class _TrackIds:
+    """The next track id of one stream: ids only grow, so none is ever given twice."""
+
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self) -> int:
+        taken, self.next = self.next, self.next + 1
+        return taken
+
+
 class Tracking:
     """The stage: keeps one StreamTracker per stream, dropped at that stream's EndOfStream (a file)
     or final StreamStatus (a camera `ended` or `down`).
 
     FrameResults get `track_id` on every instance (not those of a frame the engine failed on: it
     has none); every message passes through untouched otherwise.
-    Ids count from 1 per stream and are never reused within a run, even after an EndOfStream.
+    Ids count from 1 per stream (or from the `first_id` given to `start_stream`: a stream taken
+    over from another process continues after the ids already published) and are never reused
+    within a run, even after an EndOfStream.
     """
 
     name = "tracking"
@@ -264,11 +276,25 @@ class Tracking:
     def __init__(self, settings: TrackingSection) -> None:
         self.settings = settings
         self.trackers: dict[str, StreamTracker] = {}
-        self._ids: dict[str, itertools.count] = {}
+        self._ids: dict[str, _TrackIds] = {}
         # Id counters of forgotten streams, so a stream added again never reuses an id: only the
         # newest RETIRED_KEPT are kept (a counter is a few dozen bytes; a service runs for months).
-        self._retired: collections.OrderedDict[str, itertools.count] = collections.OrderedDict()
+        self._retired: collections.OrderedDict[str, _TrackIds] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    def _counter(self, stream_id: str) -> _TrackIds:
+        """The stream's id counter (under the lock): its own, a retired one, or a new one."""
+        counter = self._ids.get(stream_id) or self._retired.pop(stream_id, None) or _TrackIds()
+        self._ids[stream_id] = counter
+        return counter
+
+    def start_stream(self, stream_id: str, first_id: int | None = None) -> None:
+        """A stream is added (any thread): its new tracks get ids >= `first_id` (None: from 1,
+        or after the ids it had earlier in this run)."""
+        with self._lock:
+            counter = self._counter(stream_id)
+            if first_id is not None:
+                counter.next = max(counter.next, first_id)
 
     def forget(self, stream_id: str) -> None:
         """A stream is over (any thread): drop its tracker, retire its id counter."""
@@ -297,8 +323,6 @@ class Tracking:
         tracker = self.trackers.get(stream)
         if tracker is None:
             with self._lock:
-                counter = self._ids.get(stream) or self._retired.pop(stream, None) or itertools.count(1)
-                self._ids[stream] = counter
-                tracker = self.trackers[stream] = StreamTracker(self.settings, lambda: next(counter))
+                tracker = self.trackers[stream] = StreamTracker(self.settings, self._counter(stream).take)
         for inst, track_id in zip(result.instances, tracker.update(result.frame, result.instances)):
             inst.track_id = track_id

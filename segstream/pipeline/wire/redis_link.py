@@ -14,7 +14,7 @@ consumer (pipeline/wire/consumer.py), the service's stream book and the fleet's 
 - `RetryPolicy`: the one retry policy for Redis, equal-jitter exponential backoff (redis-py's
   `EqualJitterBackoff`, config `redis.backoff_initial` up to `redis.backoff_max`) for as long as it
   takes, interruptible by the caller's stop signal. (A camera's reconnects are another matter, with
-  their own `source.backoff_*`: pipeline/sources/video.py.)
+  their own `source.backoff_*`: pipeline/sources/camera.py.)
 """
 
 from __future__ import annotations
