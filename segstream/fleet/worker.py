@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable
 
 import redis
-from redis.backoff import EqualJitterBackoff
 
 from segstream.fleet import heartbeat
 from segstream.fleet.cameras import CameraBook
@@ -40,7 +39,8 @@ from segstream.pipeline.sources.policy import Origin
 from segstream.pipeline.stream_spec import StreamSpec
 from segstream.pipeline.streaming import StreamingPipeline
 from segstream.pipeline.streams import StreamState
-from segstream.pipeline.wire.redis_link import CONNECTION_ERRORS, RedisLinkError, answered_error, connect, refused_access
+from segstream.pipeline.wire.redis_link import (CONNECTION_ERRORS, LogThrottle, RedisUnreachable, RetryPolicy,
+                                                 answered_error, refused_access, wait_for_redis)
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +85,19 @@ class Worker:
         self._finished: bool | None = None  # drained in time, once shut down
         self._shutting = threading.Lock()
         self._redis_trouble_since: float | None = None
-        self._refused_logged = -REFUSED_LOG_INTERVAL
-        self._backoff = EqualJitterBackoff(cap=config.redis.backoff_max, base=config.redis.backoff_initial)
+        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL)
+        self._policy = RetryPolicy.from_config(config.redis)
+        self._backoff = self._policy.backoff()  # the loops count their own failures
 
     # -- the Application -------------------------------------------------------------------
     def connect(self) -> None:
-        """Wait for Redis (retrying with backoff, one log line); a refused password raises SinkError."""
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                self.client = connect(self.config.redis.url)
-                self._redis_back()
-                return
-            except RedisLinkError as exc:
-                if "credentials" in str(exc):
-                    raise
-                failures += 1
-                self._redis_away(exc)
-                self.stopping.wait(self._backoff.compute(failures))
+        """Wait for Redis (the one retry policy, one log line); a refused password raises RedisLinkError."""
+        try:
+            self.client = wait_for_redis(self.config.redis.url, self._policy, wait=self.stopping.wait,
+                                         on_failure=self._redis_away)
+        except RedisUnreachable:  # stopped while waiting
+            return
+        self._redis_back()
 
     def start(self) -> None:
         """Wait for Redis, load the model (the only time), add the config's streams, start the threads."""
@@ -210,9 +205,7 @@ class Worker:
 
     def _redis_away(self, exc: BaseException) -> None:
         if isinstance(exc, redis.RedisError) and refused_access(exc):  # not an outage: said once a minute
-            now = time.monotonic()
-            if now - self._refused_logged >= REFUSED_LOG_INTERVAL:
-                self._refused_logged = now
+            if self._refused_lines.due():
                 log.error("worker %s: %s; the camera book and the jobs wait, retrying (one line a minute)",
                           self.name, answered_error(self.config.redis.url, exc))
             self._redis_trouble_since = self._redis_trouble_since or time.time()
