@@ -54,6 +54,10 @@ class Application(Protocol):
         """Stop taking work and finish what is in flight, closing the sinks; past `timeout` s, abort.
         Also called after ended() (then it only closes). True when everything was finished in time."""
 
+    def stop(self) -> None:
+        """A first signal while start() runs: stop waiting (e.g. for Redis); start() then returns
+        soon, without starting the work, and drain() follows."""
+
     def abort(self) -> None:
         """Stop now, from any thread (drain() may be running): discard what is in flight, close the
         sinks without waiting for Redis. Also called when start() has not finished."""
@@ -99,9 +103,11 @@ class _Signals:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
-def _on_helper(call: Callable[[], T], signals: _Signals, name: str) -> tuple[bool, T | None]:
+def _on_helper(call: Callable[[], T], signals: _Signals, name: str,
+               on_stop: Callable[[], None] | None = None) -> tuple[bool, T | None]:
     """Run `call` on a helper thread; (True, its result) when it returned, (False, None) when a
-    second signal came first. Its exception is raised here."""
+    second signal came first. Its exception is raised here. `on_stop`: called once when a first
+    signal comes while `call` runs."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -114,6 +120,9 @@ def _on_helper(call: Callable[[], T], signals: _Signals, name: str) -> tuple[boo
     thread.start()
     while thread.is_alive():
         thread.join(POLL)  # with a timeout: the main thread stays free for the signal handlers
+        if on_stop is not None and signals.stop.is_set():
+            on_stop()
+            on_stop = None
         if signals.abort.is_set():
             return False, None
     if "error" in box:
@@ -135,7 +144,7 @@ def run_application(app: Application, shutdown_timeout: float, out: TextIO | Non
     out = out or sys.stderr
     signals = _Signals()
     with signals.installed():
-        started, _ = _on_helper(app.start, signals, "start")
+        started, _ = _on_helper(app.start, signals, "start", on_stop=app.stop)
         if not started:
             return _aborted(app, out, summary=False)
         while not app.ended() and not signals.stop.wait(POLL):

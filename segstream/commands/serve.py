@@ -150,7 +150,7 @@ class FleetProcess:
 
     def start(self) -> None:
         self.worker.start()
-        if self.http is None:
+        if self.http is None or self.worker.pipeline is None:  # (None: stopped while waiting for Redis)
             return
         self.http.attach(self.control, write_api=self.write_api, worker=self.worker.name,
                          why_read_only="this process is a `segstream worker` (no write API): add streams through "
@@ -170,6 +170,9 @@ class FleetProcess:
         if self.http is not None:
             self.http.close()  # stop taking requests first
         return self.worker.drain(timeout)
+
+    def stop(self) -> None:
+        self.worker.stop()
 
     def abort(self) -> None:
         self.worker.abort()

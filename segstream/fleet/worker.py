@@ -103,8 +103,8 @@ class Worker:
         """Wait for Redis, load the model (the only time), add the config's streams, start the threads."""
         if self.client is None:
             self.connect()
-        if self.stopping.is_set():
-            raise SinkError("stopped while waiting for Redis")
+        if self.stopping.is_set():  # a signal while Redis was away: nothing was taken, nothing to drain
+            return
         queue = JobQueue(self.client, self.keys, self.fleet.group, self.fleet.lease, self.fleet.keep_finished)
         self.book = CameraBook(self.client, self.keys, self.fleet.lease)
         self._retrying(queue.ensure_group)
@@ -140,6 +140,10 @@ class Worker:
         if self._loop is not None:
             self._loop.join(timeout + 5)
         return self._shutdown(timeout)
+
+    def stop(self) -> None:
+        """A first signal during start(): stop waiting for Redis (start() returns, drain() follows)."""
+        self.stopping.set()
 
     def abort(self) -> None:
         self.stopping.set()  # also ends a start() still waiting for Redis
@@ -355,6 +359,9 @@ class Worker:
         with self._shutting:
             if self._finished is not None:
                 return self._finished
+            if self.pipeline is None:  # stopped while waiting for Redis: nothing was started
+                self._finished = True
+                return True
             self.jobs.hand_back()
             done = self.pipeline.shutdown(timeout)
             self.pipeline.close()

@@ -190,6 +190,9 @@ class PipelineRun:
             self._close()
         return drained
 
+    def stop(self) -> None:
+        """A first signal while the model loads: nothing to cut short; drain() follows start()."""
+
     def abort(self) -> None:
         self._aborted = True
         if self.pipeline is not None:

@@ -55,6 +55,9 @@ class Counter:
         # In-flight work that takes drain_s to finish, cut short by abort() or the timeout.
         return not self._aborted.wait(self.drain_s) and self.drain_s <= timeout
 
+    def stop(self) -> None:
+        self.calls.append("stop")
+
     def abort(self) -> None:
         self.calls.append("abort")
         self._aborted.set()
@@ -119,14 +122,14 @@ def test_a_second_signal_while_the_model_loads_aborts_with_130_without_waiting_f
     started = time.monotonic()
     assert run_application(app, shutdown_timeout=5, out=out) == EXIT_ABORTED
     assert time.monotonic() - started < 3
-    assert app.calls == ["start", "abort"]
+    assert app.calls == ["start", "stop", "abort"]
 
 
-def test_one_signal_while_the_model_loads_drains_as_soon_as_it_is_loaded():
+def test_one_signal_while_starting_asks_it_to_stop_waiting_then_drains_once_started():
     app = Counter(start_s=1.0)
     signal_later((0.3, signal.SIGTERM))
     assert run_application(app, shutdown_timeout=5, out=io.StringIO()) == 0
-    assert app.calls == ["start", "drain"]
+    assert app.calls == ["start", "stop", "drain"]
 
 
 def test_a_drain_that_runs_out_of_time_still_exits_zero_and_says_so():

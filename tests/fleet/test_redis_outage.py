@@ -3,6 +3,7 @@ file is still published completely, every frame once."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 from fleet_helpers import WorkerProcess, entries, wait_for, write_config
@@ -38,3 +39,15 @@ def test_a_worker_waits_for_redis_and_a_redis_restart_mid_job_loses_no_frame(tmp
     finally:
         worker.cleanup()
         redis.stop()
+
+
+def test_a_worker_waiting_for_a_redis_that_never_comes_stops_on_one_sigterm_and_exits_0(tmp_path):
+    redis = PrivateRedis()  # never started: nothing answers on its port
+    worker = WorkerProcess(write_config(tmp_path, redis.url, lease=10.0, heartbeat=1.0), "waiting", 1, tmp_path)
+    try:
+        wait_for(lambda: "Redis unreachable" in worker.output(), 120, "the worker to say Redis is unreachable")
+        worker.process.send_signal(signal.SIGTERM)  # one signal only: it stops waiting, nothing to drain
+        assert worker.process.wait(15) == 0, worker.output()
+        assert "Traceback" not in worker.output()
+    finally:
+        worker.cleanup()
