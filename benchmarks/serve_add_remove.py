@@ -34,6 +34,32 @@ def usage(pid: int) -> tuple[int, int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["Threads"]), len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def descriptors(pid: int, redis_port: int) -> dict[str, int]:
+    """The process's open descriptors by what they are: Redis connections (by the server's port),
+    other TCP sockets (the HTTP listener and clients, the camera), pipes, files, other."""
+    ports: dict[str, int] = {}  # socket inode -> remote port
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            ports[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            kind = "redis" if ports.get(target[8:-1]) == redis_port else "socket"
+        elif target.startswith("pipe:"):
+            kind = "pipe"
+        elif target.startswith("/"):
+            kind = "file"
+        else:
+            kind = "other"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
 def settle(serve: Serve, pid: int) -> tuple[int, int, int]:
     """The usage once threads and descriptors stopped changing (a removed camera's last threads end)."""
     last = usage(pid)
@@ -92,6 +118,7 @@ def main() -> int:
             for i in range(args.warmup):
                 cycle(serve, second, args.live, f"warm-{i}" if args.ids == "new" else "cam2")
             before = settle(serve, pid)
+            kinds_before = descriptors(pid, redis.port)
             started = time.monotonic()
             for i in range(args.cycles):
                 cycle(serve, second, args.live, f"cam2-{i}" if args.ids == "new" else "cam2")
@@ -100,6 +127,7 @@ def main() -> int:
                     print(f"  {i + 1:5d} cycles: RSS {rss / 1024:.1f} MiB, {threads} threads, {fds} fds", flush=True)
             seconds = time.monotonic() - started
             after = settle(serve, pid)
+            kinds_after = descriptors(pid, redis.port)
             published = serve.call("GET", "/streams/cam1")[1]["frames_published"]
             listed = [s["id"] for s in serve.call("GET", "/streams")[1]]
             code, _ = serve.terminate()
@@ -117,6 +145,7 @@ def main() -> int:
     print(f"RSS growth {growth:+.2f} % (acceptance <= 5 %); threads {after[1] - before[1]:+d}, fds {after[2] - before[2]:+d} "
           f"(acceptance: back to the start); cam1 published {published} frames; listed at the end: {listed}; "
           f"SIGTERM exit {code}")
+    print(f"descriptors before {kinds_before}, after {kinds_after}")
     ok = growth <= 5.0 and after[1] <= before[1] and after[2] <= before[2] and code == 0
     print("acceptance:", "met" if ok else "NOT met")
     return 0 if ok else 1
