@@ -16,7 +16,8 @@ from pathlib import Path
 
 from segstream.pipeline.config import RunConfig
 from segstream.commands.local_redis import LocalRedis
-from segstream.pipeline.run import make_engine, run
+from segstream.pipeline.run import run
+from segstream.pipeline.streaming import make_engine
 
 
 def rss_mib() -> float:

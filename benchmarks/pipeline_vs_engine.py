@@ -24,7 +24,8 @@ from segstream.pipeline.config import RunConfig
 from segstream.pipeline.messages import Frame
 from segstream.pipeline.stages.preprocess import Preprocess, fit_size
 from segstream.commands.local_redis import LocalRedis
-from segstream.pipeline.run import make_engine, run
+from segstream.pipeline.run import run
+from segstream.pipeline.streaming import make_engine
 from segstream.pipeline.sources.decoding import PixelConverter
 from worker_thread import on_worker_thread
 

@@ -25,7 +25,7 @@ from segstream.pipeline.sources.policy import check_source, protocol_whitelist
 from segstream.pipeline.sources.file import VideoFileSource
 from segstream.pipeline.streams import SourceError
 from segstream.pipeline.stream_spec import Source, StreamSpec, make_source
-from segstream.pipeline.streaming import StreamingPipeline, make_engine  # noqa: F401
+from segstream.pipeline.streaming import StreamingPipeline
 from segstream.pipeline.streams import StreamState
 from segstream.pipeline.wire.stream_id import stream_id_problem
 
@@ -246,26 +246,17 @@ def summarize(pipeline: StreamingPipeline, elapsed: float, sources: list[Source]
     )
 
 
-def run(
-    locations: list[str],
-    config: RunConfig,
-    stream_ids: list[str] | None = None,
-    engine: Engine | None = None,
-    extra_sinks: list[Sink] | None = None,
-    on_start: Callable[[Chain], Any] | None = None,
-    keep_trying: bool = False,
-    kind: str = "auto",
-    on_pipeline: Callable[[StreamingPipeline], Any] | None = None,
-) -> RunSummary:
+def run(locations: list[str], config: RunConfig, **options: Any) -> RunSummary:
     """PipelineRun in this thread until every file ends (cameras: until pipeline.stop()), for
     benchmarks, tests and commands that drive a run themselves; no signal handling (the command
     line's lifecycle is segstream.commands.lifecycle).
 
-    engine: use this engine instead of building one from config.model/config.engine.
+    options: PipelineRun's (stream_ids, engine: this engine instead of one built from
+    config.model/config.engine, extra_sinks, on_start, keep_trying, kind, on_pipeline).
     Raises ConfigError/SourceError/SinkError/ModelError/EngineError for bad input before starting,
     and the first stage error after draining what was in flight.
     """
-    app = PipelineRun(locations, config, stream_ids, engine, extra_sinks, on_start, keep_trying, kind, on_pipeline)
+    app = PipelineRun(locations, config, **options)
     app.start()
     try:
         while not app.ended():
