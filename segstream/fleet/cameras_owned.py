@@ -122,7 +122,15 @@ class CamerasOwned:
         owned = OwnedCamera(camera_id, record, token)
         with self.lock:
             self.held[camera_id] = owned
-        w.pipeline.add_source(source, gating=record.gating)
+        try:
+            w.pipeline.add_source(source, gating=record.gating)
+        except Exception as exc:  # not held, so the lease is not renewed for a camera that runs nowhere
+            with self.lock:
+                self.held.pop(camera_id, None)
+            self.book.release(camera_id, w.name)
+            log.warning("camera %s: could not start here (%s); left to the fleet", camera_id,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
         owned.started.set()
         log.info("camera %s: owned by %s (token %d)", camera_id, w.name, token)
 

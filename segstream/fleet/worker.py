@@ -26,11 +26,12 @@ from typing import Any, Callable
 import redis
 
 from segstream.fleet import heartbeat
-from segstream.fleet.cameras import CameraBook
+from segstream.fleet.cameras import CameraBook, adopt_service_streams, is_camera
 from segstream.fleet.cameras_owned import CamerasOwned
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.jobs_running import JobsRunning
 from segstream.fleet.keys import FleetKeys
+from segstream.fleet.redis_health import RedisHealth
 from segstream.pipeline.admission import open_admitted
 from segstream.pipeline.config import RunConfig
 from segstream.pipeline.sinks import SinkError
@@ -39,16 +40,13 @@ from segstream.pipeline.sources.policy import Origin
 from segstream.pipeline.stream_spec import StreamSpec
 from segstream.pipeline.streaming import StreamingPipeline
 from segstream.pipeline.streams import StreamState
-from segstream.pipeline.wire.redis_link import (CONNECTION_ERRORS, LogThrottle, RedisUnreachable, RetryPolicy,
-                                                 answered_error, refused_access, wait_for_redis)
+from segstream.pipeline.wire.redis_link import CONNECTION_ERRORS, RedisUnreachable, RetryPolicy, wait_for_redis
 
 log = logging.getLogger(__name__)
 
 #: What the loops wait through, retrying: Redis away, loading, or refusing who we are (AuthenticationError
 #: is a ConnectionError; an ACL without the right is NoPermissionError).
 REDIS_TROUBLE = CONNECTION_ERRORS + (redis.BusyLoadingError, redis.exceptions.NoPermissionError)
-#: Seconds between log lines while Redis refuses the credentials (the sink says the same for results).
-REFUSED_LOG_INTERVAL = 60.0
 
 
 def default_name() -> str:
@@ -84,8 +82,7 @@ class Worker:
         self._loop: threading.Thread | None = None
         self._finished: bool | None = None  # drained in time, once shut down
         self._shutting = threading.Lock()
-        self._redis_trouble_since: float | None = None
-        self._refused_lines = LogThrottle(REFUSED_LOG_INTERVAL)
+        self.redis_health = RedisHealth(self.name, config.redis.url)
         self._policy = RetryPolicy.from_config(config.redis)
         self._backoff = self._policy.backoff()  # the loops count their own failures
 
@@ -94,20 +91,31 @@ class Worker:
         """Wait for Redis (the one retry policy, one log line); a refused password raises RedisLinkError."""
         try:
             self.client = wait_for_redis(self.config.redis.url, self._policy, wait=self.stopping.wait,
-                                         on_failure=self._redis_away)
+                                         on_failure=self.redis_health.away)
         except RedisUnreachable:  # stopped while waiting
             return
-        self._redis_back()
+        self.redis_health.back()
 
     def start(self) -> None:
-        """Wait for Redis, load the model (the only time), add the config's streams, start the threads."""
+        """Wait for Redis, load the model (the only time), add the config's streams, start the threads.
+        A stop while Redis is away returns early (nothing started, or drain() hands it back)."""
         if self.client is None:
             self.connect()
         if self.stopping.is_set():  # a signal while Redis was away: nothing was taken, nothing to drain
             return
+        try:
+            self._start_work()
+        except (*REDIS_TROUBLE, redis.RedisError):
+            if not self.stopping.is_set():
+                raise
+            # stopped while Redis was away during start: drain() follows and hands back what was taken
+
+    def _start_work(self) -> None:
         queue = JobQueue(self.client, self.keys, self.fleet.group, self.fleet.lease, self.fleet.keep_finished)
         self.book = CameraBook(self.client, self.keys, self.fleet.lease)
         self._retrying(queue.ensure_group)
+        self._retrying(lambda: adopt_service_streams(self.book, f"{self.config.redis.prefix}service:streams",
+                                                     self.config.sources))
         self.jobs = JobsRunning(self, queue)
         self.pipeline = StreamingPipeline(self.config, keep_alive=True)
         self.cameras = CamerasOwned(self, self.book)
@@ -161,13 +169,13 @@ class Worker:
     def ready(self) -> bool:
         """Model loaded, Redis answering (the results' sink and the fleet's loops alike), not stopping."""
         return bool(self.pipeline is not None and self.pipeline.ready() and not self.stopping.is_set()
-                    and self._redis_trouble_since is None)
+                    and self.redis_health.since is None)
 
     def redis_state(self) -> tuple[bool, float | None]:
         """Whether Redis answers (the results' sink and the fleet's loops alike), and since when not."""
         sink_up = self.pipeline is None or self.pipeline.redis_up
-        since = [t for t in (self._redis_trouble_since, self.pipeline and self.pipeline.redis_down_since) if t]
-        return bool(sink_up and self._redis_trouble_since is None), (min(since) if since else None)
+        since = [t for t in (self.redis_health.since, self.pipeline and self.pipeline.redis_down_since) if t]
+        return bool(sink_up and self.redis_health.since is None), (min(since) if since else None)
 
     # -- local streams (serve's API, the config) ---------------------------------------------
     def add_local(self, spec: StreamSpec, origin: Origin) -> StreamState:
@@ -197,32 +205,10 @@ class Worker:
 
     # -- Redis trouble -----------------------------------------------------------------------
     def _retrying(self, call: Callable[[], Any]) -> Any:
-        failures = 0
-        while True:
-            try:
-                return call()
-            except REDIS_TROUBLE as exc:
-                failures += 1
-                self._redis_away(exc)
-                if self.stopping.wait(self._backoff.compute(failures)):
-                    raise SinkError("stopped while waiting for Redis") from None
-
-    def _redis_away(self, exc: BaseException) -> None:
-        if isinstance(exc, redis.RedisError) and refused_access(exc):  # not an outage: said once a minute
-            if self._refused_lines.due():
-                log.error("worker %s: %s; the camera book and the jobs wait, retrying (one line a minute)",
-                          self.name, answered_error(self.config.redis.url, exc))
-            self._redis_trouble_since = self._redis_trouble_since or time.time()
-            return
-        if self._redis_trouble_since is None:
-            self._redis_trouble_since = time.time()
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("worker %s: Redis unreachable (%s); waiting and retrying", self.name, reason)
-
-    def _redis_back(self) -> None:
-        if self._redis_trouble_since is not None:
-            log.warning("worker %s: Redis reachable again after %.1f s", self.name, time.time() - self._redis_trouble_since)
-            self._redis_trouble_since = None
+        """call() through Redis outages and refusals, under the one retry policy; once the worker is
+        stopping, the last Redis error is raised."""
+        return self._policy.call(call, wait=self.stopping.wait, on_failure=self.redis_health.away,
+                                 retry_refusals=True, errors=REDIS_TROUBLE)
 
     # -- the main loop -----------------------------------------------------------------------
     def _main_loop(self) -> None:
@@ -233,10 +219,23 @@ class Worker:
             try:
                 if self._step():  # a Redis call succeeded
                     failures = 0
-                    self._redis_back()
+                    self.redis_health.back()
             except REDIS_TROUBLE as exc:
                 failures += 1
-                self._redis_away(exc)
+                self.redis_health.away(exc)
+                self.stopping.wait(self._backoff.compute(failures))
+            except redis.ResponseError as exc:
+                failures += 1
+                if "NOGROUP" in str(exc):  # Redis lost its data (a restart without persistence)
+                    log.warning("worker %s: the jobs' consumer group was gone (Redis restarted empty?); "
+                                "made again", self.name)
+                    self.jobs.queue.ensure_group()
+                else:
+                    self.redis_health.trouble("Redis answered an error", exc)
+                self.stopping.wait(self._backoff.compute(failures))
+            except Exception as exc:  # whatever a round meets, the loop goes on: jobs and cameras stay served
+                failures += 1
+                self.redis_health.trouble("a round of the main loop failed", exc)
                 self.stopping.wait(self._backoff.compute(failures))
         if not self.stopping.is_set():  # the engine failed: shut down here, ended() tells the lifecycle
             self._shutdown(self.config.shutdown_timeout)
@@ -312,9 +311,11 @@ class Worker:
         while not self.stopping.wait(self.fleet.heartbeat):
             try:
                 self._beat_once()
-                self._redis_back()
+                self.redis_health.back()
             except REDIS_TROUBLE as exc:
-                self._redis_away(exc)
+                self.redis_health.away(exc)
+            except Exception as exc:  # the next beat tries again; the leases expire by themselves meanwhile
+                self.redis_health.trouble("a heartbeat failed", exc)
 
     def _beat_once(self) -> None:
         self.jobs.renew()
@@ -375,11 +376,3 @@ class Worker:
             self._finished = done
             return done
 
-
-def is_camera(spec: StreamSpec) -> bool:
-    """A live source reached over the network: a camera of the book, which any process may run.
-    Everything else (files, local devices) runs on the process that was given it."""
-    from segstream.pipeline.sources.locations import source_kind
-    from segstream.pipeline.sources.policy import scheme_of
-
-    return bool(scheme_of(spec.url)) and source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live"
