@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(specs) > config.serve.max_streams:
         raise ConfigError(f"streams: {len(specs)} streams, more than serve.max_streams ({config.serve.max_streams})")
     token = resolve_token(args)
-    http = HttpServer(args.http, token, tls, args.metrics_public, insecure_no_auth=args.insecure_no_auth)
+    http = HttpServer(args.http, token, tls, args.metrics_public, insecure_no_auth=args.insecure_no_auth,
+                      serve=config.serve)
+    http.serve_starting()  # /livez answers (and /readyz 503) while Redis is awaited and the model loads
     try:
         return run_fleet_process(config, http, write_api=True, name=args.name, streams=specs,
                                  capacity=serve_capacity(config))
