@@ -24,7 +24,8 @@ from typing import Any
 import redis
 
 from segstream.fleet.heartbeat import fleet_streams
-from segstream.fleet.worker import REDIS_TROUBLE, Worker, is_camera
+from segstream.fleet.cameras import is_camera
+from segstream.fleet.worker import REDIS_TROUBLE, Worker
 from segstream.pipeline.admission import BookUnavailable, StreamElsewhere, TooManyStreams
 from segstream.pipeline.sources.locations import redact
 from segstream.pipeline.sources.policy import check_source
@@ -118,12 +119,15 @@ class FleetControl:
                     settings = {k: v for k, v in (("max_frames", spec.max_frames), ("gating", spec.gating)) if v}
                     if not w.book.add(spec.id, spec.url, only_new=True, kind="live", origin="api", **settings):
                         raise StreamExists(spec.id)
-                    w.book.wake()
             except REDIS_FAILURES as exc:
                 raise BookUnavailable(f"Redis is unreachable, the camera book cannot be changed now ({type(exc).__name__})") from None
             if not camera:
                 return {**w.add_local(spec, "api").snapshot(), "worker": w.name}
-        return self._picked_up(spec.id)
+        try:  # stored: from here on the answer is 201 (without the wake, the next balancing round takes it)
+            w.book.wake()
+        except REDIS_FAILURES:
+            pass
+        return self._picked_up(spec.id, CameraRecord(url=spec.url, kind="live", origin="api"))
 
     def _running_elsewhere(self, stream_id: str) -> str | None:
         w = self.worker
@@ -132,9 +136,10 @@ class FleetControl:
                 return name
         return None
 
-    def _picked_up(self, camera_id: str) -> dict[str, Any]:
+    def _picked_up(self, camera_id: str, stored: CameraRecord) -> dict[str, Any]:
         """The new camera as listed once some worker took it (its first connection attempt under
-        way), or pending after PICKUP_WAIT seconds."""
+        way), or pending after PICKUP_WAIT seconds (or at once when Redis cannot tell, or someone
+        deleted it meanwhile: it was stored, so the POST still succeeded)."""
         w = self.worker
         deadline = time.monotonic() + PICKUP_WAIT
         while True:
@@ -145,9 +150,9 @@ class FleetControl:
                 owner = w.book.owners([camera_id])[camera_id]
                 record = w.book.wanted().get(camera_id)
             except REDIS_FAILURES:
-                owner, record = None, None
-            if record is None:
-                raise UnknownStream(camera_id)  # deleted meanwhile
+                return pending_entry(camera_id, stored, None)
+            if record is None:  # deleted meanwhile
+                return pending_entry(camera_id, stored, None)
             if (owner is not None and owner != w.name) or time.monotonic() > deadline:
                 return pending_entry(camera_id, record, owner)
             time.sleep(0.05)
