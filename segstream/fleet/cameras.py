@@ -23,6 +23,10 @@ from pydantic import ValidationError
 from segstream.fleet.keys import FleetKeys
 from segstream.fleet.jobs import _text
 from segstream.fleet.track_ids import next_track_id
+from segstream.pipeline.config import SourcesSection
+from segstream.pipeline.sources.locations import source_kind
+from segstream.pipeline.sources.policy import SourceRefused, check_source, scheme_of
+from segstream.pipeline.stream_spec import StreamSpec
 from segstream.pipeline.wire.schema import CameraRecord, MalformedEntry, WorkerRecord, message_kind, parse_entry, why
 from segstream.pipeline.wire.stream_id import check_stream_id
 
@@ -152,3 +156,39 @@ def worker_record_ok(info: dict[str, str]) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def is_camera(spec: StreamSpec) -> bool:
+    """A live source reached over the network: a camera of the book, which any process may run.
+    Everything else (files, local devices) runs on the process that was given it."""
+    return bool(scheme_of(spec.url)) and source_kind(spec.url, None if spec.kind == "auto" else spec.kind) == "live"
+
+
+def adopt_service_streams(book: CameraBook, old_key: str, policy: SourcesSection) -> None:
+    """Carry the cameras an older `segstream serve` remembered (`<prefix>service:streams`, a hash of
+    StreamSpec JSON) into the camera book, once: judged by today's source policy as API input, added
+    only where the id is free; local files there are not replayed (as files over the API now are).
+    The old hash is renamed `<old_key>:adopted`, so nothing is read twice and nothing is lost."""
+    client = book.client
+    if not client.exists(old_key):
+        return
+    adopted, skipped = 0, []
+    for raw_id, raw in client.hgetall(old_key).items():
+        stream_id = _text(raw_id)
+        try:
+            spec = StreamSpec.model_validate(json.loads(raw))
+            if not is_camera(spec):
+                skipped.append(f"{stream_id} (a local file: not replayed)")
+                continue
+            check_source(spec.url, policy, "api")
+            settings = {k: v for k, v in (("max_frames", spec.max_frames), ("gating", spec.gating)) if v}
+            if book.add(spec.id, spec.url, only_new=True, kind="live", origin="api", **settings):
+                adopted += 1
+            else:
+                skipped.append(f"{stream_id} (the id is already in the camera book)")
+        except (ValueError, RecursionError, SourceRefused) as exc:  # ValidationError is a ValueError
+            skipped.append(f"{stream_id[:80]} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})")
+    client.rename(old_key, f"{old_key}:adopted")
+    log.warning("the cameras of an older serve (%s): %d moved into the camera book %s%s; the old hash is kept as "
+                "%s:adopted", old_key, adopted, book.keys.cameras,
+                f", {len(skipped)} not: {'; '.join(skipped)}" if skipped else "", old_key)
