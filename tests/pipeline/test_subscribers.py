@@ -319,3 +319,14 @@ def test_entry_kind_tells_frames_eos_status_and_unknown_apart():
     assert describe({}) == "? unknown entry (keys: )"
     assert describe({"stream": "c", "eos": True}) == "c end of stream"  # malformed: still no KeyError
     assert describe({"stream": "c", "frame": 1, "instances": []}) == "c unknown entry (keys: frame, instances, stream)"
+
+
+def test_the_consumer_import_the_readme_documents_still_works():
+    from pathlib import Path
+
+    from segstream.pipeline import consumer
+    from segstream.pipeline.wire import consumer as wire_consumer
+
+    documented = "from segstream.pipeline.consumer import Subscriber, decode_mask, entry_kind"
+    assert documented in (Path(__file__).parents[2] / "README.md").read_text()
+    assert consumer.Subscriber is wire_consumer.Subscriber and callable(consumer.decode_mask)
