@@ -105,7 +105,8 @@ def _guarded(routes: list[Any], token: str | None, metrics_public: bool, secure_
     return HttpGuards(auth, token_set=bool(token), allowed_hosts=serve.allowed_hosts, max_body_bytes=serve.max_body_bytes)
 
 
-def starting_app(token: str | None = None, metrics_public: bool = False, serve: ServeSection | None = None) -> HttpGuards:
+def starting_app(token: str | None = None, metrics_public: bool = False, serve: ServeSection | None = None,
+                 secure_cookie: bool = False) -> HttpGuards:
     """What a process serves while its model loads: /livez 200, /status 200 {"loading": true},
     /readyz and anything else 503 (behind the same guards and token as the full app)."""
     async def livez(request: Request) -> Response:
@@ -119,7 +120,7 @@ def starting_app(token: str | None = None, metrics_public: bool = False, serve: 
 
     routes = [Route("/livez", livez, methods=["GET"]), Route("/status", status, methods=["GET"]),
               Route("/{path:path}", starting, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])]
-    return _guarded(routes, token, metrics_public, False, serve or ServeSection())
+    return _guarded(routes, token, metrics_public, secure_cookie, serve or ServeSection())
 
 
 def _routes(control: StreamsControl, viewer: Viewer, metrics: CollectorRegistry, document: dict[str, Any],

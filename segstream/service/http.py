@@ -85,7 +85,7 @@ class HttpServer:
         """Answer /livez (and 503 elsewhere) while the model loads."""
         from segstream.service.app import starting_app
 
-        self._app = starting_app(self.token, self.metrics_public, self.serve)
+        self._app = starting_app(self.token, self.metrics_public, self.serve, secure_cookie=self.tls[0] is not None)
         self._run()
 
     def attach(self, control: Any, write_api: bool = False, worker: str | None = None,
