@@ -161,12 +161,12 @@ def service(folders, camera):
     def alive() -> bool:
         assert process.poll() is None, svc.stderr()
         try:
-            return svc.call("GET", "/livez")[0] == 200
+            return svc.call("GET", "/readyz")[0] == 200  # /livez answers from the start; ready is up
         except OSError:
             return False
 
     try:
-        wait_for(alive, 120, "the service to answer")
+        wait_for(alive, 120, "the service to be ready")
         wait_for(lambda: svc.camera_frames() > 0, 60, "the config's camera to publish")
         yield svc
     finally:

@@ -93,11 +93,12 @@ def wait_alive(service: Service, timeout: float = 120) -> None:
         if service.process.poll() is not None:
             raise AssertionError(f"segstream serve exited with {service.process.returncode}:\n{service.stderr()}")
         try:
-            return service.call("GET", "/livez", token=None)[0] == 200
+            # /livez answers from the start (while Redis is awaited and the model loads); ready is up
+            return service.call("GET", "/readyz", token=None)[0] == 200
         except OSError:
             return False
 
-    wait_for(alive, timeout, "the service to answer /livez", every=0.5)
+    wait_for(alive, timeout, "the service to be ready (/readyz 200)", every=0.5)
 
 
 def media_folder(tmp_path_factory) -> Path:
