@@ -61,3 +61,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         time.sleep(every)
+
+
+def http_status(port: int, path: str) -> int | None:
+    """The status of GET http://127.0.0.1:PORT/PATH; None while nothing answers there."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 
 from fleet_helpers import SEGSTREAM, WorkerProcess, entries, wait_for, write_config
 from media import write_clip
 from redis_server import PrivateRedis, free_port
+from servers import http_status
 from segstream.fleet.cameras import CameraBook, adopt_service_streams
 from segstream.fleet.jobs import JobQueue
 from segstream.fleet.keys import FleetKeys
@@ -42,16 +41,6 @@ def test_a_redis_that_comes_back_empty_costs_the_worker_nothing_it_takes_the_nex
     finally:
         worker.cleanup()
         redis.stop()
-
-
-def http_status(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return None
 
 
 def test_a_serve_started_before_its_redis_answers_its_probes_and_stops_on_one_sigterm(tmp_path):

@@ -61,21 +61,11 @@ def test_a_worker_whose_redis_refuses_the_credentials_says_why_once_and_is_not_r
     error line (not a silent retry loop), /readyz 503, and work again once the password is fixed."""
     import json
     import subprocess
-    import urllib.error
-    import urllib.request
 
     import yaml
 
     from redis_server import free_port, stop_process
-
-    def readyz(port: int) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-                return response.status
-        except urllib.error.HTTPError as err:
-            return err.code
-        except OSError:
-            return 0
+    from servers import http_status
 
     with PrivateRedis() as url:
         admin = redis_py.Redis.from_url(url)
@@ -88,7 +78,7 @@ def test_a_worker_whose_redis_refuses_the_credentials_says_why_once_and_is_not_r
         worker = subprocess.Popen([str(exe), "worker", "--config", str(config), "--name", "w1", "--http", f"127.0.0.1:{port}"],
                                   stdout=subprocess.DEVNULL, stderr=log.open("w"))
         try:
-            wait_for(lambda: readyz(port) == 200, 120, "the worker to be ready")
+            wait_for(lambda: http_status(port, "/readyz") == 200, 120, "the worker to be ready")
             admin.config_set("requirepass", "rotated")
             admin = redis_py.Redis.from_url(url.replace("redis://", "redis://:rotated@"))
             admin.client_kill_filter(_type="normal", skipme=True)  # the worker's connections are gone
@@ -98,7 +88,7 @@ def test_a_worker_whose_redis_refuses_the_credentials_says_why_once_and_is_not_r
             time.sleep(2.0)  # ten heartbeats and many main-loop rounds at this pace: still one line
             assert len(refused()) == 1, refused()
             assert "rotated" not in log.read_text()
-            wait_for(lambda: readyz(port) == 503, 15, "/readyz to say 503")
+            wait_for(lambda: http_status(port, "/readyz") == 503, 15, "/readyz to say 503")
             admin.config_set("requirepass", "")  # the operator fixes it: the worker's record is written again
             admin.delete("segstream:fleet:worker:w1")
             wait_for(lambda: admin.exists("segstream:fleet:worker:w1"), 15, "the worker's heartbeat again")
