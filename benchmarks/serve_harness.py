@@ -3,15 +3,12 @@ cameras, the real `segstream serve` command on a free port, and a small HTTP cli
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from redis_server import PrivateRedis, free_port, stop_process  # noqa: E402
-from servers import RtspServer  # noqa: E402
+from servers import RtspServer, json_request  # noqa: E402
 
 
 def cameras(count: int, width: int, height: int, fps: int) -> RtspServer:
@@ -53,26 +50,15 @@ class Serve:
             if self.process.poll() is not None:
                 raise RuntimeError(f"segstream serve exited: {self.log.read_text()[-2000:]}")
             try:
-                if self.call("GET", "/livez")[0] == 200:
+                if self.call("GET", "/readyz")[0] == 200:  # /livez answers from the start; ready is up
                     return self
             except OSError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError("segstream serve did not answer within 180 s")
+        raise RuntimeError("segstream serve was not ready within 180 s")
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
-        except urllib.error.HTTPError as err:
-            status, payload, kind = err.code, err.read(), err.headers.get("content-type", "")
-        return status, json.loads(payload) if "json" in kind else payload.decode(errors="replace")
+        return json_request(self.base + path, method, body, self.token, timeout)
 
     def metrics(self) -> dict[str, dict[tuple, float]]:
         """{sample name: {labels as sorted tuple: value}}."""
