@@ -75,3 +75,25 @@ def http_status(port: int, path: str) -> int | None:
         return err.code
     except OSError:
         return None
+
+
+def json_request(url: str, method: str = "GET", body: Any = None, token: str | None = None,
+                 timeout: float = 30) -> tuple[int, Any]:
+    """(status, payload) of one HTTP request with an optional JSON body and bearer token: payload is
+    the parsed JSON where the answer says JSON, else its text (error answers included)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
+    except urllib.error.HTTPError as err:
+        status, payload, kind = err.code, err.read(), err.headers.get("content-type", "")
+    return status, (json.loads(payload) if "json" in kind else payload.decode(errors="replace"))

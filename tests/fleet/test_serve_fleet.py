@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleet_helpers import SEGSTREAM, cli, wait_for
 from redis_server import PrivateRedis, free_port, stop_process
 from media import write_clip
-from servers import RtspServer
+from servers import RtspServer, json_request
 
 LEASE = 3.0
 PREFIX = "segstream:"
@@ -41,15 +39,7 @@ class Process:
     log: Path
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
-        except urllib.error.HTTPError as err:
-            status, payload, kind = err.code, err.read(), err.headers.get("content-type", "")
-        return status, (json.loads(payload) if "json" in kind else payload.decode(errors="replace"))
+        return json_request(f"http://127.0.0.1:{self.port}{path}", method, body)
 
     def streams(self) -> dict[str, dict]:
         status, body = self.call("GET", "/streams")

@@ -13,7 +13,6 @@ from collections import Counter
 
 import pytest
 
-from redis_server import PrivateRedis
 from service_process import TOKEN, ServeProcess
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -22,14 +21,6 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # 
 EXAMPLES = 250
 ACCURACY = [schemathesis.checks.status_code_conformance, schemathesis.checks.content_type_conformance,
             schemathesis.checks.response_schema_conformance]
-
-
-@pytest.fixture(scope="module")
-def redis():
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 def fuzz(service: ServeProcess) -> Counter:

@@ -26,14 +26,6 @@ CAMERA = {"id": "cam1", "url": "rtsp://127.0.0.1:9/cam1", "kind": "live"}  # nob
 
 
 @pytest.fixture(scope="module")
-def redis():
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def open_service(tmp_path_factory, redis):
     svc = ServeProcess(tmp_path_factory.mktemp("open"), redis, token=None,
                        config={"serve": {"allowed_hosts": ["cams.plant.example"]}, "redis": {"url": redis.url, "prefix": "open:"}})

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +26,7 @@ import yaml
 
 from media import write_clip
 from redis_server import PrivateRedis, free_port, stop_process
-from servers import RtspServer
+from servers import RtspServer, json_request
 from servers import wait_for  # noqa: E402
 
 TOKEN = "attack-tests-token-0123456789abcdef"
@@ -52,17 +50,7 @@ class Service:
         self.process, self.base, self.log, self.redis = process, f"http://127.0.0.1:{port}", log, redis
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
-        except urllib.error.HTTPError as err:
-            status, payload, kind = err.code, err.read(), err.headers.get("content-type", "")
-        return status, (json.loads(payload) if "json" in kind else payload.decode(errors="replace"))
+        return json_request(self.base + path, method, body, TOKEN)
 
     def post(self, stream_id: str, url: str, **extra: Any) -> tuple[int, Any]:
         return self.call("POST", "/streams", {"id": stream_id, "url": url, **extra})
